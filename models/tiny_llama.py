@@ -1,0 +1,58 @@
+"""A small byte-level decoder LM built from transformers' Llama classes (the shape of real LLM adapters).
+
+Byte-level (vocab 256) so that it needs no tokenizer files. The `LogitsOnly` wrapper gives export a plain
+`input_ids -> logits` graph with no KV cache.
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_SEQ = 256
+SEED = 1234
+
+
+def config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=256,
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_SEQ,
+        use_cache=False,
+        tie_word_embeddings=False,
+        attn_implementation="eager",  # sdpa/flex paths export less predictably
+    )
+
+
+class LogitsOnly(torch.nn.Module):
+    """`input_ids -> logits` with no KV cache: the graph that gets exported."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def build() -> torch.nn.Module:
+    """The LlamaForCausalLM itself: PEFT adapts it, so manifest names are its parameter names."""
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        lm = LlamaForCausalLM(config())
+    return lm.eval()
+
+
+def example_inputs() -> dict[str, torch.Tensor]:
+    text = b"Sparse high rank adapters switch fast."
+    return {"input_ids": torch.tensor([list(text[:32])], dtype=torch.int64)}
+
+
+def encode(text: str) -> torch.Tensor:
+    return torch.tensor([list(text.encode("utf-8"))], dtype=torch.int64)

@@ -1,0 +1,10 @@
+"""SHiRA device runtime: numpy + the inference engine only (never torch, never the host toolchain).
+
+Only the ExecuTorch backend imports torch, lazily, because ExecuTorch's Python bindings need it.
+"""
+from .adapter_file import Adapter, read_adapter
+from .errors import AdapterError, ManifestError, ShiraError
+from .session import ShiraSession, open_base
+
+__all__ = ["Adapter", "AdapterError", "ManifestError", "ShiraError", "ShiraSession", "open_base", "read_adapter"]
+__version__ = "0.1.0"

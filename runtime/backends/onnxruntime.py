@@ -1,0 +1,66 @@
+"""ONNX Runtime backend: patchable weights are graph inputs fed from buffers this process owns.
+
+Why graph inputs (see ../shared/DESIGN.md): ORT copies and prepacks constant initializers at session load,
+so a later write into the original array is invisible. A graph input is read from the bound buffer on every
+run, so an in-place write reaches the very next run. Only the patchable weights take this route; all other
+weights stay initializers inside model.onnx and keep ORT's prepacked fast path. Constant folding and layout
+passes cannot make stale private copies of a graph input, which closes the pitfalls DESIGN.md lists.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import ManifestError
+from ..manifest import Manifest
+from ..safetensors_file import SafetensorsError, read_file
+
+NAME = "onnxruntime"
+
+
+class OnnxRuntimeBackend:
+    name = NAME
+
+    def __init__(self, manifest: Manifest, threads: int | None = None):
+        art = manifest.artifact(NAME)
+        root = manifest.root
+        try:
+            # One owned, writable copy of every patchable weight: these bytes ARE the model's weights.
+            self._weights_file = read_file(root / art["weights"], writable=True)
+        except (OSError, SafetensorsError) as e:
+            raise ManifestError(f"{root / art['weights']}: {e}") from None
+        self.buffers: dict[str, np.ndarray] = {}
+        self._ort_values: dict[str, ort.OrtValue] = {}  # kept alive for the session's life (dropping one crashed ORT)
+        for info in manifest.tensors.values():
+            for p in info.placements.get(NAME, ()):
+                if p.name not in self._weights_file.tensors:
+                    raise ManifestError(f"{root / art['weights']}: no buffer {p.name!r} for {info.name}")
+                arr = self._weights_file.array(p.name)
+                if arr.shape != p.shape or arr.dtype != np.float32:
+                    raise ManifestError(f"{root / art['weights']}: buffer {p.name!r} is {arr.dtype}{list(arr.shape)}, "
+                                        f"manifest says float32{list(p.shape)}")
+                self.buffers[p.name] = arr.reshape(-1)
+                self._ort_values[p.name] = ort.OrtValue.ortvalue_from_numpy(arr)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(root / art["model"]), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs() if i.name not in self._ort_values]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        missing = set(self._ort_values) - {i.name for i in self.session.get_inputs()}
+        if missing:
+            raise ManifestError(f"{root / art['model']}: graph has no input for patchable buffer(s) {sorted(missing)}")
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = dict(self._ort_values)
+        for name in self.input_names:
+            if name not in inputs:
+                raise KeyError(f"missing model input {name!r} (inputs: {self.input_names})")
+            feeds[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[name]))
+        outs = self.session.run_with_ort_values(self.output_names, feeds)
+        return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+
+

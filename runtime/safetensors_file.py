@@ -1,0 +1,105 @@
+"""A strict, dependency-free reader of the safetensors container (header + raw little-endian buffers).
+
+Both the base weights file and the adapter blobs are safetensors files. The runtime parses them itself (no
+torch, no safetensors wheel) so that it can validate every offset against the real file size and refuse a
+truncated or edited file with a one-line error instead of crashing or reading garbage.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+DTYPES = {
+    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"),
+    "I8": np.dtype("i1"), "U8": np.dtype("u1"), "I16": np.dtype("<i2"), "U16": np.dtype("<u2"),
+    "I32": np.dtype("<i4"), "U32": np.dtype("<u4"), "I64": np.dtype("<i8"), "U64": np.dtype("<u8"),
+    "BF16": np.dtype("<u2"),  # raw 16-bit pattern; callers widen it to float32 themselves
+}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # offsets relative to the start of the data region
+    end: int
+
+
+@dataclass
+class SafetensorsFile:
+    """A parsed file: `buffer` is the whole file, `data_start` where the tensor data region begins."""
+
+    buffer: memoryview
+    data_start: int
+    metadata: dict[str, str]
+    tensors: dict[str, TensorEntry]
+
+    def raw(self, name: str) -> memoryview:
+        e = self.tensors[name]
+        return self.buffer[self.data_start + e.start : self.data_start + e.end]
+
+    def array(self, name: str) -> np.ndarray:
+        """A zero-copy view; writable only if `buffer` is."""
+        e = self.tensors[name]
+        return np.frombuffer(self.raw(name), dtype=DTYPES[e.dtype]).reshape(e.shape)
+
+    @property
+    def data(self) -> memoryview:
+        return self.buffer[self.data_start :]
+
+
+def parse(buffer, source: str = "<bytes>") -> SafetensorsFile:
+    """Parse and validate. `source` is only used in error messages."""
+    mv = memoryview(buffer).cast("B")
+    size = len(mv)
+    if size < 8:
+        raise SafetensorsError(f"{source}: truncated: {size} bytes, shorter than the 8-byte header length")
+    (hlen,) = struct.unpack("<Q", mv[:8])
+    if hlen > MAX_HEADER or 8 + hlen > size:
+        raise SafetensorsError(f"{source}: truncated or corrupt: header claims {hlen} bytes, file has {size}")
+    try:
+        header = json.loads(bytes(mv[8 : 8 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"{source}: corrupt header: {e.__class__.__name__}: {e}") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{source}: corrupt header: not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError(f"{source}: corrupt header: __metadata__ must map strings to strings")
+    data_start = 8 + hlen
+    data_len = size - data_start
+    tensors: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            start, end = int(start), int(end)
+        except (KeyError, TypeError, ValueError):
+            raise SafetensorsError(f"{source}: tensor {name!r}: malformed header entry") from None
+        if dtype not in DTYPES:
+            raise SafetensorsError(f"{source}: tensor {name!r}: unsupported dtype {dtype!r}")
+        if any(d < 0 for d in shape):
+            raise SafetensorsError(f"{source}: tensor {name!r}: negative dimension in shape {list(shape)}")
+        if not 0 <= start <= end <= data_len:
+            raise SafetensorsError(
+                f"{source}: tensor {name!r}: data [{start}, {end}) lies outside the {data_len}-byte data region "
+                "(truncated file?)")
+        if end - start != int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize:
+            raise SafetensorsError(f"{source}: tensor {name!r}: {end - start} bytes do not fit {dtype}{list(shape)}")
+        tensors[name] = TensorEntry(name, dtype, shape, start, end)
+    return SafetensorsFile(mv, data_start, metadata, tensors)
+
+
+def read_file(path, writable: bool = False) -> SafetensorsFile:
+    """Read a whole file into memory the caller owns (writable if asked: the runtime patches it in place)."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read()) if writable else f.read()
+    return parse(data, str(path))

@@ -1,0 +1,138 @@
+"""`ShiraSession`: one exported base loaded once; adapters switched, fused and reset in place.
+
+    s = ShiraSession("out/tiny-llama")          # loads the inference engine once
+    s.load("a.shira"); s.load("b.shira")         # validated completely, nothing patched yet
+    s.switch("a")                                # scatter a's values into the live weights
+    s.fuse({"a": 0.7, "b": 0.5})                 # overlapping entries sum their scaled deltas
+    s.reset()                                    # bit-exact base again
+    s.run({"input_ids": ids})
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import manifest as manifest_mod
+from .adapter_file import Adapter, read_adapter
+from .errors import AdapterError, ManifestError
+from .patcher import WeightPatcher
+from .rwlock import RWLock
+
+BACKENDS = ("onnxruntime", "executorch")
+
+
+def _make_backend(name: str, manifest, threads):
+    if name == "onnxruntime":
+        from .backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(manifest, threads)
+    raise ManifestError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class ShiraSession:
+    def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False):
+        """Open an exported base directory. `verify` re-hashes every patchable weight against the manifest."""
+        self.manifest = manifest_mod.load(base_dir)
+        self.backend = _make_backend(backend, self.manifest, threads)
+        if verify:
+            self._verify_base()
+        self.patcher = WeightPatcher(self.backend.buffers)
+        self.adapters: dict[str, Adapter] = {}
+        # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
+        self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.active: dict[str, float] = {}
+        self._lock = RWLock()  # inference = readers, commit = writer
+        self._patch_mutex = threading.Lock()  # one load/plan/commit at a time
+
+    # ---- adapters -------------------------------------------------------------------------------------------
+    def load(self, blob, name: str | None = None) -> str:
+        """Validate and decode an adapter blob (path or bytes). Refusal raises AdapterError; nothing is patched."""
+        adapter = read_adapter(blob, self.manifest)
+        name = name or adapter.name
+        mapped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for t in adapter.tensors.values():
+            info = self.manifest.tensors[t.target]
+            for p in info.placements.get(self.backend.name, ()):
+                idx = p.map_indices(t.indices, info.shape)
+                if p.layout == "identity":
+                    mapped[p.name] = (idx, t.values)
+                else:
+                    order = np.argsort(idx, kind="stable")
+                    mapped[p.name] = (idx[order], t.values[order])
+        with self._patch_mutex:
+            if name in self.active:
+                raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
+            self.adapters[name] = adapter
+            self._mapped[name] = mapped
+        return name
+
+    def unload(self, name: str) -> None:
+        with self._patch_mutex:
+            if name in self.active:
+                raise AdapterError(f"adapter {name!r} is active; reset() or switch away first")
+            self.adapters.pop(name, None)
+            self._mapped.pop(name, None)
+
+    # ---- switching ------------------------------------------------------------------------------------------
+    def switch(self, name: str) -> None:
+        """Make `name` the only active adapter, at scale 1."""
+        self.fuse({name: 1.0})
+
+    def fuse(self, scales: dict[str, float]) -> None:
+        """Activate several adapters at once, each with its scale. Replaces whatever was active."""
+        with self._patch_mutex:
+            for name, scale in scales.items():
+                if name not in self._mapped:
+                    raise AdapterError(f"adapter {name!r} is not loaded (loaded: {', '.join(self._mapped) or 'none'})")
+                if not np.isfinite(scale):
+                    raise AdapterError(f"adapter {name!r}: scale {scale} is not finite")
+            terms: dict[str, list] = {}
+            for name, scale in scales.items():
+                for buf, (idx, delta) in self._mapped[name].items():
+                    terms.setdefault(buf, []).append((idx, delta, float(scale)))
+            plans = self.patcher.plan(terms)
+            with self._lock.write():
+                self.patcher.commit(plans)
+                self.active = dict(scales)
+
+    def reset(self) -> None:
+        """Back to the base weights, bit-exact."""
+        self.fuse({})
+
+    # ---- inference ------------------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock.read():
+            return self.backend.run(inputs)
+
+    # ---- inspection -----------------------------------------------------------------------------------------
+    def weight(self, torch_name: str) -> np.ndarray:
+        """A copy of the live weight in torch layout (from its first placement)."""
+        info = self.manifest.tensors[torch_name]
+        p = info.placements[self.backend.name][0]
+        arr = self.backend.buffers[p.name].reshape(p.shape)
+        return (arr.T if p.layout == "transpose2d" else arr).reshape(info.shape).copy()
+
+    def _verify_base(self) -> None:
+        for info in self.manifest.tensors.values():
+            for p in info.placements.get(self.backend.name, ()):
+                arr = self.backend.buffers[p.name].reshape(p.shape)
+                torch_layout = arr.T if p.layout == "transpose2d" else arr
+                digest = hashlib.sha256(np.ascontiguousarray(torch_layout).tobytes()).hexdigest()
+                if digest != info.sha256:
+                    raise ManifestError(f"{self.manifest.root}: weights of {info.name} ({p.name}) differ from the "
+                                        "manifest's sha256: the weights file was modified")
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.backend.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.backend.output_names
+
+
+def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False) -> ShiraSession:
+    return ShiraSession(Path(base_dir), backend, threads, verify)

@@ -1,0 +1,249 @@
+"""`shira-export model`: export a base model ONCE, with a manifest that says where every patchable weight lives.
+
+Pipeline: torch.onnx.export (dynamo) -> locate each targeted torch weight among the graph's initializers by
+value (as-is, or transposed: the exporter pre-transposes MatMul weights and renames them `val_N`) -> turn
+those initializers into graph inputs whose bytes go to weights.safetensors (the runtime owns and patches
+them) -> keep every other weight embedded, so ORT prepacks it -> verify against torch -> write the manifest.
+
+A weight whose bytes the exporter merged with another tensor (tied weights, identical all-zero tensors) is
+excluded: patching one buffer would silently patch both. Excluded weights are listed in the manifest with
+the reason, and packing an adapter that touches one fails with that reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from .atomic import write_text
+from .model_source import ExportSubject
+
+PATCHABLE_KINDS = {torch.nn.Linear: "linear", torch.nn.Conv1d: "conv1d", torch.nn.Conv2d: "conv2d"}
+ONNX_EXTERNAL_DATA_ABOVE = 1_800_000_000  # protobuf cannot hold 2 GB in one message
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def tensor_sha256(t: torch.Tensor | np.ndarray) -> str:
+    arr = t.detach().cpu().contiguous().numpy() if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the state dict (name, dtype, shape, bytes), sorted by name."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        arr = t.detach().cpu().contiguous()
+        h.update(f"{name}|{arr.dtype}|{list(arr.shape)}\n".encode())
+        h.update(arr.view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def patchable_weights(model: torch.nn.Module, targets: str | None) -> dict[str, tuple[str, str]]:
+    """torch parameter name -> (module name, kind) for Linear/Conv weights matching the `targets` regex."""
+    out = {}
+    for mname, mod in model.named_modules():
+        kind = PATCHABLE_KINDS.get(type(mod))
+        pname = f"{mname}.weight"
+        if kind and (targets is None or re.search(targets, pname)):
+            out[pname] = (mname, kind)
+    return out
+
+
+def _torch_export(subject: ExportSubject, log) -> onnx.ModelProto:
+    emod = subject.export_module()
+    names = list(subject.example_inputs)
+    args = tuple(subject.example_inputs.values())
+    dyn = None
+    if subject.dynamic_axes:
+        dyn = tuple({ax: torch.export.Dim(d, min=lo, max=hi) for ax, (d, lo, hi) in subject.dynamic_axes.get(n, {}).items()}
+                    or None for n in names)
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):
+            prog = torch.onnx.export(emod, args, dynamo=True, input_names=names, output_names=subject.output_names,
+                                     dynamic_shapes=dyn, verbose=False)
+    except Exception as e:
+        raise ExportError(f"torch.onnx.export failed: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
+    return prog.model_proto
+
+
+def _value_key(arr: np.ndarray) -> tuple:
+    return arr.shape, arr.dtype.str, hashlib.sha1(np.ascontiguousarray(arr).tobytes()).digest()
+
+
+def locate_weights(proto: onnx.ModelProto, model: torch.nn.Module, targets: dict[str, tuple[str, str]]):
+    """Find each target's initializer(s) by value. Returns (placements, excluded, shared_groups)."""
+    init_arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    inits_by_key = defaultdict(list)
+    for name, arr in init_arrays.items():
+        inits_by_key[_value_key(arr)].append(name)
+
+    # every tensor of the model, by value, in both orientations: which torch tensors each initializer holds
+    holders = defaultdict(set)  # initializer -> torch tensor names whose value it equals
+    by_storage = defaultdict(list)
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        by_storage[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))].append(name)
+        arr = t.detach().cpu().contiguous().numpy()
+        for key in {_value_key(arr), _value_key(arr.T)} if arr.ndim == 2 else {_value_key(arr)}:
+            for init in inits_by_key.get(key, ()):
+                holders[init].add(name)
+    tied = {n: names for names in by_storage.values() if len(names) > 1 for n in names}
+
+    placements, excluded, shared = {}, {}, []
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for pname in targets:
+        w = params[pname].detach().cpu().contiguous().numpy()
+        if pname in tied:
+            excluded[pname] = f"shares storage with {sorted(set(tied[pname]) - {pname})} in torch (tied weights)"
+            shared.append(sorted(tied[pname]))
+            continue
+        found = [(n, "identity") for n in inits_by_key.get(_value_key(w), ())]
+        if w.ndim == 2:
+            found += [(n, "transpose2d") for n in inits_by_key.get(_value_key(w.T), ())]
+        if not found:
+            excluded[pname] = "not found as an initializer of the exported graph (folded or fused by the exporter)"
+            continue
+        others = sorted(set().union(*(holders[n] for n, _ in found)) - {pname})
+        if others or len({n for n, _ in found}) < len(found):
+            excluded[pname] = f"the exporter stores it in one buffer with {others or 'itself transposed'}"
+            shared.append(sorted({pname, *others}))
+            continue
+        placements[pname] = [(n, layout, tuple(init_arrays[n].shape)) for n, layout in found]
+    return placements, excluded, shared, init_arrays
+
+
+def _to_graph_inputs(proto: onnx.ModelProto, names: set[str]) -> None:
+    keep = [i for i in proto.graph.initializer if i.name not in names]
+    moved = [i for i in proto.graph.initializer if i.name in names]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    existing = {i.name for i in proto.graph.input}
+    for init in moved:
+        if init.name not in existing:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+
+
+def _io_spec(values, skip=frozenset()) -> list[dict]:
+    out = []
+    for v in values:
+        if v.name in skip:
+            continue
+        tt = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in tt.shape.dim]
+        out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, "shape": shape})
+    return out
+
+
+def tool_versions() -> dict:
+    import onnxruntime
+    import transformers
+
+    from . import __version__
+
+    try:
+        import peft
+
+        peft_v = peft.__version__
+    except ImportError:
+        peft_v = None
+    return {"shira": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__, "peft": peft_v}
+
+
+def export_model(subject: ExportSubject, out_dir, targets: str | None = None, log=print) -> dict:
+    """Export `subject` to out_dir (model.onnx, weights.safetensors, sample.npz, manifest.json). Returns the manifest."""
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    model = subject.model.eval()
+    t0 = time.perf_counter()
+    wanted = patchable_weights(model, targets)
+    if not wanted:
+        raise ExportError(f"--targets {targets!r} matches no Linear/Conv weight of {subject.source}")
+    log(f"exporting {subject.source}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{len(wanted)} candidate patchable weights")
+    proto = _torch_export(subject, log)
+    placements, excluded, shared, init_arrays = locate_weights(proto, model, wanted)
+    for pname, why in excluded.items():
+        log(f"  not patchable: {pname}: {why}")
+    if not placements:
+        raise ExportError("no targeted weight could be made patchable (see the reasons above)")
+    moved = {n for pl in placements.values() for n, _, _ in pl}
+    _to_graph_inputs(proto, moved)
+
+    params = dict(model.named_parameters())
+    tensors = {}
+    for pname, pl in placements.items():
+        mname, kind = wanted[pname]
+        w = params[pname]
+        tensors[pname] = {
+            "module": mname, "kind": kind, "shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch."),
+            "sha256": tensor_sha256(w),
+            "placements": {"onnxruntime": [{"name": n, "shape": list(s), "layout": lay} for n, lay, s in pl]},
+        }
+    with torch.no_grad():
+        ref = subject.export_module()(*subject.example_inputs.values())
+    ref_outputs = {subject.output_names[0]: ref.detach().numpy()}
+    manifest = {
+        "format": "shira-manifest", "format_version": 1,
+        "created_by": tool_versions(),
+        "model": {"source": subject.source, "class": type(model).__name__,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "base_fingerprint": base_fingerprint(model),
+        "inputs": _io_spec(proto.graph.input, skip=moved),
+        "outputs": _io_spec(proto.graph.output),
+        "artifacts": {"onnxruntime": {"model": "model.onnx", "weights": "weights.safetensors"}},
+        "sample": "sample.npz",
+        "tensors": tensors,
+        "excluded": excluded,
+        "shared_storage": shared,
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        save_file({n: np.ascontiguousarray(init_arrays[n]) for n in sorted(moved)}, str(staging / "weights.safetensors"))
+        big = proto.ByteSize() > ONNX_EXTERNAL_DATA_ABOVE
+        onnx.save_model(proto, str(staging / "model.onnx"), save_as_external_data=big,
+                        all_tensors_to_one_file=True, location="model.onnx.data")
+        np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
+                 **{f"output:{k}": v for k, v in ref_outputs.items()})
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        manifest["export_check"] = verify_export(staging, subject, ref_outputs)
+        log(f"  verified with ONNX Runtime: max |ort - torch| = {manifest['export_check']['max_abs_error']:.3g}")
+        for f in ("model.onnx.data", "weights.safetensors", "model.onnx", "sample.npz") if big else (
+                "weights.safetensors", "model.onnx", "sample.npz"):
+            os.chmod(staging / f, 0o644)
+            os.replace(staging / f, out_dir / f)
+        write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))  # last: readers see all or nothing new
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    n_patch = sum(t["shape"][0] * int(np.prod(t["shape"][1:])) for t in tensors.values())
+    log(f"  {len(tensors)} patchable tensors ({n_patch:,} weights) -> {out_dir} in {time.perf_counter() - t0:.1f}s")
+    return manifest
+
+
+def verify_export(base_dir: Path, subject: ExportSubject, ref_outputs: dict[str, np.ndarray]) -> dict:
+    """Run the exported base through the real runtime and compare with torch on the sample input."""
+    from shira_runtime import ShiraSession
+
+    sess = ShiraSession(base_dir, verify=True)
+    outs = sess.run({k: v.numpy() for k, v in subject.example_inputs.items()})
+    err = max(float(np.max(np.abs(outs[k] - ref_outputs[k]))) for k in ref_outputs)
+    return {"backend": "onnxruntime", "max_abs_error": err, "sample": "sample.npz"}
