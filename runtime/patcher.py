@@ -41,15 +41,16 @@ class WeightPatcher:
             if not parts:
                 plans[name] = BufferPlan(EMPTY_IDX, EMPTY_VAL, EMPTY_VAL)
                 continue
-            if len(parts) == 1:
-                idx, delta, scale = parts[0]
-                delta = delta if scale == 1.0 else (delta * np.float32(scale)).astype(np.float32)
-            else:  # overlapping indices sum their scaled deltas
-                idx, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
-                weights = np.concatenate([p[1].astype(np.float64) * p[2] for p in parts])
-                delta = np.bincount(inverse, weights=weights, minlength=idx.size).astype(np.float32)
-            base = self._base_values(name, idx)
-            values = base + delta
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the isfinite check below
+                if len(parts) == 1:
+                    idx, delta, scale = parts[0]
+                    delta = delta if scale == 1.0 else (delta * np.float32(scale)).astype(np.float32)
+                else:  # overlapping indices sum their scaled deltas
+                    idx, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+                    weights = np.concatenate([p[1].astype(np.float64) * p[2] for p in parts])
+                    delta = np.bincount(inverse, weights=weights, minlength=idx.size).astype(np.float32)
+                base = self._base_values(name, idx)
+                values = base + delta
             if not np.all(np.isfinite(values)):
                 raise AdapterError(f"buffer {name}: the requested combination produces non-finite weights")
             plans[name] = BufferPlan(idx, values, base)

@@ -54,11 +54,18 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _module_kind(mod: torch.nn.Module) -> str | None:
+    kind = PATCHABLE_KINDS.get(type(mod))
+    if kind is None and type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers"):
+        kind = "linear-fan-in-fan-out"  # GPT-2 style Conv1D: a Linear whose weight is stored [in, out]
+    return kind
+
+
 def patchable_weights(model: torch.nn.Module, targets: str | None) -> dict[str, tuple[str, str]]:
     """torch parameter name -> (module name, kind) for Linear/Conv weights matching the `targets` regex."""
     out = {}
     for mname, mod in model.named_modules():
-        kind = PATCHABLE_KINDS.get(type(mod))
+        kind = _module_kind(mod)
         pname = f"{mname}.weight"
         if kind and (targets is None or re.search(targets, pname)):
             out[pname] = (mname, kind)

@@ -1,0 +1,60 @@
+"""Session-wide fixtures: each built-in model exported once, real PEFT SHiRA adapters trained for it."""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+warnings.filterwarnings("ignore")
+logging.getLogger("torchao").setLevel(logging.ERROR)
+
+
+@dataclass
+class Built:
+    name: str
+    subject: object  # ExportSubject
+    base_dir: Path
+    peft_dirs: dict  # task -> PEFT checkpoint dir
+    blobs: dict  # task -> packed blob path
+    inputs: dict  # sample inputs (numpy)
+
+
+def _build(name: str, tmp: Path) -> Built:
+    from shira_models import get_spec
+    from shira_toolchain import peft_shira
+    from shira_toolchain.export import export_model
+    from shira_toolchain.model_source import resolve
+    from shira_toolchain.pack import pack_peft_shira
+
+    subject = resolve(name)
+    base = tmp / "base"
+    export_model(subject, base, log=lambda *a: None)
+    spec = get_spec(name)
+    peft_dirs, blobs = {}, {}
+    for i, task in enumerate(peft_shira.TASKS[name]):
+        peft_dirs[task] = tmp / "peft" / task
+        peft_shira.train_shira(name, subject.model, task, peft_dirs[task], spec.peft_targets, r=1, steps=8, seed=i,
+                               log=lambda *a: None)
+        blobs[task] = pack_peft_shira(peft_dirs[task], base, tmp / f"{task}.shira").out
+    sample = np.load(base / "sample.npz")
+    inputs = {k.removeprefix("input:"): sample[k] for k in sample.files if k.startswith("input:")}
+    return Built(name, subject, base, peft_dirs, blobs, inputs)
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory) -> Built:
+    return _build("tiny-llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def stylenet(tmp_path_factory) -> Built:
+    return _build("style-net", tmp_path_factory.mktemp("style-net"))
+
+
+@pytest.fixture(params=["tiny-llama", "style-net"])
+def built(request) -> Built:
+    return request.getfixturevalue({"tiny-llama": "llama", "style-net": "stylenet"}[request.param])

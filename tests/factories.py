@@ -1,0 +1,68 @@
+"""Small models for `package.module:factory` exports in the tests."""
+import torch
+from torch import nn
+
+
+class _WithExample(nn.Module):
+    def example_inputs(self):
+        return {"x": torch.rand(2, 16, generator=torch.Generator().manual_seed(0))}
+
+
+class TwinZeros(_WithExample):
+    """a and b hold identical (all-zero) weights: the exporter merges them into one buffer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        nn.init.zeros_(self.a.weight)
+        nn.init.zeros_(self.b.weight)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x) + self.b(x) + x))
+
+
+class Tied(_WithExample):
+    """dec.weight IS enc.weight (one Parameter under two names)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc, self.dec = nn.Linear(16, 16, bias=False), nn.Linear(16, 16, bias=False)
+        self.dec.weight = self.enc.weight
+        self.head = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.head(self.dec(torch.tanh(self.enc(x))))
+
+
+class FanInFanOut(_WithExample):
+    """A GPT-2 style Conv1D layer: weight stored as [in, out]."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        torch.manual_seed(0)
+        self.proj = Conv1D(24, 16)  # nf=out=24, nx=in=16 -> weight [16, 24]
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.proj(x)))
+
+
+def twin_zeros():
+    return TwinZeros()
+
+
+def tied():
+    return Tied()
+
+
+def fan_in_fan_out():
+    return FanInFanOut()
+
+
+def plain_mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))

@@ -1,0 +1,130 @@
+"""Export: manifest contents, layouts, --targets, shared storage, the three MODEL forms."""
+import json
+
+import numpy as np
+import pytest
+
+from shira_runtime import ShiraSession
+from shira_runtime.manifest import load as load_manifest
+from shira_toolchain.export import ExportError, export_model
+from shira_toolchain.model_source import ModelSourceError, resolve
+
+QUIET = dict(log=lambda *a: None)
+
+
+def test_manifest_records_every_linear_and_conv_weight_with_layouts(built):
+    m = load_manifest(built.base_dir)
+    raw = m.raw
+    assert raw["format"] == "shira-manifest" and raw["format_version"] == 1
+    assert raw["base_fingerprint"].startswith("sha256:") and len(raw["base_fingerprint"]) == 71
+    assert {"shira", "torch", "onnx", "onnxruntime"} <= set(raw["created_by"])
+    assert raw["export_check"]["max_abs_error"] < 1e-4
+    from shira_toolchain.export import patchable_weights
+
+    assert set(m.tensors) == set(patchable_weights(built.subject.model, None))
+    params = dict(built.subject.model.named_parameters())
+    for name, info in m.tensors.items():
+        w = params[name].detach().numpy()
+        assert info.shape == w.shape
+        for p in info.placements["onnxruntime"]:
+            assert p.layout in ("identity", "transpose2d")
+            assert p.shape == (w.T.shape if p.layout == "transpose2d" else w.shape)
+    layouts = {p.layout for i in m.tensors.values() for p in i.placements["onnxruntime"]}
+    if built.name == "tiny-llama":
+        assert "transpose2d" in layouts  # the exporter pre-transposes MatMul weights for 3-D inputs
+    else:
+        assert any(i.kind == "conv2d" for i in m.tensors.values())
+
+
+def test_weights_file_holds_the_stated_layout(built):
+    sess = ShiraSession(built.base_dir, verify=True)  # re-hashes every weight in torch layout
+    params = dict(built.subject.model.named_parameters())
+    for name in sess.manifest.tensors:
+        np.testing.assert_array_equal(sess.weight(name), params[name].detach().numpy())
+
+
+def test_index_map_of_transposed_placement(llama):
+    m = load_manifest(llama.base_dir)
+    info = next(i for i in m.tensors.values() if i.placements["onnxruntime"][0].layout == "transpose2d")
+    p = info.placements["onnxruntime"][0]
+    rows, cols = info.shape
+    r, c = rows - 1, 3
+    assert p.map_indices(np.array([r * cols + c]), info.shape)[0] == c * rows + r
+
+
+def test_targets_regex_limits_patchable_weights(tmp_path):
+    subject = resolve("tiny-llama")
+    man = export_model(subject, tmp_path, targets=r"self_attn\.(q|v)_proj", **QUIET)
+    assert sorted(man["tensors"]) == sorted(f"model.layers.{i}.self_attn.{p}_proj.weight"
+                                            for i in range(2) for p in "qv")
+    import onnx
+
+    g = onnx.load(str(tmp_path / "model.onnx")).graph
+    weight_inputs = [i.name for i in g.input if i.name != "input_ids"]
+    assert len(weight_inputs) == 4  # everything else stays an embedded, prepackable initializer
+    assert len(g.initializer) > 10
+    with pytest.raises(ExportError, match="matches no"):
+        export_model(subject, tmp_path / "none", targets="^nothing$", **QUIET)
+
+
+def test_identical_weights_merged_by_the_exporter_are_not_patchable(tmp_path):
+    man = export_model(resolve("tests.factories:twin_zeros"), tmp_path, **QUIET)
+    assert set(man["tensors"]) == {"c.weight"}
+    assert {"a.weight", "b.weight"} <= set(man["excluded"])
+    assert ["a.weight", "b.weight"] in man["shared_storage"]
+
+
+def test_tied_weights_are_not_patchable(tmp_path):
+    man = export_model(resolve("tests.factories:tied"), tmp_path, **QUIET)
+    assert "head.weight" in man["tensors"]
+    assert "enc.weight" not in man["tensors"] and "dec.weight" not in man["tensors"]
+    assert "tied" in man["excluded"]["enc.weight"]
+
+
+def test_pack_names_the_exclusion_reason(tmp_path):
+    from shira_toolchain.pack import PackError, pack_peft_shira
+
+    from .helpers import write_peft_layout_checkpoint
+
+    export_model(resolve("tests.factories:twin_zeros"), tmp_path / "b", **QUIET)
+    ckpt = write_peft_layout_checkpoint(tmp_path / "c", {"a": (np.array([0]), np.array([1]), np.array([1.0]))})
+    with pytest.raises(PackError, match="one buffer with"):
+        pack_peft_shira(ckpt, tmp_path / "b", tmp_path / "x.shira")
+
+
+def test_factory_with_weights_and_input_option(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    m = resolve("tests.factories:plain_mlp", inputs=("0:2x16",)).model
+    new = {k: torch.full_like(v, 0.01) + i for i, (k, v) in enumerate(m.state_dict().items())}
+    save_file(new, str(tmp_path / "w.safetensors"))
+    subject = resolve("tests.factories:plain_mlp", str(tmp_path / "w.safetensors"), inputs=("0:2x16",))
+    man = export_model(subject, tmp_path / "out", **QUIET)
+    assert man["export_check"]["max_abs_error"] < 1e-4
+    sess = ShiraSession(tmp_path / "out")
+    np.testing.assert_array_equal(sess.weight("0.weight"), new["0.weight"].numpy())
+    with pytest.raises(ModelSourceError, match="--input"):
+        resolve("tests.factories:plain_mlp")
+    with pytest.raises(ModelSourceError, match="cannot import"):
+        resolve("tests.factories:missing")
+
+
+def test_local_hugging_face_directory(tmp_path):
+    from shira_models import tiny_llama
+
+    lm = tiny_llama.build()
+    lm.save_pretrained(tmp_path / "hf")
+    man = export_model(resolve(str(tmp_path / "hf")), tmp_path / "out", **QUIET)
+    assert man["base_fingerprint"] == json.loads((tmp_path / "out" / "manifest.json").read_text())["base_fingerprint"]
+    assert "model.layers.1.mlp.down_proj.weight" in man["tensors"]
+    assert man["export_check"]["max_abs_error"] < 1e-4
+
+
+def test_reexport_replaces_files_atomically(stylenet, tmp_path):
+    import shutil
+
+    shutil.copytree(stylenet.base_dir, tmp_path / "b")
+    export_model(resolve("style-net"), tmp_path / "b", **QUIET)
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert load_manifest(tmp_path / "b").base_fingerprint == load_manifest(stylenet.base_dir).base_fingerprint

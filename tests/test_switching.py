@@ -1,0 +1,109 @@
+"""Outputs equal PEFT's merged torch model after every switch and fusion, on the same loaded session."""
+import numpy as np
+import pytest
+
+from shira_runtime import ShiraSession
+from shira_toolchain import peft_shira
+from shira_toolchain.pack import pack_peft_shira
+
+from .helpers import patched_copy, random_sparse, write_peft_layout_checkpoint
+
+SCALE_PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": 0.7, "b": -0.4}, {}, {"b": 2.0}, {"a": 1.0}]
+
+
+def test_runtime_equals_peft_merged_model_after_each_switch_and_fusion(built):
+    sess = ShiraSession(built.base_dir)
+    a, b = list(built.blobs)
+    for task, path in built.blobs.items():
+        sess.load(path, name=task)
+    engine = sess.backend.session
+    peft_model = peft_shira.load_peft(built.subject.model, built.peft_dirs)
+    out_name = sess.output_names[0]
+    base_out = sess.run(built.inputs)[out_name]
+    outputs = []
+    for plan in SCALE_PLANS:
+        scales = {{"a": a, "b": b}[k]: v for k, v in plan.items()}
+        sess.fuse(scales)
+        out = sess.run(built.inputs)[out_name]
+        ref = peft_shira.reference_output(built.name, peft_shira.merged_model(peft_model, built.subject.model, scales),
+                                          built.inputs)
+        np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5, err_msg=f"after fuse({scales})")
+        if scales:  # the patch is visible in the very next run of the same session
+            assert np.max(np.abs(out - base_out)) > 1e-3
+        outputs.append(out)
+    assert sess.backend.session is engine  # never re-created
+    np.testing.assert_array_equal(outputs[0], outputs[-1])  # same state, same output
+
+
+def test_conv_and_linear_weights_patch_in_place(stylenet, tmp_path):
+    """PEFT's SHiRA adapts Linear only; a PEFT-layout checkpoint over conv weights packs and patches the same way."""
+    from shira_toolchain.export import patchable_weights
+
+    shapes = {p.removesuffix(".weight"): tuple(dict(stylenet.subject.model.named_parameters())[p].shape)
+              for p in patchable_weights(stylenet.subject.model, None)}
+    assert any(len(s) == 4 for s in shapes.values())
+    modules = {m: random_sparse(s, 0.02, seed=i) for i, (m, s) in enumerate(sorted(shapes.items()))}
+    ckpt = write_peft_layout_checkpoint(tmp_path / "conv", modules)
+    blob = pack_peft_shira(ckpt, stylenet.base_dir, tmp_path / "conv.shira").out
+    sess = ShiraSession(stylenet.base_dir)
+    sess.load(blob, name="conv")
+    for scale in (1.0, 0.5):
+        sess.fuse({"conv": scale})
+        ref = patched_copy(stylenet.subject.model, modules, scale)
+        out = sess.run(stylenet.inputs)["styled"]
+        np.testing.assert_allclose(out, peft_shira.reference_output("style-net", ref, stylenet.inputs),
+                                   atol=2e-5, rtol=1e-5)
+
+
+def test_fusion_sums_overlapping_deltas(stylenet, tmp_path):
+    shape = tuple(stylenet.subject.model.mix[0].weight.shape)
+    r1, c1, v1 = random_sparse(shape, 0.3, seed=1)
+    r2, c2, v2 = random_sparse(shape, 0.3, seed=2)
+    overlap = set(zip(r1.tolist(), c1.tolist())) & set(zip(r2.tolist(), c2.tolist()))
+    assert len(overlap) > 10
+    sess = ShiraSession(stylenet.base_dir)
+    for name, mod in (("x", (r1, c1, v1)), ("y", (r2, c2, v2))):
+        ckpt = write_peft_layout_checkpoint(tmp_path / name, {"mix.0": mod})
+        sess.load(pack_peft_shira(ckpt, stylenet.base_dir, tmp_path / f"{name}.shira").out, name=name)
+    sess.fuse({"x": 0.5, "y": 2.0})
+    ref = patched_copy(patched_copy(stylenet.subject.model, {"mix.0": (r1, c1, v1)}, 0.5), {"mix.0": (r2, c2, v2)}, 2.0)
+    np.testing.assert_allclose(sess.weight("mix.0.weight"), ref.mix[0].weight.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(sess.run(stylenet.inputs)["styled"],
+                               peft_shira.reference_output("style-net", ref, stylenet.inputs), atol=2e-5, rtol=1e-5)
+
+
+def test_fan_in_fan_out_checkpoint_addresses_the_stored_transpose(tmp_path):
+    """fan_in_fan_out: rows/cols address the logical [out, in] delta of a weight stored [in, out]."""
+    from shira_toolchain.export import export_model
+    from shira_toolchain.model_source import resolve
+
+    subject = resolve("tests.factories:fan_in_fan_out")
+    export_model(subject, tmp_path / "base", log=lambda *a: None)
+    w = subject.model.proj.weight  # [in=16, out=24]
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 24, 30), rng.integers(0, 16, 30)
+    flat = np.unique(rows * 16 + cols)
+    rows, cols, vals = flat // 16, flat % 16, rng.normal(0, 0.5, flat.size).astype(np.float32)
+    ckpt = write_peft_layout_checkpoint(tmp_path / "ckpt", {"proj": (rows, cols, vals)}, fan_in_fan_out=True)
+    sess = ShiraSession(tmp_path / "base")
+    sess.load(pack_peft_shira(ckpt, tmp_path / "base", tmp_path / "a.shira").out, name="a")
+    sess.switch("a")
+    expect = w.detach().numpy().copy()
+    expect[cols, rows] += vals
+    np.testing.assert_array_equal(sess.weight("proj.weight"), expect)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_single_switch_writes_base_plus_delta_exactly(llama, threads):
+    """One adapter at scale 1 writes exactly float32(base + delta), the value PEFT's merge computes."""
+    from shira_runtime import read_adapter
+
+    sess = ShiraSession(llama.base_dir, threads=threads)
+    name = sess.load(llama.blobs["zen"], name="zen")
+    adapter = read_adapter(llama.blobs["zen"])
+    before = {t: sess.weight(t) for t in adapter.tensors}
+    sess.switch(name)
+    for t, at in adapter.tensors.items():
+        expect = before[t].reshape(-1).copy()
+        expect[at.indices] = expect[at.indices] + at.values
+        np.testing.assert_array_equal(sess.weight(t).reshape(-1), expect)

@@ -1,0 +1,122 @@
+"""Command line: `shira-export`, `shira-pack`, and the `shira` group that carries both plus the demo."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import click
+
+
+def _quiet_third_party() -> None:
+    """torch/torchao/onnxscript print pages of warnings that say nothing about the user's model."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch  # noqa: F401 - torch configures its loggers on import; quiet them after that
+
+    for name in ("torch", "torch.onnx", "torch.export", "torchao", "onnxscript", "transformers", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _fail(e: Exception) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(2)
+
+
+@click.group(help="Export a base model to ONNX with a manifest of its patchable weights.")
+def export_group():
+    pass
+
+
+@export_group.command("model")
+@click.argument("model")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write model.onnx, weights.safetensors, sample.npz and manifest.json into.")
+@click.option("--targets", default=None, metavar="REGEX",
+              help="Only weights whose torch parameter name matches REGEX (re.search) become patchable, e.g. "
+                   "'self_attn\\.(q|v)_proj'. Default: every Linear and Conv weight. The others keep the "
+                   "runtime's fast prepacked path.")
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A .safetensors state dict loaded into the model before export (built-in or module:factory).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
+              help="Sample input for a module:factory model, e.g. image:1x3x64x64:float32. Repeat per input.")
+def export_model_cmd(model, out_dir, targets, weights, inputs):
+    """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
+    Face model directory. Reports the export's max abs error against torch on a sample input."""
+    _quiet_third_party()
+    from .export import ExportError, export_model
+    from .model_source import ModelSourceError, resolve
+
+    try:
+        export_model(resolve(model, weights, inputs), out_dir, targets, log=click.echo)
+    except (ExportError, ModelSourceError) as e:
+        _fail(e)
+
+
+@click.group(help="Pack adapters into compact blobs bound to one exported base.")
+def pack_group():
+    pass
+
+
+@pack_group.command("adapter")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.option("--base", "base_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The exported base directory (from shira-export) the adapter was trained on.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The blob to write (.shira).")
+@click.option("--name", default=None, help="Adapter name stored in the blob. Default: SRC's directory name.")
+@click.option("--values", "value_dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="Storage type of the delta values. f16 halves their size at ~1e-3 relative error.")
+def pack_adapter_cmd(src, base_dir, out, name, value_dtype):
+    """Pack SRC, a PEFT SHiRA checkpoint directory (adapter_config.json + adapter_model.safetensors). Every
+    module must be a patchable tensor of the base, every index in range, every value finite."""
+    from shira_runtime.errors import ShiraError
+
+    from .pack import PackError, pack_peft_shira
+
+    try:
+        r = pack_peft_shira(src, base_dir, out, name, value_dtype)
+    except (PackError, ShiraError) as e:
+        _fail(e)
+    click.echo(f"{r.out}: adapter {r.name!r}, {r.tensors} tensors, {r.nnz:,} nonzeros ({r.density:.2%} of the "
+               f"adapted weights), {r.blob_bytes:,} bytes ({r.blob_bytes / max(r.nnz, 1):.2f} B/nonzero); "
+               f"PEFT checkpoint {r.source_bytes:,} bytes")
+
+
+@click.group(help="SHiRA on-device toolchain: export a base once, pack adapters, switch them in place.")
+def main_group():
+    pass
+
+
+@main_group.command("demo")
+@click.option("--model", "model_name", type=click.Choice(["tiny-llama", "style-net"]), default="tiny-llama",
+              show_default=True, help="Built-in base model to run the pipeline on.")
+@click.option("--out", "out_dir", default="shira-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the exported base, the PEFT checkpoints and the packed blobs go.")
+@click.option("--steps", default=40, show_default=True, help="Training steps per PEFT SHiRA adapter.")
+@click.option("--r", "r", default=1, show_default=True, help="PEFT ShiraConfig r: r*(in+out) values per layer.")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+def demo_cmd(model_name, out_dir, steps, r, threads):
+    """Export MODEL, train two SHiRA adapters with PEFT, pack them, load the base ONCE in ONNX Runtime, switch,
+    fuse and reset in place, and print per step the switch time, inference time and the max abs difference to
+    PEFT's merged torch model."""
+    _quiet_third_party()
+    from .demo import run_demo
+
+    run_demo(model_name, out_dir, steps=steps, r=r, threads=threads, log=click.echo)
+
+
+main_group.add_command(export_group, "export")
+main_group.add_command(pack_group, "pack")
+
+
+def main():
+    main_group()
+
+
+def export_main():
+    export_group()
+
+
+def pack_main():
+    pack_group()
