@@ -15,7 +15,7 @@ from .errors import ManifestError
 
 FORMAT = "shira-manifest"
 FORMAT_VERSION = 1
-LAYOUTS = ("identity", "transpose2d")
+LAYOUTS = ("identity", "transpose2d", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -24,15 +24,24 @@ class Placement:
 
     name: str
     shape: tuple[int, ...]
-    layout: str  # "identity": same row-major order as torch; "transpose2d": stored as W.T
+    # "identity": same row-major order as torch; "transpose2d": stored as W.T;
+    # "channels_last": dim 1 moved last, e.g. a conv kernel [O, I, H, W] stored as [O, H, W, I] (XNNPACK)
+    layout: str
+    offset: int | None = None  # byte offset inside the artifact file (ExecuTorch .pte), if addressed that way
+    reload: bool = False  # True: the engine packs this weight at load, a change needs a method reload
 
     def map_indices(self, flat: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
         """Torch row-major flat indices -> flat indices into this placement's buffer."""
         if self.layout == "identity":
             return flat
-        rows = torch_shape[0]
-        cols = int(np.prod(torch_shape[1:]))
-        return (flat % cols) * rows + flat // cols
+        if self.layout == "transpose2d":
+            rows = torch_shape[0]
+            cols = int(np.prod(torch_shape[1:]))
+            return (flat % cols) * rows + flat // cols
+        c = torch_shape[1]  # channels_last
+        rest = int(np.prod(torch_shape[2:]))
+        outer, inner = flat // (c * rest), flat % (c * rest)
+        return outer * (c * rest) + (inner % rest) * c + inner // rest
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,8 @@ def load(base_dir) -> Manifest:
                 for p in plist:
                     if p["layout"] not in LAYOUTS:
                         raise ManifestError(f"{path}: tensor {name}: unknown layout {p['layout']!r}")
-                    ps.append(Placement(p["name"], tuple(p["shape"]), p["layout"]))
+                    ps.append(Placement(p["name"], tuple(p["shape"]), p["layout"], p.get("offset"),
+                                        bool(p.get("reload", False))))
                 placements[backend] = tuple(ps)
             tensors[name] = TensorInfo(name, t["module"], t["kind"], tuple(t["shape"]), t["dtype"], t["sha256"],
                                        placements)

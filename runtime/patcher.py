@@ -67,14 +67,19 @@ class WeightPatcher:
             base[hit] = self.saved[name][pos_clipped[hit]]
         return base
 
-    def commit(self, plans: dict[str, BufferPlan]) -> None:
+    def commit(self, plans: dict[str, BufferPlan]) -> set[str]:
+        """Write the plans; returns the names of the buffers whose contents changed."""
+        changed = set()
         for name, p in plans.items():
             buf = self.buffers[name]
             if self.idx[name].size:
                 buf[self.idx[name]] = self.saved[name]
+                changed.add(name)
             if p.idx.size:
                 buf[p.idx] = p.values
+                changed.add(name)
             self.idx[name], self.saved[name] = p.idx, p.base
+        return changed
 
     @property
     def patched_entries(self) -> int:

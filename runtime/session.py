@@ -29,6 +29,10 @@ def _make_backend(name: str, manifest, threads):
         from .backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(manifest, threads)
+    if name == "executorch":
+        from .backends.executorch import ExecuTorchBackend  # imports torch: ExecuTorch's bindings need it
+
+        return ExecuTorchBackend(manifest, threads)
     raise ManifestError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -95,7 +99,8 @@ class ShiraSession:
                     terms.setdefault(buf, []).append((idx, delta, float(scale)))
             plans = self.patcher.plan(terms)
             with self._lock.write():
-                self.patcher.commit(plans)
+                changed = self.patcher.commit(plans)
+                self.backend.weights_changed(changed)  # e.g. ExecuTorch reloads a method whose conv weights changed
                 self.active = dict(scales)
 
     def reset(self) -> None:
@@ -112,14 +117,12 @@ class ShiraSession:
         """A copy of the live weight in torch layout (from its first placement)."""
         info = self.manifest.tensors[torch_name]
         p = info.placements[self.backend.name][0]
-        arr = self.backend.buffers[p.name].reshape(p.shape)
-        return (arr.T if p.layout == "transpose2d" else arr).reshape(info.shape).copy()
+        return _to_torch_layout(self.backend.buffers[p.name], p, info.shape).copy()
 
     def _verify_base(self) -> None:
         for info in self.manifest.tensors.values():
             for p in info.placements.get(self.backend.name, ()):
-                arr = self.backend.buffers[p.name].reshape(p.shape)
-                torch_layout = arr.T if p.layout == "transpose2d" else arr
+                torch_layout = _to_torch_layout(self.backend.buffers[p.name], p, info.shape)
                 digest = hashlib.sha256(np.ascontiguousarray(torch_layout).tobytes()).hexdigest()
                 if digest != info.sha256:
                     raise ManifestError(f"{self.manifest.root}: weights of {info.name} ({p.name}) differ from the "
@@ -132,6 +135,15 @@ class ShiraSession:
     @property
     def output_names(self) -> list[str]:
         return self.backend.output_names
+
+
+def _to_torch_layout(buf: np.ndarray, p, torch_shape) -> np.ndarray:
+    arr = buf.reshape(p.shape)
+    if p.layout == "transpose2d":
+        return arr.T
+    if p.layout == "channels_last":
+        return np.moveaxis(arr, -1, 1)
+    return arr.reshape(torch_shape)
 
 
 def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False) -> ShiraSession:

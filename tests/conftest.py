@@ -55,6 +55,11 @@ def stylenet(tmp_path_factory) -> Built:
     return _build("style-net", tmp_path_factory.mktemp("style-net"))
 
 
+@pytest.fixture(params=["onnxruntime", "executorch"])
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture(params=["tiny-llama", "style-net"])
 def built(request) -> Built:
     return request.getfixturevalue({"tiny-llama": "llama", "style-net": "stylenet"}[request.param])

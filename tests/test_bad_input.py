@@ -12,9 +12,9 @@ from .helpers import snapshot, write_peft_layout_checkpoint
 
 
 @pytest.fixture
-def session_with_active(llama):
+def session_with_active(llama, backend):
     """A session with an adapter active: a refusal must leave the PATCHED weights as they were too."""
-    sess = ShiraSession(llama.base_dir)
+    sess = ShiraSession(llama.base_dir, backend=backend)
     sess.load(llama.blobs["zen"], name="zen")
     sess.switch("zen")
     return sess

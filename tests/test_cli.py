@@ -13,7 +13,7 @@ def _run(*args, timeout=300):
 
 
 @pytest.mark.parametrize("cmd,words", [
-    (("shira-export", "model", "--help"), ["--targets", "--weights", "--input", "--out"]),
+    (("shira-export", "model", "--help"), ["--targets", "--weights", "--input", "--out", "--format"]),
     (("shira-pack", "adapter", "--help"), ["--base", "--out", "--values", "PEFT"]),
     (("shira", "demo", "--help"), ["--model", "--steps", "--threads"]),
     (("shira", "--help"), ["export", "pack", "demo"]),
@@ -26,9 +26,10 @@ def test_help_explains_every_option(cmd, words):
 
 
 def test_export_pack_roundtrip_and_errors(llama, tmp_path):
-    r = _run("shira-export", "model", "style-net", "--out", str(tmp_path / "sn"), "--targets", "mix")
+    r = _run("shira-export", "model", "style-net", "--out", str(tmp_path / "sn"), "--targets", "mix",
+             "--format", "onnx")
     assert r.returncode == 0, r.stderr
-    assert "max |ort - torch|" in r.stdout and (tmp_path / "sn" / "manifest.json").exists()
+    assert "max |onnxruntime - torch|" in r.stdout and (tmp_path / "sn" / "manifest.json").exists()
     r = _run("shira-pack", "adapter", str(llama.peft_dirs["zen"]), "--base", str(llama.base_dir),
              "--out", str(tmp_path / "z.shira"), "--values", "f16")
     assert r.returncode == 0, r.stderr
@@ -47,6 +48,7 @@ def test_demo_command_runs_end_to_end(tmp_path):
     lines = r.stdout.splitlines()
     table = [l for l in lines if l.startswith(("switch", "fuse", "reset", "base"))]
     assert len(table) == 7
-    diffs = [float(l.split()[-3]) for l in table]
-    assert max(diffs) < 1e-4  # runtime == PEFT merged model at every step
-    assert "byte-equal to the base: yes" in r.stdout
+    for l in table:  # runtime == PEFT merged model at every step, on both runtimes
+        cols = l.split()
+        assert float(cols[-5]) < 1e-4 and float(cols[-2]) < 1e-4, l
+    assert r.stdout.count("byte-equal to the base: yes") == 2

@@ -6,8 +6,8 @@ import numpy as np
 from shira_runtime import ShiraSession
 
 
-def test_no_half_patched_outputs_under_concurrent_switching(llama):
-    sess = ShiraSession(llama.base_dir, threads=1)
+def test_no_half_patched_outputs_under_concurrent_switching(llama, backend):
+    sess = ShiraSession(llama.base_dir, backend=backend, threads=1)
     names = list(llama.blobs)
     for t in names:
         sess.load(llama.blobs[t], name=t)

@@ -41,7 +41,10 @@ def export_group():
               help="A .safetensors state dict loaded into the model before export (built-in or module:factory).")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
               help="Sample input for a module:factory model, e.g. image:1x3x64x64:float32. Repeat per input.")
-def export_model_cmd(model, out_dir, targets, weights, inputs):
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pte", "all"]), default="all", show_default=True,
+              help="onnx: model.onnx for ONNX Runtime; pte: model.pte for ExecuTorch (XNNPACK); all: both. A weight "
+                   "is patchable only if every exported format can patch it.")
+def export_model_cmd(model, out_dir, targets, weights, inputs, fmt):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
     _quiet_third_party()
@@ -49,7 +52,8 @@ def export_model_cmd(model, out_dir, targets, weights, inputs):
     from .model_source import ModelSourceError, resolve
 
     try:
-        export_model(resolve(model, weights, inputs), out_dir, targets, log=click.echo)
+        formats = ("onnx", "pte") if fmt == "all" else (fmt,)
+        export_model(resolve(model, weights, inputs), out_dir, targets, formats=formats, log=click.echo)
     except (ExportError, ModelSourceError) as e:
         _fail(e)
 
@@ -97,9 +101,9 @@ def main_group():
 @click.option("--r", "r", default=1, show_default=True, help="PEFT ShiraConfig r: r*(in+out) values per layer.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
 def demo_cmd(model_name, out_dir, steps, r, threads):
-    """Export MODEL, train two SHiRA adapters with PEFT, pack them, load the base ONCE in ONNX Runtime, switch,
-    fuse and reset in place, and print per step the switch time, inference time and the max abs difference to
-    PEFT's merged torch model."""
+    """Export MODEL, train two SHiRA adapters with PEFT, pack them, load the base ONCE in ONNX Runtime and in
+    ExecuTorch, switch, fuse and reset in place, and print per step and runtime the switch time, inference time
+    and the max abs difference to PEFT's merged torch model."""
     _quiet_third_party()
     from .demo import run_demo
 

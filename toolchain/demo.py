@@ -1,7 +1,8 @@
 """`shira demo`: the whole pipeline on a built-in model, checked against PEFT at every step.
 
-export the base once -> train two SHiRA adapters with PEFT -> pack them -> load the base ONCE in the runtime
--> switch, fuse, reset in place -> per step: switch time, inference time, max |runtime - PEFT merged torch|.
+export the base once -> train two SHiRA adapters with PEFT -> pack them -> load the base ONCE in each runtime
+-> switch, fuse, reset in place -> per step and per runtime (ONNX Runtime and ExecuTorch): switch time,
+inference time, max |runtime - PEFT merged torch|.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from . import peft_shira
 from .export import export_model
 from .model_source import resolve
 from .pack import pack_peft_shira
+
+
+BACKENDS = ("onnxruntime", "executorch")
 
 
 def _time_run(sess, inputs, repeats: int) -> tuple[dict, float]:
@@ -53,12 +57,14 @@ def run_demo(model_name: str, out_dir, steps: int = 40, r: int = 1, threads: int
         log(f"  packed {task}: {rep.nnz:,} nonzeros ({rep.density:.2%} of the adapted weights), "
             f"{rep.blob_bytes:,} bytes (PEFT checkpoint: {rep.source_bytes:,} bytes)")
 
-    t = time.perf_counter()
-    sess = ShiraSession(base_dir, threads=threads)
-    log(f"  loaded the base once in ONNX Runtime in {(time.perf_counter() - t) * 1e3:.0f} ms")
-    for task, path in blobs.items():
-        sess.load(path, name=task)
-    base_weights = {n: b.copy() for n, b in sess.backend.buffers.items()}
+    sessions = {}
+    for backend in BACKENDS:
+        t = time.perf_counter()
+        sessions[backend] = ShiraSession(base_dir, backend=backend, threads=threads)
+        log(f"  loaded the base once in {backend} in {(time.perf_counter() - t) * 1e3:.0f} ms")
+        for task, path in blobs.items():
+            sessions[backend].load(path, name=task)
+    base_weights = {b: {n: w.copy() for n, w in s.backend.buffers.items()} for b, s in sessions.items()}
 
     sample = np.load(base_dir / "sample.npz")
     inputs = {k.removeprefix("input:"): sample[k] for k in sample.files if k.startswith("input:")}
@@ -66,38 +72,47 @@ def run_demo(model_name: str, out_dir, steps: int = 40, r: int = 1, threads: int
     a, b = tasks[0], tasks[1]
     plan = [("base", None), (f"switch {a}", {a: 1.0}), (f"switch {b}", {b: 1.0}), (f"switch {a}", {a: 1.0}),
             (f"fuse {a}+{b}", {a: 1.0, b: 1.0}), (f"fuse 0.7 {a} + 0.3 {b}", {a: 0.7, b: 0.3}), ("reset", {})]
-    base_out = None
     rows = []
     for label, scales in plan:
-        switch_ms = float("nan")
-        if scales is not None:
-            t = time.perf_counter()
-            sess.fuse(scales)
-            switch_ms = (time.perf_counter() - t) * 1e3
-        out, infer_s = _time_run(sess, inputs, repeats)
-        out = out[sess.output_names[0]]
-        base_out = out if base_out is None else base_out
         ref = peft_shira.reference_output(model_name, peft_shira.merged_model(peft_model, subject.model, scales or {}),
                                           inputs)
-        rows.append({"step": label, "switch_ms": switch_ms, "inference_ms": infer_s * 1e3,
-                     "max_abs_diff_vs_peft": float(np.max(np.abs(out - ref))),
-                     "max_abs_change_vs_base": float(np.max(np.abs(out - base_out))),
-                     "patched_entries": sess.patcher.patched_entries})
-    exact = all(np.array_equal(sess.backend.buffers[n], w) for n, w in base_weights.items())
+        row = {"step": label}
+        for backend, sess in sessions.items():
+            switch_ms = float("nan")
+            if scales is not None:
+                t = time.perf_counter()
+                sess.fuse(scales)
+                switch_ms = (time.perf_counter() - t) * 1e3
+            out, infer_s = _time_run(sess, inputs, repeats)
+            out = out[sess.output_names[0]]
+            row[backend] = {"switch_ms": switch_ms, "inference_ms": infer_s * 1e3,
+                            "max_abs_diff_vs_peft": float(np.max(np.abs(out - ref)))}
+            row["patched_entries"] = sess.patcher.patched_entries
+        rows.append(row)
+    exact = {b: all(np.array_equal(s.backend.buffers[n], w) for n, w in base_weights[b].items())
+             for b, s in sessions.items()}
     log("")
     log(format_table(rows))
-    log(f"\nafter reset, every patchable weight byte-equal to the base: {'yes' if exact else 'NO'}")
+    for b, ok in exact.items():
+        log(f"after reset, every patchable {b} weight byte-equal to the base: {'yes' if ok else 'NO'}")
     log(f"total {time.perf_counter() - t0:.1f}s; artifacts in {out_dir}")
-    if not exact:
+    if not all(exact.values()):
         raise RuntimeError("reset did not restore the base weights bit-exactly")
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("step", "switch ms", "inference ms", "max|rt-PEFT|", "max|out-base|", "patched")
-    lines = [f"{head[0]:<28}{head[1]:>10}{head[2]:>14}{head[3]:>14}{head[4]:>15}{head[5]:>9}"]
+    """One line per step; per runtime: switch ms, inference ms, max |runtime - PEFT merged torch model|."""
+    short = {"onnxruntime": "ORT", "executorch": "ET"}
+    backends = [b for b in BACKENDS if b in rows[0]]
+    head = f"{'step':<28}" + "".join(f"{short[b] + ' switch ms':>15}{short[b] + ' infer ms':>14}{short[b] + ' max|d PEFT|':>17}"
+                                     for b in backends) + f"{'patched':>9}"
+    lines = [head]
     for r in rows:
-        sw = "-" if np.isnan(r["switch_ms"]) else f"{r['switch_ms']:.2f}"
-        lines.append(f"{r['step']:<28}{sw:>10}{r['inference_ms']:>14.2f}{r['max_abs_diff_vs_peft']:>14.2e}"
-                     f"{r['max_abs_change_vs_base']:>15.2e}{r['patched_entries']:>9}")
+        line = f"{r['step']:<28}"
+        for b in backends:
+            c = r[b]
+            sw = "-" if np.isnan(c["switch_ms"]) else f"{c['switch_ms']:.2f}"
+            line += f"{sw:>15}{c['inference_ms']:>14.2f}{c['max_abs_diff_vs_peft']:>17.2e}"
+        lines.append(line + f"{r['patched_entries']:>9}")
     return "\n".join(lines)

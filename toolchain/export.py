@@ -173,49 +173,109 @@ def tool_versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__, "peft": peft_v}
 
 
-def export_model(subject: ExportSubject, out_dir, targets: str | None = None, log=print) -> dict:
-    """Export `subject` to out_dir (model.onnx, weights.safetensors, sample.npz, manifest.json). Returns the manifest."""
+FORMATS = {"onnx": "onnxruntime", "pte": "executorch"}
+
+
+def _combine_exclusions(per_backend: dict[str, dict[str, str]], located: dict[str, dict], wanted) -> dict[str, str]:
+    """A weight is patchable only if every exported backend can patch it; otherwise say why, per backend."""
+    excluded = {}
+    for pname in wanted:
+        why = [f"{b}: {ex[pname]}" for b, ex in per_backend.items() if pname in ex]
+        why += [f"{b}: not located" for b, loc in located.items() if pname not in loc and pname not in per_backend[b]]
+        if why:
+            excluded[pname] = "; ".join(why)
+    return excluded
+
+
+def export_model(subject: ExportSubject, out_dir, targets: str | None = None, formats=("onnx", "pte"),
+                 log=print) -> dict:
+    """Export `subject` once per format into out_dir, with one manifest for all of them. Returns the manifest.
+
+    Files: model.onnx + weights.safetensors (onnx), model.pte (pte), sample.npz, manifest.json (written last).
+    """
     from safetensors.numpy import save_file
 
     out_dir = Path(out_dir)
+    formats = tuple(dict.fromkeys(formats))
+    if not formats or set(formats) - set(FORMATS):
+        raise ExportError(f"formats must be among {sorted(FORMATS)}, got {list(formats)}")
     model = subject.model.eval()
     t0 = time.perf_counter()
     wanted = patchable_weights(model, targets)
     if not wanted:
         raise ExportError(f"--targets {targets!r} matches no Linear/Conv weight of {subject.source}")
     log(f"exporting {subject.source}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{len(wanted)} candidate patchable weights")
-    proto = _torch_export(subject, log)
-    placements, excluded, shared, init_arrays = locate_weights(proto, model, wanted)
+        f"{len(wanted)} candidate patchable weights, formats: {', '.join(formats)}")
+
+    located, per_backend_excluded, shared = {}, {}, []
+    if "onnx" in formats:
+        proto = _torch_export(subject, log)
+        pl, ex, sh, init_arrays = locate_weights(proto, model, wanted)
+        located["onnxruntime"], per_backend_excluded["onnxruntime"] = pl, ex
+        shared += sh
+        log(f"  onnx: {len(proto.graph.node)} nodes, {len(pl)} weights located")
+    if "pte" in formats:
+        from . import export_executorch as et
+
+        pte, dynamic, lowering = et.lower(subject, log)
+        pl, ex, sh = et.locate_in_program(pte, model, wanted)
+        reload, ex2 = et.probe_reload(pte, pl, subject.example_inputs, log)
+        ex.update(ex2)
+        pl = {k: v for k, v in pl.items() if k not in ex2}
+        located["executorch"], per_backend_excluded["executorch"] = pl, ex
+        shared += sh
+        n_reload = sum(reload.values())
+        log(f"  pte: {len(pte):,} bytes, {lowering['delegates']} XNNPACK delegate calls, {len(pl)} weights "
+            f"located ({n_reload} need a method reload when patched: conv)")
+    excluded = _combine_exclusions(per_backend_excluded, located, wanted)
     for pname, why in excluded.items():
         log(f"  not patchable: {pname}: {why}")
-    if not placements:
+    patchable = [p for p in wanted if p not in excluded]
+    if not patchable:
         raise ExportError("no targeted weight could be made patchable (see the reasons above)")
-    moved = {n for pl in placements.values() for n, _, _ in pl}
-    _to_graph_inputs(proto, moved)
 
     params = dict(model.named_parameters())
     tensors = {}
-    for pname, pl in placements.items():
+    for pname in patchable:
         mname, kind = wanted[pname]
         w = params[pname]
-        tensors[pname] = {
-            "module": mname, "kind": kind, "shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch."),
-            "sha256": tensor_sha256(w),
-            "placements": {"onnxruntime": [{"name": n, "shape": list(s), "layout": lay} for n, lay, s in pl]},
-        }
+        placements = {}
+        if "onnxruntime" in located:
+            placements["onnxruntime"] = [{"name": n, "shape": list(shp), "layout": lay}
+                                         for n, lay, shp in located["onnxruntime"][pname]]
+        if "executorch" in located:
+            placements["executorch"] = [{"name": f"model.pte@{off}", "shape": list(shp), "layout": lay,
+                                         "offset": off, "reload": reload[(pname, off)]}
+                                        for off, lay, shp in located["executorch"][pname]]
+        tensors[pname] = {"module": mname, "kind": kind, "shape": list(w.shape),
+                          "dtype": str(w.dtype).removeprefix("torch."), "sha256": tensor_sha256(w),
+                          "placements": placements}
     with torch.no_grad():
         ref = subject.export_module()(*subject.example_inputs.values())
     ref_outputs = {subject.output_names[0]: ref.detach().numpy()}
+    artifacts = {}
+    files = ["sample.npz"]
+    if "onnx" in formats:
+        moved = {pl["name"] for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
+        _to_graph_inputs(proto, moved)
+        artifacts["onnxruntime"] = {"model": "model.onnx", "weights": "weights.safetensors"}
+        io_inputs, io_outputs = _io_spec(proto.graph.input, skip=moved), _io_spec(proto.graph.output)
+    if "pte" in formats:
+        artifacts["executorch"] = {"program": "model.pte", "method": "forward", "dynamic_shapes": dynamic,
+                                   "lowering": lowering}
+        if "onnx" not in formats:
+            io_inputs = [{"name": k, "dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
+                         for k, v in subject.example_inputs.items()]
+            io_outputs = [{"name": k, "dtype": "float32", "shape": list(v.shape)} for k, v in ref_outputs.items()]
     manifest = {
         "format": "shira-manifest", "format_version": 1,
         "created_by": tool_versions(),
         "model": {"source": subject.source, "class": type(model).__name__,
                   "parameters": sum(p.numel() for p in model.parameters())},
         "base_fingerprint": base_fingerprint(model),
-        "inputs": _io_spec(proto.graph.input, skip=moved),
-        "outputs": _io_spec(proto.graph.output),
-        "artifacts": {"onnxruntime": {"model": "model.onnx", "weights": "weights.safetensors"}},
+        "inputs": io_inputs,
+        "outputs": io_outputs,
+        "artifacts": artifacts,
         "sample": "sample.npz",
         "tensors": tensors,
         "excluded": excluded,
@@ -225,32 +285,38 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, lo
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
-        save_file({n: np.ascontiguousarray(init_arrays[n]) for n in sorted(moved)}, str(staging / "weights.safetensors"))
-        big = proto.ByteSize() > ONNX_EXTERNAL_DATA_ABOVE
-        onnx.save_model(proto, str(staging / "model.onnx"), save_as_external_data=big,
-                        all_tensors_to_one_file=True, location="model.onnx.data")
+        if "onnx" in formats:
+            save_file({n: np.ascontiguousarray(init_arrays[n]) for n in sorted(moved)},
+                      str(staging / "weights.safetensors"))
+            big = proto.ByteSize() > ONNX_EXTERNAL_DATA_ABOVE
+            onnx.save_model(proto, str(staging / "model.onnx"), save_as_external_data=big,
+                            all_tensors_to_one_file=True, location="model.onnx.data")
+            files += (["model.onnx.data"] if big else []) + ["weights.safetensors", "model.onnx"]
+        if "pte" in formats:
+            (staging / "model.pte").write_bytes(pte)
+            files.append("model.pte")
         np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
                  **{f"output:{k}": v for k, v in ref_outputs.items()})
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        manifest["export_check"] = verify_export(staging, subject, ref_outputs)
-        log(f"  verified with ONNX Runtime: max |ort - torch| = {manifest['export_check']['max_abs_error']:.3g}")
-        for f in ("model.onnx.data", "weights.safetensors", "model.onnx", "sample.npz") if big else (
-                "weights.safetensors", "model.onnx", "sample.npz"):
+        errors = {b: verify_export(staging, b, subject, ref_outputs) for b in artifacts}
+        manifest["export_check"] = {"sample": "sample.npz", "max_abs_error": errors}
+        for b, e in errors.items():
+            log(f"  verified with {b}: max |{b} - torch| = {e:.3g}")
+        for f in files:
             os.chmod(staging / f, 0o644)
             os.replace(staging / f, out_dir / f)
         write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))  # last: readers see all or nothing new
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    n_patch = sum(t["shape"][0] * int(np.prod(t["shape"][1:])) for t in tensors.values())
+    n_patch = sum(int(np.prod(t["shape"])) for t in tensors.values())
     log(f"  {len(tensors)} patchable tensors ({n_patch:,} weights) -> {out_dir} in {time.perf_counter() - t0:.1f}s")
     return manifest
 
 
-def verify_export(base_dir: Path, subject: ExportSubject, ref_outputs: dict[str, np.ndarray]) -> dict:
+def verify_export(base_dir: Path, backend: str, subject: ExportSubject, ref_outputs: dict[str, np.ndarray]) -> float:
     """Run the exported base through the real runtime and compare with torch on the sample input."""
     from shira_runtime import ShiraSession
 
-    sess = ShiraSession(base_dir, verify=True)
+    sess = ShiraSession(base_dir, backend=backend, verify=True)
     outs = sess.run({k: v.numpy() for k, v in subject.example_inputs.items()})
-    err = max(float(np.max(np.abs(outs[k] - ref_outputs[k]))) for k in ref_outputs)
-    return {"backend": "onnxruntime", "max_abs_error": err, "sample": "sample.npz"}
+    return max(float(np.max(np.abs(outs[k] - ref_outputs[k]))) for k in ref_outputs)

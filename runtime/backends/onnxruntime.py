@@ -54,6 +54,9 @@ class OnnxRuntimeBackend:
         if missing:
             raise ManifestError(f"{root / art['model']}: graph has no input for patchable buffer(s) {sorted(missing)}")
 
+    def weights_changed(self, names: set[str]) -> None:
+        """Nothing to do: every run reads the bound buffers."""
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = dict(self._ort_values)
         for name in self.input_names:
