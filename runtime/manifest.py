@@ -44,6 +44,16 @@ class Placement:
         return outer * (c * rest) + (inner % rest) * c + inner // rest
 
 
+    def to_torch_layout(self, buf: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
+        """A view (or transposed view) of this placement's buffer in torch layout."""
+        arr = buf.reshape(self.shape)
+        if self.layout == "transpose2d":
+            return arr.T
+        if self.layout == "channels_last":
+            return np.moveaxis(arr, -1, 1)
+        return arr.reshape(torch_shape)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str  # torch parameter name, e.g. model.layers.0.self_attn.q_proj.weight

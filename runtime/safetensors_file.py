@@ -80,8 +80,9 @@ def parse(buffer, source: str = "<bytes>") -> SafetensorsFile:
     tensors: dict[str, TensorEntry] = {}
     for name, info in header.items():
         try:
-            dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-            start, end = int(start), int(end)
+            dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if not (isinstance(dtype, str) and all(type(x) is int for x in (*shape, start, end))):
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{source}: tensor {name!r}: malformed header entry") from None
         if dtype not in DTYPES:

@@ -117,12 +117,12 @@ class ShiraSession:
         """A copy of the live weight in torch layout (from its first placement)."""
         info = self.manifest.tensors[torch_name]
         p = info.placements[self.backend.name][0]
-        return _to_torch_layout(self.backend.buffers[p.name], p, info.shape).copy()
+        return p.to_torch_layout(self.backend.buffers[p.name], info.shape).copy()
 
     def _verify_base(self) -> None:
         for info in self.manifest.tensors.values():
             for p in info.placements.get(self.backend.name, ()):
-                torch_layout = _to_torch_layout(self.backend.buffers[p.name], p, info.shape)
+                torch_layout = p.to_torch_layout(self.backend.buffers[p.name], info.shape)
                 digest = hashlib.sha256(np.ascontiguousarray(torch_layout).tobytes()).hexdigest()
                 if digest != info.sha256:
                     raise ManifestError(f"{self.manifest.root}: weights of {info.name} ({p.name}) differ from the "
@@ -135,15 +135,6 @@ class ShiraSession:
     @property
     def output_names(self) -> list[str]:
         return self.backend.output_names
-
-
-def _to_torch_layout(buf: np.ndarray, p, torch_shape) -> np.ndarray:
-    arr = buf.reshape(p.shape)
-    if p.layout == "transpose2d":
-        return arr.T
-    if p.layout == "channels_last":
-        return np.moveaxis(arr, -1, 1)
-    return arr.reshape(torch_shape)
 
 
 def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False) -> ShiraSession:

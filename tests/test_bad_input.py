@@ -40,7 +40,7 @@ def _refused(sess, blob, tmp_path, needle: str):
 
 def test_wrong_base_fingerprint(session_with_active, tmp_path):
     s = session_with_active
-    blob = encode_blob("x", "sha256:" + "0" * 64, [_good_delta(s)])
+    blob = encode_blob("x", "sha256:" + "0" * 64, [_good_delta(s)], "f32", "flat-u32")
     _refused(s, blob, tmp_path, "made for base")
 
 
@@ -65,28 +65,28 @@ def test_out_of_range_index(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
     d.indices[-1] = int(np.prod(d.shape))
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d]), tmp_path, "out of range")
+    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "out of range")
 
 
 def test_nan_value(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
     d.values[3] = np.nan
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d]), tmp_path, "non-finite")
+    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "non-finite")
 
 
 def test_unknown_module(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
     d = SparseDelta("model.layers.9.mlp.up_proj.weight", d.shape, d.indices, d.values)
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d]), tmp_path, "not a patchable tensor")
+    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "not a patchable tensor")
 
 
 def test_unsorted_or_duplicate_indices(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
     d.indices[5] = d.indices[4]
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d]), tmp_path, "strictly increasing")
+    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "strictly increasing")
 
 
 def test_unknown_version(session_with_active, llama, tmp_path):

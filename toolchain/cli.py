@@ -64,27 +64,60 @@ def pack_group():
 
 
 @pack_group.command("adapter")
-@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("src", type=click.Path(exists=True))
 @click.option("--base", "base_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The exported base directory (from shira-export) the adapter was trained on.")
+              help="The exported base directory (from shira-export) the adapter was made for.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The blob to write (.shira).")
-@click.option("--name", default=None, help="Adapter name stored in the blob. Default: SRC's directory name.")
-@click.option("--values", "value_dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
-              help="Storage type of the delta values. f16 halves their size at ~1e-3 relative error.")
-def pack_adapter_cmd(src, base_dir, out, name, value_dtype):
-    """Pack SRC, a PEFT SHiRA checkpoint directory (adapter_config.json + adapter_model.safetensors). Every
-    module must be a patchable tensor of the base, every index in range, every value finite."""
+@click.option("--name", default=None, help="Adapter name stored in the blob. Default: SRC's name.")
+@click.option("--values", "value_coding", type=click.Choice(["f16", "f32", "bf16", "int8", "int8-row"]),
+              default="f16", show_default=True,
+              help="How delta values are stored: f16 (2 B, ~5e-4 relative error), f32 (lossless), bf16 (2 B, "
+                   "~4e-3), int8 with one scale per tensor, or int8-row with one scale per weight row. The max "
+                   "error each introduces is reported.")
+@click.option("--index-coding", type=click.Choice(["auto", "elias-fano", "bitmap", "rowcol", "seed", "flat-u32"]),
+              default="auto", show_default=True,
+              help="How positions are stored. auto picks per tensor: seed (0 bytes, masks from the portable PRNG), "
+                   "rowcol (SHiRA-Struct masks), else the smallest of elias-fano (~1.1 B/nonzero at 1%), bitmap "
+                   "(dense masks) and flat-u32.")
+@click.option("--density", type=float, default=None,
+              help="For LoRA checkpoints (required) and full fine-tunes: keep this share of each weight, the "
+                   "largest |delta|. A full fine-tune without it keeps its exact nonzero difference.")
+def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, density):
+    """Pack SRC into a blob bound to the base: a PEFT SHiRA checkpoint directory, a PEFT LoRA checkpoint
+    directory (sparsified at --density), or a full fine-tune (.safetensors file or directory) diffed against
+    the base. Every module must be a patchable tensor of the base, every index in range, every value finite."""
     from shira_runtime.errors import ShiraError
 
-    from .pack import PackError, pack_peft_shira
+    from .pack import PackError, pack_adapter
 
     try:
-        r = pack_peft_shira(src, base_dir, out, name, value_dtype)
+        r = pack_adapter(src, base_dir, out, name, value_coding, index_coding, density)
     except (PackError, ShiraError) as e:
         _fail(e)
-    click.echo(f"{r.out}: adapter {r.name!r}, {r.tensors} tensors, {r.nnz:,} nonzeros ({r.density:.2%} of the "
-               f"adapted weights), {r.blob_bytes:,} bytes ({r.blob_bytes / max(r.nnz, 1):.2f} B/nonzero); "
-               f"PEFT checkpoint {r.source_bytes:,} bytes")
+    codings = ", ".join(f"{k} x{v}" for k, v in sorted(r.index_codings.items()))
+    click.echo(f"{r.out}: adapter {r.name!r} from {r.source_kind}, {r.tensors} tensors, {r.nnz:,} nonzeros "
+               f"({r.density:.2%} of the adapted weights), {r.blob_bytes:,} bytes "
+               f"({r.blob_bytes / max(r.nnz, 1):.2f} B/nonzero); source {r.source_bytes:,} bytes")
+    click.echo(f"  indices: {codings}; values: {r.value_coding}, max abs error {r.value_max_abs_error:.3g}")
+    if r.sparsify_rel_error is not None:
+        click.echo(f"  sparsification: relative error ||delta - kept|| / ||delta|| = {r.sparsify_rel_error:.4f}")
+    if r.ignored:
+        click.echo(f"  not patchable in this base, ignored: {len(r.ignored)} weights ({', '.join(r.ignored[:3])}...)")
+
+
+@pack_group.command("inspect")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def pack_inspect_cmd(file):
+    """Show, per tensor of a blob: nonzeros, density, index and value coding, bytes per nonzero and checksum;
+    then totals against the PEFT SHiRA checkpoint layout. Validates the whole file first."""
+    from shira_runtime.errors import ShiraError
+
+    from .pack import inspect_blob
+
+    try:
+        click.echo(inspect_blob(file))
+    except ShiraError as e:
+        _fail(e)
 
 
 @click.group(help="SHiRA on-device toolchain: export a base once, pack adapters, switch them in place.")

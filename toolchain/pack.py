@@ -1,28 +1,36 @@
-"""`shira-pack adapter`: turn a PEFT SHiRA checkpoint into a blob bound to one exported base.
+"""`shira-pack adapter` and `shira-pack inspect`: turn adapters into blobs bound to one exported base.
 
-PEFT layout (peft.ShiraConfig, save_pretrained): adapter_config.json + adapter_model.safetensors with, per
-adapted module, `base_model.model.<module>.shira_indices` (int32 [2, nnz]: rows, cols of the [out, in]
-weight; PEFT on Windows stores them as float32) and `base_model.model.<module>.shira_weight` (fp32 [nnz]).
+Sources (detected from SRC):
+  * a PEFT SHiRA checkpoint directory (peft_type SHIRA): adapter_config.json + adapter_model.safetensors with,
+    per adapted module, `base_model.model.<module>.shira_indices` (int32 [2, nnz]: rows, cols of the weight
+    viewed as [out, in]; PEFT on Windows stores them as float32) and `.shira_weight` (fp32 [nnz]). Our own
+    trainer writes this layout too, plus `shira_mask_seeds` (module -> seed) for seed-coded masks.
+  * a PEFT LoRA checkpoint directory (peft_type LORA): delta = B @ A * scaling, sparsified to SHiRA by keeping
+    the `--density` largest |delta| of each weight; the relative error of that sparsification is reported.
+  * a full fine-tune: a .safetensors state dict, or a directory of them: delta = fine-tuned - base; with
+    `--density` the largest |delta| of each weight, without it the exact nonzero difference.
 
-`fan_in_fan_out: true` means the module stores its weight as [in, out] (GPT-2 Conv1D) while the SHiRA rows
-and cols still address the logical [out, in] delta, as in PEFT's other tuners: the packer then swaps them to
-address the stored tensor. Every check happens here AND again in the runtime; this side names the module.
+`fan_in_fan_out: true` (PEFT) means the module stores its weight as [in, out] (GPT-2 Conv1D) while the
+SHiRA rows/cols (or LoRA's B @ A) address the logical [out, in] delta: the packer transposes to the stored
+tensor. Every check happens here AND again in the runtime; this side names the module.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from shira_runtime import manifest as manifest_mod
 from shira_runtime.adapter_file import read_adapter
+from shira_runtime.safetensors_file import read_file
 
-from .blob_writer import SparseDelta, encode_blob
 from .atomic import write_bytes
+from .blob_writer import DEFAULT_VALUES, SparseDelta, encode_blob, value_error
 
 PEFT_PREFIX = "base_model.model."
+PEFT_BYTES_PER_NNZ = 12  # int32 [2, nnz] indices + fp32 [nnz] values
 
 
 class PackError(ValueError):
@@ -33,37 +41,51 @@ class PackError(ValueError):
 class PackReport:
     name: str
     out: Path
+    source_kind: str
     tensors: int
     nnz: int
     patchable_weights: int
     blob_bytes: int
     source_bytes: int
+    value_coding: str
+    index_codings: dict = field(default_factory=dict)  # coding -> number of tensors
+    value_max_abs_error: float = 0.0  # introduced by the value coding
+    sparsify_rel_error: float | None = None  # ||delta - kept|| / ||delta|| for LoRA / full fine-tune sources
+    ignored: list = field(default_factory=list)  # changed tensors of a full fine-tune that are not patchable
 
     @property
     def density(self) -> float:
         return self.nnz / max(self.patchable_weights, 1)
 
 
-def read_peft_shira(src) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """-> (adapter_config, {module: (rows, cols, values)})."""
+# ---- reading sources ----------------------------------------------------------------------------------------
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    src = Path(src)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise PackError(f"{path}: cannot read: {e}") from None
+
+
+def _peft_dir(src: Path) -> tuple[dict, dict[str, np.ndarray], Path]:
     cfg_path, st_path = src / "adapter_config.json", src / "adapter_model.safetensors"
     for p in (cfg_path, st_path):
         if not p.exists():
-            raise PackError(f"{p}: not found; a PEFT SHiRA checkpoint directory holds adapter_config.json and "
+            raise PackError(f"{p}: not found; a PEFT checkpoint directory holds adapter_config.json and "
                             "adapter_model.safetensors")
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise PackError(f"{cfg_path}: not valid JSON: {e}") from None
+    return cfg, _load_safetensors(st_path), st_path
+
+
+def read_peft_shira(src) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """-> (adapter_config, {module: (rows, cols, values)})."""
+    cfg, state, st_path = _peft_dir(Path(src))
     if cfg.get("peft_type") != "SHIRA":
-        raise PackError(f"{cfg_path}: peft_type is {cfg.get('peft_type')!r}, not 'SHIRA'")
-    try:
-        state = load_file(str(st_path))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types
-        raise PackError(f"{st_path}: cannot read: {e}") from None
+        raise PackError(f"{Path(src) / 'adapter_config.json'}: peft_type is {cfg.get('peft_type')!r}, not 'SHIRA'")
     modules: dict[str, dict[str, np.ndarray]] = {}
     for key, arr in state.items():
         stem, _, kind = key.rpartition(".")
@@ -78,25 +100,30 @@ def read_peft_shira(src) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray, 
         if ind.ndim != 2 or ind.shape[0] != 2 or val.shape != (ind.shape[1],):
             raise PackError(f"{st_path}: module {module}: shira_indices {list(ind.shape)} and shira_weight "
                             f"{list(val.shape)} are not [2, nnz] and [nnz]")
-        if ind.dtype.kind == "f":  # PEFT saves indices as float32 on Windows
-            if not np.all(ind == np.round(ind)):
-                raise PackError(f"{st_path}: module {module}: float indices that are not integers")
+        if ind.dtype.kind == "f" and not np.all(ind == np.round(ind)):  # PEFT saves float32 indices on Windows
+            raise PackError(f"{st_path}: module {module}: float indices that are not integers")
         out[module] = (ind[0].astype(np.int64), ind[1].astype(np.int64), val.astype(np.float32))
     return cfg, out
 
 
-def to_sparse_deltas(cfg: dict, modules, manifest, source: str) -> list[SparseDelta]:
+def _target(manifest, module_or_param: str, where: str):
+    target = module_or_param if module_or_param.endswith(".weight") else f"{module_or_param}.weight"
+    info = manifest.tensors.get(target)
+    if info is None:
+        why = manifest.raw.get("excluded", {}).get(target)
+        raise PackError(f"{where}: not patchable in base {manifest.root}" + (f" ({why})" if why else
+                        " (not in its manifest: re-export with --targets matching it)"))
+    return target, info
+
+
+def shira_deltas(cfg: dict, modules, manifest, source: str) -> list[SparseDelta]:
     """Check every module against the base's manifest and convert (row, col) pairs to flat torch indices."""
     fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
+    seeds = cfg.get("shira_mask_seeds") or {}
     deltas = []
     for module, (rows, cols, vals) in sorted(modules.items()):
-        target = f"{module}.weight"
         where = f"{source}: module {module}"
-        info = manifest.tensors.get(target)
-        if info is None:
-            why = manifest.raw.get("excluded", {}).get(target)
-            raise PackError(f"{where}: not patchable in base {manifest.root}" + (f" ({why})" if why else
-                            " (not in its manifest: re-export with --targets matching it)"))
+        target, info = _target(manifest, module, where)
         out_f, in_f = info.shape[0], int(np.prod(info.shape[1:]))
         if fan_in_fan_out:  # stored [in, out]; SHiRA rows/cols address [out, in]
             if len(info.shape) != 2:
@@ -113,21 +140,165 @@ def to_sparse_deltas(cfg: dict, modules, manifest, source: str) -> list[SparseDe
         flat, vals = flat[order], vals[order]
         if flat.size > 1 and np.any(flat[1:] == flat[:-1]):
             raise PackError(f"{where}: the same weight entry is listed twice")
-        deltas.append(SparseDelta(target, info.shape, flat, vals))
+        seed = seeds.get(module)
+        deltas.append(SparseDelta(target, info.shape, flat, vals, seed=None if seed is None else int(seed)))
     if not deltas:
         raise PackError(f"{source}: the checkpoint adapts no module")
     return deltas
 
 
-def pack_peft_shira(src, base_dir, out, name: str | None = None, value_dtype: str = "f32") -> PackReport:
+def base_weights(manifest, targets) -> dict[str, np.ndarray]:
+    """The base's weights in torch layout, read back from the exported artifacts (no torch model needed)."""
+    out = {}
+    if "onnxruntime" in manifest.raw["artifacts"]:
+        st = read_file(manifest.root / manifest.artifact("onnxruntime")["weights"])
+        for t in targets:
+            p = manifest.tensors[t].placements["onnxruntime"][0]
+            out[t] = np.ascontiguousarray(p.to_torch_layout(st.array(p.name).reshape(-1), manifest.tensors[t].shape))
+    else:
+        pte = np.frombuffer((manifest.root / manifest.artifact("executorch")["program"]).read_bytes(), dtype=np.uint8)
+        for t in targets:
+            info = manifest.tensors[t]
+            p = info.placements["executorch"][0]
+            buf = pte[p.offset : p.offset + 4 * info.numel].view(np.float32)
+            out[t] = np.ascontiguousarray(p.to_torch_layout(buf, info.shape))
+    return out
+
+
+def sparsify(target: str, shape, delta: np.ndarray, density: float | None) -> tuple[SparseDelta, float, float]:
+    """Keep the largest |delta| (k = round(density * numel), at least 1) or, without density, every nonzero.
+    -> (sparse delta, squared norm kept out, squared norm of delta)."""
+    flat = delta.reshape(-1).astype(np.float32)
+    if density is None:
+        idx = np.flatnonzero(flat)
+    else:
+        k = min(flat.size, max(1, int(round(density * flat.size))))
+        idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:])
+    kept = flat[idx]
+    total = float(np.sum(flat.astype(np.float64) ** 2))
+    return SparseDelta(target, tuple(shape), idx.astype(np.int64), kept), total - float(np.sum(kept.astype(np.float64) ** 2)), total
+
+
+def lora_deltas(cfg: dict, state: dict, manifest, density: float, source: str) -> tuple[list[SparseDelta], float]:
+    if cfg.get("use_dora"):
+        raise PackError(f"{source}: DoRA adapters rescale whole columns; they are not sparse-convertible")
+    r = int(cfg["r"])
+    scaling = float(cfg.get("lora_alpha", r)) / (np.sqrt(r) if cfg.get("use_rslora") else r)
+    modules = sorted({k.removeprefix(PEFT_PREFIX).rsplit(".lora_", 1)[0] for k in state if ".lora_" in k})
+    deltas, lost, total = [], 0.0, 0.0
+    for module in modules:
+        where = f"{source}: module {module}"
+        a, b = state.get(f"{PEFT_PREFIX}{module}.lora_A.weight"), state.get(f"{PEFT_PREFIX}{module}.lora_B.weight")
+        if a is None or b is None:
+            raise PackError(f"{where}: needs lora_A.weight and lora_B.weight")
+        target, info = _target(manifest, module, where)
+        d = (b.reshape(b.shape[0], -1).astype(np.float64) @ a.reshape(a.shape[0], -1).astype(np.float64)) * scaling
+        if cfg.get("fan_in_fan_out"):
+            d = d.T
+        if d.size != info.numel:
+            raise PackError(f"{where}: B @ A has {d.size} entries, the base weight {list(info.shape)} has {info.numel}")
+        sd, l, t = sparsify(target, info.shape, d.reshape(info.shape), density)
+        if not np.all(np.isfinite(sd.values)):
+            raise PackError(f"{where}: non-finite values in B @ A")
+        deltas.append(sd)
+        lost, total = lost + l, total + t
+    if not deltas:
+        raise PackError(f"{source}: the checkpoint adapts no module")
+    return deltas, float(np.sqrt(lost / total)) if total else 0.0
+
+
+def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[SparseDelta], float, list[str]]:
+    files = sorted(src.glob("*.safetensors")) if src.is_dir() else [src]
+    if not files:
+        raise PackError(f"{src}: no .safetensors files")
+    state = {}
+    for f in files:
+        state.update({k.removeprefix(PEFT_PREFIX): v for k, v in _load_safetensors(f).items()})
+    present = [t for t in manifest.tensors if t in state]
+    if not present:
+        raise PackError(f"{src}: none of its tensors is a patchable weight of base {manifest.root}")
+    base = base_weights(manifest, present)
+    deltas, lost, total = [], 0.0, 0.0
+    for t in present:
+        ft = state[t]
+        if tuple(ft.shape) != manifest.tensors[t].shape:
+            raise PackError(f"{src}: tensor {t}: shape {list(ft.shape)} does not match the base's "
+                            f"{list(manifest.tensors[t].shape)}")
+        d = ft.astype(np.float32) - base[t]
+        if not np.all(np.isfinite(d)):
+            raise PackError(f"{src}: tensor {t}: non-finite values")
+        sd, l, tt = sparsify(t, ft.shape, d, density)
+        if sd.indices.size:
+            deltas.append(sd)
+        lost, total = lost + l, total + tt
+    if not deltas:
+        raise PackError(f"{src}: identical to the base: nothing to pack")
+    ignored = sorted(k for k in state if k not in manifest.tensors and k.endswith(".weight"))
+    return deltas, float(np.sqrt(lost / total)) if total else 0.0, ignored
+
+
+# ---- packing ------------------------------------------------------------------------------------------------
+def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str = DEFAULT_VALUES,
+                 index_coding: str = "auto", density: float | None = None) -> PackReport:
+    if density is not None and not 0 < density <= 1:
+        raise PackError(f"--density {density}: must be in (0, 1]")
     manifest = manifest_mod.load(base_dir)
     src = Path(src)
-    cfg, modules = read_peft_shira(src)
-    deltas = to_sparse_deltas(cfg, modules, manifest, str(src / "adapter_model.safetensors"))
-    name = name or src.name
-    blob = encode_blob(name, manifest.base_fingerprint, deltas, value_dtype)
-    read_adapter(blob, manifest, source=str(out))  # the runtime's own reader must accept it before we write it
+    rel_err, ignored = None, []
+    if src.is_dir() and (src / "adapter_config.json").exists():
+        cfg, state, st_path = _peft_dir(src)
+        kind = cfg.get("peft_type")
+        if kind == "SHIRA":
+            _, modules = read_peft_shira(src)
+            deltas = shira_deltas(cfg, modules, manifest, str(st_path))
+        elif kind == "LORA":
+            if density is None:
+                raise PackError(f"{src}: a LoRA checkpoint needs --density (the share of each weight to keep)")
+            deltas, rel_err = lora_deltas(cfg, state, manifest, density, str(st_path))
+        else:
+            raise PackError(f"{src / 'adapter_config.json'}: peft_type {kind!r} is not SHIRA or LORA")
+        source_kind = kind.lower()
+    elif src.suffix == ".safetensors" or src.is_dir():
+        deltas, rel_err, ignored = finetune_deltas(src, manifest, density)
+        source_kind = "full-finetune"
+    else:
+        raise PackError(f"{src}: not a PEFT checkpoint directory or a .safetensors fine-tune")
+    name = name or (src.stem if src.is_file() else src.name)
+    try:
+        blob = encode_blob(name, manifest.base_fingerprint, deltas, value_coding, index_coding)
+    except ValueError as e:
+        raise PackError(f"{src}: {e}") from None
+    adapter = read_adapter(blob, manifest, source=str(out))  # the runtime's reader must accept it before we write
     write_bytes(out, blob)
-    return PackReport(name, Path(out), len(deltas), sum(d.indices.size for d in deltas),
-                      sum(manifest.tensors[d.target].numel for d in deltas), len(blob),
-                      sum(p.stat().st_size for p in src.iterdir() if p.is_file()))
+    codings: dict[str, int] = {}
+    for t in adapter.tensors.values():
+        codings[t.index_coding] = codings.get(t.index_coding, 0) + 1
+    src_bytes = sum(p.stat().st_size for p in src.iterdir() if p.is_file()) if src.is_dir() else src.stat().st_size
+    return PackReport(name, Path(out), source_kind, len(deltas), adapter.nnz,
+                      sum(manifest.tensors[d.target].numel for d in deltas), len(blob), src_bytes, value_coding,
+                      codings, max(value_error(value_coding, d) for d in deltas), rel_err, ignored)
+
+
+def pack_peft_shira(src, base_dir, out, name: str | None = None, value_coding: str = "f32",
+                    index_coding: str = "auto") -> PackReport:
+    """PEFT SHiRA checkpoint -> blob; f32 values by default here so outputs match PEFT to fp32 precision."""
+    return pack_adapter(src, base_dir, out, name, value_coding, index_coding)
+
+
+# ---- inspection ---------------------------------------------------------------------------------------------
+def inspect_blob(path) -> str:
+    a = read_adapter(path)
+    lines = [f"{path}: adapter {a.name!r}, format v1, {a.file_bytes:,} bytes, base {a.base_fingerprint}, "
+             f"data crc32 {a.data_crc32:#010x}",
+             f"{'tensor':<48}{'shape':>14}{'nnz':>10}{'density':>9}{'indices':>12}{'values':>9}{'B/nnz':>7}  crc32"]
+    for t in a.tensors.values():
+        numel = int(np.prod(t.shape))
+        lines.append(f"{t.target:<48}{'x'.join(map(str, t.shape)):>14}{t.indices.size:>10,}"
+                     f"{t.indices.size / numel:>9.2%}{t.index_coding:>12}{t.value_coding:>9}"
+                     f"{t.stored_bytes / max(t.indices.size, 1):>7.2f}  {t.crc32:#010x}")
+    data = sum(t.stored_bytes for t in a.tensors.values())
+    peft = PEFT_BYTES_PER_NNZ * a.nnz
+    lines.append(f"total: {len(a.tensors)} tensors, {a.nnz:,} nonzeros, {data:,} data bytes "
+                 f"({data / max(a.nnz, 1):.2f} B/nonzero), {a.file_bytes:,} file bytes; the PEFT SHiRA layout "
+                 f"holds the same in {peft:,} bytes of tensors ({peft / max(a.file_bytes, 1):.1f}x this file)")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Index and value codings of the adapter blob (spec: docs/FORMAT.md §4-§5). Decoding is vectorized numpy.
+
+Every decoder validates what it can see (sizes, counts, padding bits) and raises ValueError with a short
+reason; adapter_file.py adds the file and tensor names.
+
+Bit streams are LSB-first: bit i of a stream is (byte[i // 8] >> (i % 8)) & 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+INDEX_CODINGS = ("flat-u32", "elias-fano", "bitmap", "rowcol", "seed")
+VALUE_CODINGS = ("f32", "f16", "bf16", "int8", "int8-row")
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def rows_cols(shape) -> tuple[int, int]:
+    """SHiRA views every weight as [R, C]: R = shape[0], C = product of the rest."""
+    return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+
+
+# ---- the portable PRNG behind `seed` masks ------------------------------------------------------------------
+def splitmix64_keys(seed: int, numel: int) -> np.ndarray:
+    """key(f) = mix(seed + (f + 1) * 0x9E3779B97F4A7C15 mod 2^64), mix = SplitMix64's finalizer."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (np.arange(1, numel + 1, dtype=np.uint64) * GOLDEN)
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
+        return z ^ (z >> np.uint64(31))
+
+
+def seeded_indices(seed: int, numel: int, count: int) -> np.ndarray:
+    """The `count` flat positions with the smallest (key, position), in increasing order."""
+    if not 0 <= count <= numel:
+        raise ValueError(f"count {count} outside [0, {numel}]")
+    if count == numel:
+        return np.arange(numel, dtype=np.int64)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = splitmix64_keys(seed, numel)
+    kth = np.partition(keys, count - 1)[count - 1]
+    below = np.flatnonzero(keys < kth)
+    ties = np.flatnonzero(keys == kth)[: count - below.size]  # ties broken by position
+    return np.sort(np.concatenate([below, ties])).astype(np.int64)
+
+
+# ---- indices ------------------------------------------------------------------------------------------------
+def _bits(buf: bytes, nbits: int) -> np.ndarray:
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    if arr.size != (nbits + 7) // 8:
+        raise ValueError(f"bit stream of {arr.size} bytes, expected {(nbits + 7) // 8}")
+    bits = np.unpackbits(arr, bitorder="little")
+    if bits[nbits:].any():
+        raise ValueError("nonzero padding bits")
+    return bits[:nbits]
+
+
+def ef_low_bits(numel: int, nnz: int) -> int:
+    """Elias-Fano low-part width: floor(log2(numel / nnz)), at least 0."""
+    return max(0, int(np.floor(np.log2(numel / nnz)))) if nnz else 0
+
+
+def ef_sizes(numel: int, nnz: int, low: int) -> tuple[int, int]:
+    """Bytes of the low stream and of the high stream."""
+    high_bits = nnz + ((numel - 1) >> low) + 1 if numel else nnz
+    return (nnz * low + 7) // 8, (high_bits + 7) // 8
+
+
+def decode_indices(coding: str, params: dict, buf: bytes | None, nnz: int, shape) -> np.ndarray:
+    numel = int(np.prod(shape, dtype=np.int64))
+    if coding == "flat-u32":
+        idx = np.frombuffer(buf, dtype="<u4").astype(np.int64)
+    elif coding == "elias-fano":
+        low = int(params["low_bits"])
+        if low != ef_low_bits(numel, nnz):
+            raise ValueError(f"low_bits {low} is not floor(log2(numel/nnz))")
+        lo_bytes, hi_bytes = ef_sizes(numel, nnz, low)
+        if len(buf) != lo_bytes + hi_bytes:
+            raise ValueError(f"{len(buf)} bytes, Elias-Fano of {nnz} in {numel} needs {lo_bytes + hi_bytes}")
+        lows = np.zeros(nnz, dtype=np.int64)
+        if low:
+            bits = _bits(buf[:lo_bytes], nnz * low).reshape(nnz, low).astype(np.int64)
+            lows = bits @ (np.int64(1) << np.arange(low, dtype=np.int64))
+        pos = np.flatnonzero(_bits(buf[lo_bytes:], nnz + ((numel - 1) >> low) + 1))
+        if pos.size != nnz:
+            raise ValueError(f"high stream holds {pos.size} entries, header says {nnz}")
+        idx = ((pos - np.arange(nnz)) << low) | lows
+    elif coding == "bitmap":
+        idx = np.flatnonzero(_bits(buf, numel)).astype(np.int64)
+    elif coding == "rowcol":
+        words = np.frombuffer(buf, dtype="<u4").astype(np.int64)
+        if words.size < 3 or words.size != 3 + words[0] + words[1] or words[2] > 1:
+            raise ValueError("malformed rowcol header")
+        r, c = rows_cols(shape)
+        rows, cols = words[3 : 3 + words[0]], words[3 + words[0] :]
+        if (rows >= r).any() or (cols >= c).any():
+            raise ValueError("row or column out of range")
+        parts = [(rows[:, None] * c + np.arange(c)).ravel(), (np.arange(r)[:, None] * c + cols).ravel()]
+        if words[2]:
+            d = np.arange(min(r, c))
+            parts.append(d * c + d)
+        idx = np.unique(np.concatenate(parts))
+    elif coding == "seed":
+        idx = seeded_indices(int(params["seed"]), numel, nnz)
+    else:
+        raise ValueError(f"unknown index coding {coding!r}")
+    if idx.size != nnz:
+        raise ValueError(f"decoded {idx.size} indices, header says {nnz}")
+    if nnz > 1 and not np.all(idx[1:] > idx[:-1]):
+        raise ValueError("indices are not strictly increasing (unsorted or duplicated)")
+    if nnz and (idx[0] < 0 or idx[-1] >= numel):
+        raise ValueError(f"index {int(idx[-1])} out of range for shape {list(shape)}")
+    return idx
+
+
+# ---- values -------------------------------------------------------------------------------------------------
+VALUE_BUFFER_DTYPE = {"f32": "F32", "f16": "F16", "bf16": "BF16", "int8": "I8", "int8-row": "I8"}
+
+
+def bf16_to_f32(raw_u16: np.ndarray) -> np.ndarray:
+    return (raw_u16.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def decode_values(coding: str, params: dict, buf: bytes, scales: bytes | None, idx: np.ndarray, shape) -> np.ndarray:
+    if coding == "f32":
+        return np.frombuffer(buf, dtype="<f4").astype(np.float32)
+    if coding == "f16":
+        return np.frombuffer(buf, dtype="<f2").astype(np.float32)
+    if coding == "bf16":
+        return bf16_to_f32(np.frombuffer(buf, dtype="<u2"))
+    q = np.frombuffer(buf, dtype=np.int8).astype(np.float32)
+    if coding == "int8":
+        scale = np.float32(params["scale"])
+        if not np.isfinite(scale) or scale < 0:
+            raise ValueError(f"bad int8 scale {params['scale']!r}")
+        return q * scale
+    if coding == "int8-row":
+        r, c = rows_cols(shape)
+        s = np.frombuffer(scales, dtype="<f4")
+        if s.size != r or not np.all(np.isfinite(s)) or (s < 0).any():
+            raise ValueError(f"int8-row needs {r} finite non-negative row scales")
+        return q * s[idx // c]
+    raise ValueError(f"unknown value coding {coding!r}")
