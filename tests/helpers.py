@@ -11,7 +11,7 @@ import torch
 
 
 def write_peft_layout_checkpoint(out_dir, modules: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                                 fan_in_fan_out: bool = False, index_dtype=np.int32) -> Path:
+                                 fan_in_fan_out: bool = False, index_dtype=np.int32, extra_config=None) -> Path:
     """The exact layout peft.ShiraConfig.save_pretrained writes, for arbitrary modules (rows, cols, values)."""
     from safetensors.numpy import save_file
 
@@ -24,7 +24,7 @@ def write_peft_layout_checkpoint(out_dir, modules: dict[str, tuple[np.ndarray, n
     save_file(tensors, str(out_dir / "adapter_model.safetensors"))
     (out_dir / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "SHIRA", "r": 1, "mask_type": "random", "fan_in_fan_out": fan_in_fan_out,
-         "target_modules": sorted(modules)}))
+         "target_modules": sorted(modules), **(extra_config or {})}))
     return out_dir
 
 

@@ -102,7 +102,8 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
     if r.sparsify_rel_error is not None:
         click.echo(f"  sparsification: relative error ||delta - kept|| / ||delta|| = {r.sparsify_rel_error:.4f}")
     if r.ignored:
-        click.echo(f"  not patchable in this base, ignored: {len(r.ignored)} weights ({', '.join(r.ignored[:3])}...)")
+        click.echo(f"  {len(r.ignored)} weights of the fine-tune are not patchable in this base and were left out "
+                   f"(any change to them is lost): {', '.join(r.ignored[:3])}...")
 
 
 @pack_group.command("inspect")

@@ -51,7 +51,7 @@ class PackReport:
     index_codings: dict = field(default_factory=dict)  # coding -> number of tensors
     value_max_abs_error: float = 0.0  # introduced by the value coding
     sparsify_rel_error: float | None = None  # ||delta - kept|| / ||delta|| for LoRA / full fine-tune sources
-    ignored: list = field(default_factory=list)  # changed tensors of a full fine-tune that are not patchable
+    ignored: list = field(default_factory=list)  # full fine-tune weights the base cannot patch (changed or not)
 
     @property
     def density(self) -> float:
@@ -166,17 +166,17 @@ def base_weights(manifest, targets) -> dict[str, np.ndarray]:
 
 
 def sparsify(target: str, shape, delta: np.ndarray, density: float | None) -> tuple[SparseDelta, float, float]:
-    """Keep the largest |delta| (k = round(density * numel), at least 1) or, without density, every nonzero.
+    """Keep the largest nonzero |delta| (k = round(density * numel), at least 1), or every nonzero without density.
     -> (sparse delta, squared norm kept out, squared norm of delta)."""
     flat = delta.reshape(-1).astype(np.float32)
-    if density is None:
-        idx = np.flatnonzero(flat)
-    else:
-        k = min(flat.size, max(1, int(round(density * flat.size))))
-        idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:])
-    kept = flat[idx]
-    total = float(np.sum(flat.astype(np.float64) ** 2))
-    return SparseDelta(target, tuple(shape), idx.astype(np.int64), kept), total - float(np.sum(kept.astype(np.float64) ** 2)), total
+    idx = np.flatnonzero(flat)  # only changed entries are candidates
+    if density is not None:
+        k = min(idx.size, max(1, int(round(density * flat.size))))
+        idx = np.sort(idx[np.argpartition(np.abs(flat[idx]), idx.size - k)[idx.size - k:]]) if k else idx[:0]
+    dropped = flat.astype(np.float64)
+    dropped[idx] = 0.0
+    return (SparseDelta(target, tuple(shape), idx.astype(np.int64), flat[idx]), float(np.sum(dropped ** 2)),
+            float(np.sum(flat.astype(np.float64) ** 2)))
 
 
 def lora_deltas(cfg: dict, state: dict, manifest, density: float, source: str) -> tuple[list[SparseDelta], float]:
