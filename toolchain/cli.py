@@ -121,6 +121,47 @@ def pack_inspect_cmd(file):
         _fail(e)
 
 
+@click.command("train")
+@click.argument("model")
+@click.option("--task", required=True,
+              help="Training objective. LMs: zen (next byte on the Zen of Python), json-doc (the json module's "
+                   "docstring). Image nets: invert, warm (colour transforms of random images).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the PEFT-compatible checkpoint (adapter_config.json, adapter_model.safetensors) "
+                   "and train_report.json.")
+@click.option("--mask", type=click.Choice(["struct", "rand", "wm", "grad", "snip"]), default="rand", show_default=True,
+              help="SHiRA mask: struct (diagonal + every f-th row), rand (seeded PRNG: blobs store no indices), wm "
+                   "(largest |W|), grad (largest accumulated |dW|), snip (largest |W*dW|).")
+@click.option("--r", "r", default=1, show_default=True,
+              help="r*(rows+cols) trainable values per layer: PEFT's count, the same as a LoRA of rank r.")
+@click.option("--steps", default=100, show_default=True, help="Optimizer steps.")
+@click.option("--lr", default=1e-2, show_default=True, help="Adam learning rate.")
+@click.option("--seed", default=0, show_default=True, help="Seed for masks, batches and initialisation: same seed, "
+                                                          "same checkpoint bytes.")
+@click.option("--calib-batches", default=4, show_default=True, help="Batches whose gradients rank entries for "
+                                                                    "the grad and snip masks.")
+@click.option("--targets", default=None, metavar="REGEX",
+              help="Adapt only weights whose torch name matches REGEX. Default: every Linear and Conv weight.")
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A .safetensors state dict loaded into the base model first.")
+@click.option("--lora", is_flag=True, help="Train the LoRA baseline (peft.LoraConfig, rank r, alpha r) instead: "
+                                           "the same number of trainable values, for comparison.")
+def train_cmd(model, task, out_dir, mask, r, steps, lr, seed, calib_batches, targets, weights, lora):
+    """Fine-tune MODEL (built-in name, package.module:factory, or a local HF directory) with a SHiRA adapter
+    and write a checkpoint that `shira-pack adapter` accepts. Linear layers use peft.ShiraConfig with the
+    chosen mask; conv layers use the same sparse scheme (PEFT's SHiRA is Linear-only) in the same layout."""
+    _quiet_third_party()
+    from .model_source import ModelSourceError, resolve
+    from .train import TrainConfig, train
+
+    try:
+        train(resolve(model, weights), TrainConfig(task=task, mask=mask, r=r, steps=steps, lr=lr, seed=seed,
+                                                   calib_batches=calib_batches, targets=targets, lora=lora),
+              out_dir, log=click.echo)
+    except (ModelSourceError, ValueError) as e:
+        _fail(e)
+
+
 @click.group(help="SHiRA on-device toolchain: export a base once, pack adapters, switch them in place.")
 def main_group():
     pass
@@ -146,6 +187,7 @@ def demo_cmd(model_name, out_dir, steps, r, threads):
 
 main_group.add_command(export_group, "export")
 main_group.add_command(pack_group, "pack")
+main_group.add_command(train_cmd, "train")
 
 
 def main():
@@ -158,3 +200,7 @@ def export_main():
 
 def pack_main():
     pack_group()
+
+
+def train_main():
+    train_cmd()

@@ -31,7 +31,7 @@ IMAGE_TASKS = {
 TASKS = {"tiny-llama": LM_TASKS, "style-net": IMAGE_TASKS}
 
 
-def _batch(model_name: str, task: str, g: torch.Generator, batch: int = 8):
+def task_batch(model_name: str, task: str, g: torch.Generator, batch: int = 8):
     if model_name == "tiny-llama":
         data = torch.tensor(list(LM_TASKS[task]().encode("utf-8")), dtype=torch.int64)
         win = 64
@@ -41,7 +41,7 @@ def _batch(model_name: str, task: str, g: torch.Generator, batch: int = 8):
     return {"image": x, "target": IMAGE_TASKS[task](x)}
 
 
-def _loss(model_name: str, model, b) -> torch.Tensor:
+def task_loss(model_name: str, model, b) -> torch.Tensor:
     if model_name == "tiny-llama":
         return model(input_ids=b["input_ids"], labels=b["input_ids"], use_cache=False).loss
     return torch.nn.functional.mse_loss(model(b["image"]), b["target"])
@@ -59,7 +59,7 @@ def train_shira(model_name: str, base: torch.nn.Module, task: str, out_dir, targ
     g = torch.Generator().manual_seed(seed)
     first = last = None
     for _ in range(steps):
-        loss = _loss(model_name, model, _batch(model_name, task, g))
+        loss = task_loss(model_name, model, task_batch(model_name, task, g))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,0 +1,203 @@
+"""`shira-train`: fine-tune a base model with a SHiRA adapter (or the LoRA baseline) and write a PEFT checkpoint.
+
+Linear layers go through `peft.ShiraConfig` with a custom `mask_fn` (one of the paper's five masks, masks.py);
+conv layers, which PEFT's SHiRA does not cover, through `ShiraConv` (shira_conv.py), saved in the same layout:
+`base_model.model.<module>.shira_indices` int32 [2, nnz] (rows, cols of the weight viewed as [out, in*kh*kw])
+and `.shira_weight` fp32 [nnz]. adapter_config.json is PEFT's, plus:
+  shira_mask_type     the mask kind
+  shira_mask_seeds    module -> PRNG seed, for `rand` masks (their blobs then store no indices)
+  shira_conv_modules  modules adapted by ShiraConv (PEFT cannot load these; `shira-pack` can)
+Each layer gets r * (R + C) trainable values, PEFT's count, so `--lora` at the same r trains as many.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import peft_shira
+from .export import patchable_weights
+from .masks import MASKS, NEEDS_GRADIENTS, mask_indices
+from .model_source import ExportSubject
+from .shira_conv import ShiraConv
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    mask: str = "rand"
+    r: int = 1
+    steps: int = 100
+    lr: float = 1e-2
+    seed: int = 0
+    batch: int = 8
+    calib_batches: int = 4
+    targets: str | None = None  # regex over torch parameter names; default: every Linear/Conv weight
+    lora: bool = False
+
+
+def task_family(subject: ExportSubject) -> str:
+    return "lm" if subject.is_causal_lm else "image"
+
+
+def _tasks(subject):
+    return peft_shira.LM_TASKS if task_family(subject) == "lm" else peft_shira.IMAGE_TASKS
+
+
+def _batch(subject, task, g, batch):
+    return peft_shira.task_batch("tiny-llama" if task_family(subject) == "lm" else "style-net", task, g, batch)
+
+
+def _loss(subject, model, b):
+    return peft_shira.task_loss("tiny-llama" if task_family(subject) == "lm" else "style-net", model, b)
+
+
+def calibration_scores(subject, model, targets, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """sum over calibration batches of |dW| (grad) or |W * dW| (snip), per targeted weight."""
+    m = copy.deepcopy(model).train()
+    params = dict(m.named_parameters())
+    for p in m.parameters():
+        p.requires_grad_(False)
+    for t in targets:
+        params[t].requires_grad_(True)
+    scores = {t: torch.zeros_like(params[t]) for t in targets}
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    for _ in range(cfg.calib_batches):
+        m.zero_grad()
+        _loss(subject, m, _batch(subject, cfg.task, g, cfg.batch)).backward()
+        for t in targets:
+            gw = params[t].grad
+            scores[t] += (gw * params[t]).abs() if cfg.mask == "snip" else gw.abs()
+    return {t: s.detach() for t, s in scores.items()}
+
+
+def _module_regex(names) -> str:
+    return "^(" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
+
+
+def build_adapted(subject: ExportSubject, cfg: TrainConfig, log=print):
+    """-> (trainable model, info about the adapter) for SHiRA or, with cfg.lora, the LoRA baseline."""
+    from peft import LoraConfig, ShiraConfig, get_peft_model
+
+    if cfg.mask not in MASKS:
+        raise ValueError(f"unknown mask {cfg.mask!r}; choose from {', '.join(MASKS)}")
+    if cfg.task not in _tasks(subject):
+        raise ValueError(f"unknown task {cfg.task!r} for this model; choose from {', '.join(_tasks(subject))}")
+    torch.manual_seed(cfg.seed)
+    base = copy.deepcopy(subject.model)
+    wanted = patchable_weights(base, cfg.targets)
+    if not wanted:
+        raise ValueError(f"--targets {cfg.targets!r} matches no Linear/Conv weight")
+    linear = {w.removesuffix(".weight") for w, (_, kind) in wanted.items() if kind == "linear"}
+    conv = {w.removesuffix(".weight") for w, (_, kind) in wanted.items() if kind.startswith("conv")}
+    if cfg.lora:
+        model = get_peft_model(base, LoraConfig(r=cfg.r, lora_alpha=cfg.r, target_modules=_module_regex(linear | conv)))
+        return model, {"kind": "lora", "modules": sorted(linear | conv)}
+
+    params = dict(base.named_parameters())
+    scores = calibration_scores(subject, base, list(wanted), cfg) if cfg.mask in NEEDS_GRADIENTS else {}
+    chosen, seeds = {}, {}
+    for w in wanted:
+        p = params[w]
+        count = cfg.r * (p.shape[0] + int(np.prod(p.shape[1:])))
+        idx, seed = mask_indices(cfg.mask, p, count, w.removesuffix(".weight"), cfg.seed, scores.get(w))
+        chosen[w.removesuffix(".weight")] = idx
+        if seed is not None:
+            seeds[w.removesuffix(".weight")] = str(seed)
+    by_layer = {id(dict(base.named_modules())[m]): m for m in linear}
+
+    def mask_fn(base_layer, r, **kwargs):
+        mask = torch.zeros(base_layer.weight.numel(), dtype=base_layer.weight.dtype)
+        mask[torch.from_numpy(chosen[by_layer[id(base_layer)]])] = 1
+        return mask.view_as(base_layer.weight)
+
+    model = base
+    if linear:
+        config = ShiraConfig(r=cfg.r, target_modules=_module_regex(linear))
+        config.mask_fn = mask_fn
+        model = get_peft_model(base, config)
+    for name in sorted(conv):
+        root = model.base_model.model if linear else model
+        parent_name, _, child = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        setattr(parent, child, ShiraConv(getattr(parent, child), chosen[name]))
+    if not linear:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.endswith("shira_weight"))
+    return model, {"kind": "shira", "mask": cfg.mask, "seeds": seeds, "linear": sorted(linear), "conv": sorted(conv)}
+
+
+def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress: bool = True):
+    """Train, save the checkpoint to out_dir, and return (trained model, report)."""
+    from tqdm import tqdm
+
+    model, info = build_adapted(subject, cfg, log)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses, step_s = [], []
+    bar = tqdm(range(cfg.steps), desc=f"{info['kind']} {cfg.task}", disable=not progress, leave=False)
+    for _ in bar:
+        b = _batch(subject, cfg.task, g, cfg.batch)
+        t = time.perf_counter()
+        loss = _loss(subject, model, b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step_s.append(time.perf_counter() - t)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    state_bytes = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+                      if isinstance(v, torch.Tensor) and v.ndim > 0)
+    report = {"config": asdict(cfg), "adapter": info, "trainable_values": sum(p.numel() for p in trainable),
+              "optimizer_state_bytes": state_bytes, "loss_first": losses[0], "loss_last": losses[-1],
+              "loss_curve": losses, "step_ms_median": statistics.median(step_s) * 1e3,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    save_checkpoint(model, info, cfg, report, Path(out_dir))
+    log(f"{info['kind']} {cfg.task} ({info.get('mask', 'lora')}, r={cfg.r}): {report['trainable_values']:,} trainable "
+        f"values, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {report['step_ms_median']:.1f} ms/step, optimizer state "
+        f"{state_bytes:,} B -> {out_dir}")
+    return model.eval(), report
+
+
+def save_checkpoint(model, info: dict, cfg: TrainConfig, report: dict, out_dir: Path) -> None:
+    """PEFT's save_pretrained for what PEFT knows, plus the conv adapters in the same layout; atomic."""
+    from safetensors.numpy import load_file, save_file
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        if info["kind"] == "lora" or info["linear"]:
+            model.save_pretrained(str(tmp))
+        if info["kind"] == "shira":
+            st_path, cfg_path = tmp / "adapter_model.safetensors", tmp / "adapter_config.json"
+            state = load_file(str(st_path)) if st_path.exists() else {}
+            config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {
+                "peft_type": "SHIRA", "r": cfg.r, "mask_type": "random", "fan_in_fan_out": False,
+                "target_modules": [], "task_type": None}
+            for name, mod in model.named_modules():
+                if isinstance(mod, ShiraConv):
+                    module = name.removeprefix("base_model.model.")
+                    state[f"base_model.model.{module}.shira_indices"] = mod.rows_cols()
+                    state[f"base_model.model.{module}.shira_weight"] = mod.shira_weight.detach().numpy().copy()
+            save_file(state, str(st_path))
+            config.update({"shira_mask_type": info["mask"], "shira_mask_seeds": info["seeds"],
+                           "shira_conv_modules": info["conv"]})
+            cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / "train_report.json").write_text(json.dumps(report, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
