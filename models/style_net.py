@@ -1,19 +1,24 @@
-"""A small image-to-image network with both Conv2d and Linear weights, the base of the style demo.
+"""The style demo's base: a small image-to-image autoencoder with Conv2d and Linear weights.
 
-The encoder/decoder are convolutions; in the middle a per-pixel MLP (two Linear layers over channels, applied
-channels-last) mixes colour features. The output is the input plus a learned residual, so an untrained or
-lightly trained net starts near the identity.
+Encoder convolutions (one stride-2) -> a per-pixel MLP over channels (two Linear layers, applied
+channels-last) -> nearest upsampling -> decoder convolutions. No input skip connection: every layer carries
+the image, so sparse adapters on any layer can restyle it. Trained here to reproduce its input on photos
+that ship with scikit-image / scikit-learn; the weights are `style_net.safetensors` beside this file
+(rebuild: `shira build-demo-models`).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
 SEED = 4321
+WEIGHTS = Path(__file__).with_name("style_net.safetensors")
 
 
 class StyleNet(nn.Module):
-    def __init__(self, width: int = 32, hidden: int = 64):
+    def __init__(self, width: int = 48, hidden: int = 128):
         super().__init__()
         self.enc = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
@@ -29,13 +34,18 @@ class StyleNet(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h = self.enc(image)
         h = h + self.mix(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return image + self.dec(h)
+        return self.dec(h)
 
 
-def build() -> nn.Module:
+def build(trained: bool = True) -> nn.Module:
+    """The trained base if its weights ship beside this file (and `trained`), else the seeded initialisation."""
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         net = StyleNet()
+    if trained and WEIGHTS.exists():
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(WEIGHTS)))
     return net.eval()
 
 

@@ -185,6 +185,20 @@ def demo_cmd(model_name, out_dir, steps, r, threads):
     run_demo(model_name, out_dir, steps=steps, r=r, threads=threads, log=click.echo)
 
 
+@main_group.command("build-demo-models")
+@click.option("--base-steps", default=2000, show_default=True, help="Training steps of the base image net.")
+@click.option("--style-steps", default=300, show_default=True, help="Training steps per style adapter.")
+@click.option("--reuse-base", is_flag=True, help="Keep the committed base weights; rebuild only the style adapters.")
+def build_demo_models_cmd(base_steps, style_steps, reuse_base):
+    """Train the style demo's base net on photos shipped with scikit-image / scikit-learn and one SHiRA adapter
+    per style; write models/style_net.safetensors and models/styles/*.shira (committed, so the demo needs no
+    training). Takes about ten minutes on 2 cores."""
+    _quiet_third_party()
+    from .demo_models import build_demo_models
+
+    build_demo_models(base_steps, style_steps, reuse_base, log=click.echo)
+
+
 main_group.add_command(export_group, "export")
 main_group.add_command(pack_group, "pack")
 main_group.add_command(train_cmd, "train")

@@ -32,6 +32,10 @@ TASKS = {"tiny-llama": LM_TASKS, "style-net": IMAGE_TASKS}
 
 
 def task_batch(model_name: str, task: str, g: torch.Generator, batch: int = 8):
+    if model_name == "style-net" and task not in IMAGE_TASKS:  # a demo style trained on real photos
+        from .demo_models import style_task_batch
+
+        return style_task_batch(task, g, batch)
     if model_name == "tiny-llama":
         data = torch.tensor(list(LM_TASKS[task]().encode("utf-8")), dtype=torch.int64)
         win = 64

@@ -51,7 +51,9 @@ def task_family(subject: ExportSubject) -> str:
 
 
 def _tasks(subject):
-    return peft_shira.LM_TASKS if task_family(subject) == "lm" else peft_shira.IMAGE_TASKS
+    from .styles import STYLES
+
+    return peft_shira.LM_TASKS if task_family(subject) == "lm" else {**peft_shira.IMAGE_TASKS, **STYLES}
 
 
 def _batch(subject, task, g, batch):
