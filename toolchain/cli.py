@@ -188,15 +188,39 @@ def demo_cmd(model_name, out_dir, steps, r, threads):
 @main_group.command("build-demo-models")
 @click.option("--base-steps", default=2000, show_default=True, help="Training steps of the base image net.")
 @click.option("--style-steps", default=300, show_default=True, help="Training steps per style adapter.")
-@click.option("--reuse-base", is_flag=True, help="Keep the committed base weights; rebuild only the style adapters.")
-def build_demo_models_cmd(base_steps, style_steps, reuse_base):
+@click.option("--reuse-base", is_flag=True, help="Keep the committed base weights; rebuild only the adapters.")
+@click.option("--only", type=click.Choice(["all", "style", "lm"]), default="all", show_default=True,
+              help="style: the image net and its style adapters; lm: the small LM and its task adapters.")
+def build_demo_models_cmd(base_steps, style_steps, reuse_base, only):
     """Train the style demo's base net on photos shipped with scikit-image / scikit-learn and one SHiRA adapter
     per style; write models/style_net.safetensors and models/styles/*.shira (committed, so the demo needs no
     training). Takes about ten minutes on 2 cores."""
     _quiet_third_party()
-    from .demo_models import build_demo_models
+    from .demo_models import build_demo_models, build_lm_models
 
-    build_demo_models(base_steps, style_steps, reuse_base, log=click.echo)
+    if only in ("all", "style"):
+        build_demo_models(base_steps, style_steps, reuse_base, log=click.echo)
+    if only in ("all", "lm"):
+        build_lm_models(reuse_base=reuse_base, log=click.echo)
+
+
+@main_group.group("report")
+def report_group():
+    """Reports that show with numbers and pictures what adapters are worth."""
+
+
+@report_group.command("styles")
+@click.option("--out", "out_dir", default="reports/styles", show_default=True, type=click.Path(file_okay=False),
+              help="Where README.md, report.json and grid.png go.")
+@click.option("--steps", default=300, show_default=True, help="Training steps per adapter (24 adapters).")
+def report_styles_cmd(out_dir, steps):
+    """Train every style with SHiRA (each of the five masks) and LoRA at the same trainable-value count; report
+    PSNR/SSIM to each style, concept loss under 2- and 3-adapter fusion, mask overlap and AWOM/AWOR, and an
+    image grid. About five minutes on 2 cores."""
+    _quiet_third_party()
+    from .report import style_report
+
+    style_report(out_dir, steps, log=click.echo)
 
 
 main_group.add_command(export_group, "export")
