@@ -5,9 +5,12 @@ Byte-level (vocab 256) so that it needs no tokenizer files. The `LogitsOnly` wra
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 MAX_SEQ = 256
+WEIGHTS = Path(__file__).with_name("tiny_llama.safetensors")
 SEED = 1234
 
 
@@ -39,13 +42,20 @@ class LogitsOnly(torch.nn.Module):
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
-def build() -> torch.nn.Module:
-    """The LlamaForCausalLM itself: PEFT adapts it, so manifest names are its parameter names."""
+def build(trained: bool = True) -> torch.nn.Module:
+    """The LlamaForCausalLM itself: PEFT adapts it, so manifest names are its parameter names.
+
+    Loads `tiny_llama.safetensors` beside this file (trained here on standard-library docstrings by
+    `shira build-demo-models`) when it exists and `trained`; else the seeded initialisation."""
     from transformers import LlamaForCausalLM
 
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         lm = LlamaForCausalLM(config())
+    if trained and WEIGHTS.exists():
+        from safetensors.torch import load_file
+
+        lm.load_state_dict(load_file(str(WEIGHTS)))
     return lm.eval()
 
 

@@ -46,3 +46,33 @@ def test_committed_style_adapters_restyle_on_the_runtime(stylenet, backend):
         assert got > floor and got > before + 5, (style, got, before)
         assert report["styles"][style]["psnr_adapter"] > floor
     sess.reset()
+
+
+LM_DIR = Path(__file__).resolve().parents[1] / "models" / "lm_tasks"
+LM_FLOORS = {"upper": 0.8, "reverse": 0.25, "vowels": 0.35}
+
+
+def _runtime_accuracy(sess, task: str, n: int = 32) -> float:
+    from shira_toolchain import lm_tasks
+
+    b = lm_tasks.task_batch(task, torch.Generator().manual_seed(7), n, held_out=True)
+    ids, gold = b["input_ids"].numpy(), b["labels"][:, 1:].numpy()
+    pred = np.stack([sess.run({"input_ids": ids[i : i + 1]})["logits"][0, :-1].argmax(-1) for i in range(n)])
+    mask = gold != -100
+    return float((pred[mask] == gold[mask]).mean())
+
+
+def test_committed_lm_task_adapters_work_on_the_runtime(llama):
+    """Trained here on standard-library docstrings; adapters bound to the committed tiny-llama weights."""
+    sess = ShiraSession(llama.base_dir)
+    weights = sum(p.numel() for p in llama.subject.model.parameters())
+    report = json.loads((LM_DIR / "build_report.json").read_text())
+    base = {t: _runtime_accuracy(sess, t) for t in LM_FLOORS}
+    for task, floor in LM_FLOORS.items():
+        name = sess.load(LM_DIR / f"{task}.shira", name=task)
+        assert 0.01 <= read_adapter(LM_DIR / f"{task}.shira").nnz / weights <= 0.02
+        sess.switch(name)
+        acc = _runtime_accuracy(sess, task)
+        assert acc > floor and acc > base[task] + 0.2, (task, acc, base[task])
+        assert abs(acc - report["tasks"][task]["accuracy_adapter"]) < 0.1  # n=32 here, 64 in the build report
+    sess.reset()

@@ -4,11 +4,16 @@ that ship inside scikit-image / scikit-learn. Outputs are committed so the demo 
   models/style_net.safetensors     the base, trained to reproduce its input
   models/styles/<style>.shira      one packed SHiRA adapter per style (1.93% of the weights), bound to that base
   models/styles/build_report.json  losses, PSNR on the held-out photo, the command and versions
+  models/tiny_llama.safetensors    the small LM, trained on standard-library docstrings (lm_tasks.py)
+  models/lm_tasks/<task>.shira     one packed SHiRA adapter per prompt-prefix task
+  models/lm_tasks/build_report.json
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -95,6 +100,91 @@ def build_demo_models(base_steps: int = 2000, style_steps: int = 300, reuse_base
                                        "loss_last": rep["loss_last"]}
         log(f"  {style}: PSNR to the style on the held-out photo {report['styles'][style]['psnr_adapter']:.2f} dB "
             f"(base alone {report['styles'][style]['psnr_base']:.2f} dB)")
+    report["seconds"] = time.time() - t0
+    (out / "build_report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+LM_TARGETS = r"(q_proj|v_proj|up_proj|down_proj)\.weight$"
+LM_MASK = "snip"
+
+
+def train_lm_base(steps: int = 1500, lr: float = 3e-3, seed: int = 0, log=print):
+    from tqdm import tqdm
+
+    from shira_models.tiny_llama import build
+
+    from . import lm_tasks
+
+    torch.manual_seed(seed)
+    lm = build(trained=False).train()
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="tiny-llama base", leave=False)
+    for _ in bar:
+        b = lm_tasks.text_batch(g)
+        loss = lm(input_ids=b["input_ids"], labels=b["labels"], use_cache=False).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    lm.eval()
+    with torch.no_grad():
+        b = lm_tasks.text_batch(torch.Generator().manual_seed(99), 32, held_out=True)
+        held = float(lm(input_ids=b["input_ids"], labels=b["labels"], use_cache=False).loss)
+    log(f"tiny-llama base: held-out next-byte loss {held:.3f} nats ({held / math.log(2):.2f} bits/byte)")
+    return lm, held
+
+
+def build_lm_models(base_steps: int = 1500, task_steps: int = 300, reuse_base: bool = False, log=print) -> dict:
+    from safetensors.torch import save_file
+
+    from shira_models.tiny_llama import WEIGHTS
+
+    from . import lm_tasks
+    from .export import export_model
+    from .model_source import resolve
+    from .pack import pack_adapter
+    from .report import apply, effective_deltas
+    from .train import TrainConfig, train
+
+    t0 = time.time()
+    out = MODELS / "lm_tasks"
+    if reuse_base and WEIGHTS.exists():
+        old = json.loads((out / "build_report.json").read_text())["base"]
+        base_steps, held = old["steps"], old["held_out_loss"]
+    else:
+        lm, held = train_lm_base(base_steps, log=log)
+        save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(WEIGHTS))
+    subject = resolve("tiny-llama")
+    work = out / ".build"
+    export_model(subject, work / "base", formats=("onnx",), log=log)
+    report = {"command": "shira build-demo-models --only lm", "targets": LM_TARGETS, "mask": LM_MASK,
+              "base": {"steps": base_steps, "held_out_loss": held}, "tasks": {}}
+    weights = sum(p.numel() for p in subject.model.parameters())
+    deltas = {}
+    for i, task in enumerate(lm_tasks.TASKS):
+        cfg = TrainConfig(task=task, mask=LM_MASK, r=2, steps=task_steps, lr=2e-2, seed=i, targets=LM_TARGETS)
+        model, rep = train(subject, cfg, work / "peft" / task, log=log)
+        pack_adapter(work / "peft" / task, work / "base", out / f"{task}.shira", name=task)
+        report["tasks"][task] = {"accuracy_adapter": lm_tasks.answer_accuracy(model, task),
+                                 "accuracy_base": lm_tasks.answer_accuracy(subject.model, task),
+                                 "trainable_values": rep["trainable_values"],
+                                 "share_of_weights": rep["trainable_values"] / weights}
+        log(f"  {task}: answer accuracy {report['tasks'][task]['accuracy_adapter']:.3f} "
+            f"(base alone {report['tasks'][task]['accuracy_base']:.3f})")
+        deltas[task] = effective_deltas(model, subject.model, [t for t in dict(subject.model.named_parameters())
+                                                               if re.search(LM_TARGETS, t)])
+    # fusion judged per task: each task's own prefix still selects its behaviour in the fused model
+    report["fusion"] = {}
+    for k in (2, 3):
+        for combo in itertools.combinations(lm_tasks.TASKS, k):
+            fused = apply(subject.model, [deltas[t] for t in combo])
+            report["fusion"]["+".join(combo)] = {t: lm_tasks.answer_accuracy(fused, t) for t in combo}
+            log(f"  fused {'+'.join(combo)}: " + ", ".join(f"{t} {a:.3f}" for t, a in
+                                                          report["fusion"]["+".join(combo)].items()))
     report["seconds"] = time.time() - t0
     (out / "build_report.json").write_text(json.dumps(report, indent=1))
     return report

@@ -36,6 +36,10 @@ def task_batch(model_name: str, task: str, g: torch.Generator, batch: int = 8):
         from .demo_models import style_task_batch
 
         return style_task_batch(task, g, batch)
+    if model_name == "tiny-llama" and task not in LM_TASKS:  # a prompt-prefix task (lm_tasks.py)
+        from . import lm_tasks
+
+        return lm_tasks.task_batch(task, g, batch)
     if model_name == "tiny-llama":
         data = torch.tensor(list(LM_TASKS[task]().encode("utf-8")), dtype=torch.int64)
         win = 64
@@ -47,7 +51,7 @@ def task_batch(model_name: str, task: str, g: torch.Generator, batch: int = 8):
 
 def task_loss(model_name: str, model, b) -> torch.Tensor:
     if model_name == "tiny-llama":
-        return model(input_ids=b["input_ids"], labels=b["input_ids"], use_cache=False).loss
+        return model(input_ids=b["input_ids"], labels=b.get("labels", b["input_ids"]), use_cache=False).loss
     return torch.nn.functional.mse_loss(model(b["image"]), b["target"])
 
 

@@ -53,7 +53,11 @@ def task_family(subject: ExportSubject) -> str:
 def _tasks(subject):
     from .styles import STYLES
 
-    return peft_shira.LM_TASKS if task_family(subject) == "lm" else {**peft_shira.IMAGE_TASKS, **STYLES}
+    from .lm_tasks import TASKS as PREFIX_TASKS
+
+    if task_family(subject) == "lm":
+        return {**peft_shira.LM_TASKS, **PREFIX_TASKS}
+    return {**peft_shira.IMAGE_TASKS, **STYLES}
 
 
 def _batch(subject, task, g, batch):
