@@ -35,3 +35,13 @@ def test_interference_measures():
     c = {"w": torch.tensor([[3.0, 0.0], [0.0, 0.0]])}
     awom, awor = interference(a, c)
     assert np.isclose(awom, 1.0) and np.isclose(awor, 0.75)
+
+
+def test_training_cost_measures_each_method_in_its_own_process():
+    from shira_toolchain.train_cost import measure
+
+    shira = measure("style-net", "sepia", "shira-snip", r=1, steps=4)
+    lora = measure("style-net", "sepia", "lora", r=1, steps=4)
+    assert shira["trainable_values"] == lora["trainable_values"] > 1000
+    for m in (shira, lora):
+        assert m["step_ms_median"] > 0 and m["peak_rss_mb"] > 50

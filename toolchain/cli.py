@@ -223,6 +223,19 @@ def report_styles_cmd(out_dir, steps):
     style_report(out_dir, steps, log=click.echo)
 
 
+@report_group.command("cost")
+@click.option("--out", "out_dir", default="reports/cost", show_default=True, type=click.Path(file_okay=False),
+              help="Where README.md and report.json go.")
+@click.option("--steps", default=30, show_default=True, help="Training steps per measurement.")
+def report_cost_cmd(out_dir, steps):
+    """Peak memory and step time of SHiRA training (snip, rand masks) against LoRA with the same number of
+    trainable values, on both built-in models; each in a fresh process. About two minutes."""
+    _quiet_third_party()
+    from .train_cost import cost_report
+
+    cost_report(out_dir, steps, log=click.echo)
+
+
 main_group.add_command(export_group, "export")
 main_group.add_command(pack_group, "pack")
 main_group.add_command(train_cmd, "train")
