@@ -87,3 +87,18 @@ def test_cli(tmp_path):
     r = subprocess.run([str(exe), "style-net", "--task", "nope", "--out", str(tmp_path / "d")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown task" in r.stderr
+
+
+def test_trains_on_a_text_file_and_refuses_bad_data(llama, tmp_path):
+    import this  # noqa: F401 - the Zen of Python, a text that ships with Python
+    import codecs
+
+    (tmp_path / "zen.txt").write_text(codecs.decode(this.s, "rot13") * 3)
+    _, rep = train(llama.subject, TrainConfig(task="text", data=str(tmp_path / "zen.txt"), mask="rand", r=1,
+                                              steps=20, lr=2e-2), tmp_path / "t", **QUIET)
+    assert rep["loss_last"] < rep["loss_first"] and rep["config"]["task"] == "text"
+    (tmp_path / "short.txt").write_text("too short")
+    with pytest.raises(ValueError, match="too short"):
+        train(llama.subject, TrainConfig(task="text", data=str(tmp_path / "short.txt")), tmp_path / "s", **QUIET)
+    with pytest.raises(ValueError, match="language models"):
+        train(resolve("style-net"), TrainConfig(task="sepia", data=str(tmp_path / "zen.txt")), tmp_path / "x", **QUIET)

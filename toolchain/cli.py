@@ -123,9 +123,13 @@ def pack_inspect_cmd(file):
 
 @click.command("train")
 @click.argument("model")
-@click.option("--task", required=True,
-              help="Training objective. LMs: zen (next byte on the Zen of Python), json-doc (the json module's "
-                   "docstring). Image nets: invert, warm (colour transforms of random images).")
+@click.option("--task", default=None,
+              help="Built-in objective. LMs: zen, json-doc (next byte on those texts), upper, reverse, vowels "
+                   "(prompt-prefix tasks). Image nets: sepia, blue-fire, posterize, pencil (styles of bundled "
+                   "photos), invert, warm. Not needed with --data.")
+@click.option("--data", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="LMs: a UTF-8 text file to train on (next token), tokenized by the model directory's tokenizer "
+                   "if it has one, else as bytes.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for the PEFT-compatible checkpoint (adapter_config.json, adapter_model.safetensors) "
                    "and train_report.json.")
@@ -146,7 +150,7 @@ def pack_inspect_cmd(file):
               help="A .safetensors state dict loaded into the base model first.")
 @click.option("--lora", is_flag=True, help="Train the LoRA baseline (peft.LoraConfig, rank r, alpha r) instead: "
                                            "the same number of trainable values, for comparison.")
-def train_cmd(model, task, out_dir, mask, r, steps, lr, seed, calib_batches, targets, weights, lora):
+def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batches, targets, weights, lora):
     """Fine-tune MODEL (built-in name, package.module:factory, or a local HF directory) with a SHiRA adapter
     and write a checkpoint that `shira-pack adapter` accepts. Linear layers use peft.ShiraConfig with the
     chosen mask; conv layers use the same sparse scheme (PEFT's SHiRA is Linear-only) in the same layout."""
@@ -155,8 +159,10 @@ def train_cmd(model, task, out_dir, mask, r, steps, lr, seed, calib_batches, tar
     from .train import TrainConfig, train
 
     try:
-        train(resolve(model, weights), TrainConfig(task=task, mask=mask, r=r, steps=steps, lr=lr, seed=seed,
-                                                   calib_batches=calib_batches, targets=targets, lora=lora),
+        if not task and not data:
+            raise ValueError("give --task (a built-in objective) or --data FILE")
+        train(resolve(model, weights), TrainConfig(task=task or "text", mask=mask, r=r, steps=steps, lr=lr, seed=seed,
+                                                   calib_batches=calib_batches, targets=targets, lora=lora, data=data),
               out_dir, log=click.echo)
     except (ModelSourceError, ValueError) as e:
         _fail(e)

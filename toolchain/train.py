@@ -44,6 +44,7 @@ class TrainConfig:
     calib_batches: int = 4
     targets: str | None = None  # regex over torch parameter names; default: every Linear/Conv weight
     lora: bool = False
+    data: str | None = None  # LMs: a UTF-8 text file, trained next-token (task "text")
 
 
 def task_family(subject: ExportSubject) -> str:
@@ -56,11 +57,41 @@ def _tasks(subject):
     from .lm_tasks import TASKS as PREFIX_TASKS
 
     if task_family(subject) == "lm":
-        return {**peft_shira.LM_TASKS, **PREFIX_TASKS}
+        return {**peft_shira.LM_TASKS, **PREFIX_TASKS, "text": None}
     return {**peft_shira.IMAGE_TASKS, **STYLES}
 
 
-def _batch(subject, task, g, batch):
+_TEXT_CACHE: dict = {}
+
+
+def text_file_ids(subject, path: str) -> torch.Tensor:
+    """Token ids of a text file: the model directory's own tokenizer if it has one, else bytes (byte-level LMs)."""
+    key = (subject.source, path)
+    if key not in _TEXT_CACHE:
+        text = Path(path).read_text(encoding="utf-8")
+        src = Path(subject.source)
+        if src.is_dir() and any((src / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+            from transformers import AutoTokenizer
+
+            ids = AutoTokenizer.from_pretrained(src, local_files_only=True)(text)["input_ids"]
+        else:
+            vocab = subject.model.get_input_embeddings().num_embeddings
+            if vocab < 256:
+                raise ValueError(f"{path}: the model has no tokenizer and {vocab} < 256 tokens: cannot read bytes")
+            ids = list(text.encode("utf-8"))
+        if len(ids) < 80:
+            raise ValueError(f"{path}: {len(ids)} tokens, too short to train on (need at least 80)")
+        _TEXT_CACHE[key] = torch.tensor(ids, dtype=torch.int64)
+    return _TEXT_CACHE[key]
+
+
+def _batch(subject, task, g, batch, data=None):
+    if task == "text":
+        ids = text_file_ids(subject, data)
+        window = min(64, ids.numel() - 1)
+        starts = torch.randint(0, ids.numel() - window, (batch,), generator=g)
+        rows = torch.stack([ids[s : s + window] for s in starts])
+        return {"input_ids": rows, "labels": rows}
     return peft_shira.task_batch("tiny-llama" if task_family(subject) == "lm" else "style-net", task, g, batch)
 
 
@@ -80,7 +111,7 @@ def calibration_scores(subject, model, targets, cfg: TrainConfig) -> dict[str, t
     g = torch.Generator().manual_seed(cfg.seed + 1)
     for _ in range(cfg.calib_batches):
         m.zero_grad()
-        _loss(subject, m, _batch(subject, cfg.task, g, cfg.batch)).backward()
+        _loss(subject, m, _batch(subject, cfg.task, g, cfg.batch, cfg.data)).backward()
         for t in targets:
             gw = params[t].grad
             scores[t] += (gw * params[t]).abs() if cfg.mask == "snip" else gw.abs()
@@ -97,8 +128,13 @@ def build_adapted(subject: ExportSubject, cfg: TrainConfig, log=print):
 
     if cfg.mask not in MASKS:
         raise ValueError(f"unknown mask {cfg.mask!r}; choose from {', '.join(MASKS)}")
-    if cfg.task not in _tasks(subject):
-        raise ValueError(f"unknown task {cfg.task!r} for this model; choose from {', '.join(_tasks(subject))}")
+    if cfg.data and task_family(subject) != "lm":
+        raise ValueError("--data (a text file) is for language models; image nets train on the built-in styles")
+    if cfg.data:
+        cfg.task = "text"
+    if cfg.task not in _tasks(subject) or (cfg.task == "text" and not cfg.data):
+        raise ValueError(f"unknown task {cfg.task!r} for this model; choose from {', '.join(_tasks(subject))} "
+                         "(or give --data FILE)")
     torch.manual_seed(cfg.seed)
     base = copy.deepcopy(subject.model)
     wanted = patchable_weights(base, cfg.targets)
@@ -155,7 +191,7 @@ def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress
     losses, step_s = [], []
     bar = tqdm(range(cfg.steps), desc=f"{info['kind']} {cfg.task}", disable=not progress, leave=False)
     for _ in bar:
-        b = _batch(subject, cfg.task, g, cfg.batch)
+        b = _batch(subject, cfg.task, g, cfg.batch, cfg.data)
         t = time.perf_counter()
         loss = _loss(subject, model, b)
         opt.zero_grad()

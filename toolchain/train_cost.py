@@ -42,7 +42,7 @@ def _measure_in_this_process(model: str, task: str, method: str, r: int, steps: 
     g = torch.Generator().manual_seed(0)
     times = []
     for _ in range(steps):
-        b = _batch(subject, task, g, 8)
+        b = _batch(subject, task, g, 8, None)
         t = time.perf_counter()
         loss = _loss(subject, m, b)
         opt.zero_grad()
