@@ -112,3 +112,17 @@ def test_cli_pack_reports_errors_and_inspect_lists_tensors(llama, tmp_path):
     (tmp_path / "bad.shira").write_bytes((tmp_path / "z.shira").read_bytes()[:-7])
     r = run("shira-pack", "inspect", str(tmp_path / "bad.shira"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.shira" in r.stderr
+
+
+def test_peft_base_layer_copies_are_skipped(llama, tmp_path):
+    """PEFT stores a targeted lm_head's base weight beside the adapter (save_embedding_layers): not a delta."""
+    from safetensors.numpy import load_file, save_file
+
+    ckpt = write_peft_layout_checkpoint(tmp_path / "c", {"lm_head": (np.array([0, 3]), np.array([1, 2]),
+                                                                     np.array([0.5, -0.5], np.float32))})
+    st = load_file(str(ckpt / "adapter_model.safetensors"))
+    st["base_model.model.lm_head.base_layer.weight"] = dict(llama.subject.model.named_parameters())[
+        "lm_head.weight"].detach().numpy()
+    save_file(st, str(ckpt / "adapter_model.safetensors"))
+    rep = pack_adapter(ckpt, llama.base_dir, tmp_path / "h.shira", value_coding="f32")
+    assert rep.nnz == 2 and rep.tensors == 1

@@ -261,3 +261,23 @@ def pack_main():
 
 def train_main():
     train_cmd()
+
+
+@click.command("bench")
+@click.option("--out", "out_dir", default="bench", show_default=True, type=click.Path(file_okay=False),
+              help="Where bench.json (every raw sample and the machine), bench.md and bench.png go.")
+@click.option("--quick/--full", default=True, show_default=True,
+              help="--quick: 20 samples per measurement on the built-in models (about 2 minutes). --full: 100.")
+@click.option("--threads", default=2, show_default=True, help="Threads for ONNX Runtime, ExecuTorch and torch.")
+def bench_cmd(out_dir, quick, threads):
+    """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
+    merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
+    a switch vs the constant-weight session and unfused LoRA; adapter sizes."""
+    _quiet_third_party()
+    from .bench import run_bench
+
+    run_bench(out_dir, quick, threads, log=click.echo)
+
+
+def bench_main():
+    bench_cmd()

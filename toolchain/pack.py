@@ -88,6 +88,8 @@ def read_peft_shira(src) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray, 
         raise PackError(f"{Path(src) / 'adapter_config.json'}: peft_type is {cfg.get('peft_type')!r}, not 'SHIRA'")
     modules: dict[str, dict[str, np.ndarray]] = {}
     for key, arr in state.items():
+        if key.endswith(".base_layer.weight"):
+            continue  # PEFT saves targeted output/embedding layers' base weights too: a copy of the base, no delta
         stem, _, kind = key.rpartition(".")
         if kind not in ("shira_indices", "shira_weight"):
             raise PackError(f"{st_path}: unexpected key {key!r} (only shira_indices / shira_weight are packable)")

@@ -221,7 +221,7 @@ def save_checkpoint(model, info: dict, cfg: TrainConfig, report: dict, out_dir: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         if info["kind"] == "lora" or info["linear"]:
-            model.save_pretrained(str(tmp))
+            model.save_pretrained(str(tmp), save_embedding_layers=False)  # adapters only, no base copies
         if info["kind"] == "shira":
             st_path, cfg_path = tmp / "adapter_model.safetensors", tmp / "adapter_config.json"
             state = load_file(str(st_path)) if st_path.exists() else {}
