@@ -8,6 +8,7 @@ pairs measured under the same conditions. Scenarios (per built-in model):
   inference  the constant-weight ONNX Runtime session (every weight an initializer, fully prepacked) against
              the patched session after a switch and against LoRA left unfused (an export with LoRA branches);
              the LM at sequence 1 (decode) and 128 (prefill), the image net at 64x64 and 256x256
+  fusion     fusing 2-4 SHiRA adapters in place, time against the number of adapters
   size       the packed blob against the PEFT SHiRA and PEFT LoRA checkpoints with as many trainable values
 Outputs: bench.json (every raw sample, the machine, versions), bench.md, bench.png.
 """
@@ -104,13 +105,15 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
     export_model(subject, base_dir, log=lambda *a: None)
     task = "upper" if name == "tiny-llama" else "sepia"
     ck = {}
-    for key, lora, seed in (("shira-a", False, 0), ("shira-b", False, 1), ("lora-a", True, 0), ("lora-b", True, 1)):
+    for key, lora, seed in (("shira-a", False, 0), ("shira-b", False, 1), ("shira-c", False, 2), ("shira-d", False, 3),
+                            ("lora-a", True, 0), ("lora-b", True, 1)):
         ck[key] = work / name / key
         train(subject, TrainConfig(task=task, mask="rand", r=1, steps=3, seed=seed, lora=lora), ck[key],
               log=lambda *a: None, progress=False)
-    blobs = {k: pack_adapter(ck[k], base_dir, work / name / f"{k}.shira").out for k in ("shira-a", "shira-b")}
+    shira_keys = ("shira-a", "shira-b", "shira-c", "shira-d")
+    blobs = {k: pack_adapter(ck[k], base_dir, work / name / f"{k}.shira").out for k in shira_keys}
     res = {"model": name, "parameters": sum(p.numel() for p in subject.model.parameters()), "switch": {},
-           "inference": {}, "size": {}}
+           "fusion": {}, "inference": {}, "size": {}}
 
     # ---- switch ----
     sessions = {b: ShiraSession(base_dir, backend=b, threads=threads) for b in ("onnxruntime", "executorch")}
@@ -119,6 +122,11 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
             s.load(p, name=k)
         flip = iter(["shira-a", "shira-b"] * (repeats + 10))
         res["switch"][f"shira_{b}"] = stats(sample(lambda s=s: s.switch(next(flip)), repeats))
+        # fusing k adapters (equal scales), each sample starting from a single other adapter
+        for k in range(2, len(shira_keys) + 1):
+            mix = {a: 1.0 / k for a in shira_keys[:k]}
+            res["fusion"][f"shira_{b}_{k}"] = stats(sample(lambda s=s, mix=mix: s.fuse(mix), repeats,
+                                                           setup=lambda s=s: s.switch("shira-d")))
     lora = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck["lora-a"]), adapter_name="a")
     lora.load_adapter(str(ck["lora-b"]), adapter_name="b")
     state = {"cur": "a"}
@@ -188,6 +196,12 @@ def markdown(report: dict) -> str:
         for k, s in r["switch"].items():
             lines.append(f"| {r['model']} | {k} | {s['median_ms']:.3f} | {s['min_ms']:.3f}-{s['max_ms']:.3f} | "
                          f"{s['median_ms'] / ref:.1f}x |")
+    lines += ["", "## Fusing k adapters in place (equal scales, from one other adapter active)", "",
+              "| model | runtime | k | median ms | min-max ms |", "|---|---|---|---|---|"]
+    for r in report["models"]:
+        for key, s in r.get("fusion", {}).items():
+            _, runtime, k = key.split("_")
+            lines.append(f"| {r['model']} | {runtime} | {k} | {s['median_ms']:.3f} | {s['min_ms']:.3f}-{s['max_ms']:.3f} |")
     lines += ["", "## Inference after a switch", "",
               "| model | shape | method | median ms | vs constant-weight session |", "|---|---|---|---|---|"]
     for r in report["models"]:
@@ -201,8 +215,7 @@ def markdown(report: dict) -> str:
         s = r["size"]
         lines.append(f"| {r['model']} | {s['blob_f16']:,} B | {s['peft_shira']:,} B | {s['peft_lora']:,} B |")
     lines += ["", PAPER, "", "Not yet measured here (issue 6 continues): the ~10M-1B scaling sweep with its "
-              "memory-bandwidth line, ORT's own `.onnx_adapter` LoRA, an ExecuTorch constant-weight baseline, "
-              "and fusion of 2-4 adapters.", ""]
+              "memory-bandwidth line, ORT's own `.onnx_adapter` LoRA, and an ExecuTorch constant-weight baseline.", ""]
     return "\n".join(lines)
 
 
