@@ -183,7 +183,7 @@ def test_fuzz_header_edits_never_crash(data):
         assert "\n" not in str(e)
 
 
-def test_refusal_never_patches_a_session(llama, tmp_path):
+def test_refusal_never_patches_a_session(llama):
     """End to end: a damaged blob leaves the live weights byte-identical (runtime checks all before writing)."""
     from shira_runtime import ShiraSession
 

@@ -10,7 +10,6 @@ import torch
 
 from shira_runtime import ShiraSession, read_adapter
 from shira_runtime.codings import seeded_indices
-from shira_toolchain import peft_shira
 from shira_toolchain.pack import PackError, pack_adapter
 
 from .helpers import write_peft_layout_checkpoint
@@ -86,7 +85,7 @@ def test_full_finetune_diff_exact_and_at_a_density(llama, tmp_path):
 
 
 def test_seed_coded_masks_cost_no_index_bytes(llama, tmp_path):
-    module, shape = "model.layers.0.mlp.gate_proj", (352, 128)
+    module = "model.layers.0.mlp.gate_proj"  # [352, 128]
     r = 2
     flat = seeded_indices(99, 352 * 128, r * (352 + 128))  # PEFT-style fixed count r(m+n)
     ckpt = write_peft_layout_checkpoint(tmp_path / "s", {module: (flat // 128, flat % 128, np.ones(flat.size, np.float32))},

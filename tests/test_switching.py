@@ -1,6 +1,5 @@
 """Outputs equal PEFT's merged torch model after every switch and fusion, on the same loaded session."""
 import numpy as np
-import pytest
 
 from shira_runtime import ShiraSession
 from shira_toolchain import peft_shira

@@ -79,7 +79,7 @@ def _constant_weight_session(base_dir: Path, threads: int):
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _unfused_lora_session(lora_model, subject, out: Path, threads: int):
+def _unfused_lora_session(lora_model, subject, threads: int):
     import onnxruntime as ort
 
     from .export import _torch_export
@@ -88,7 +88,7 @@ def _unfused_lora_session(lora_model, subject, out: Path, threads: int):
     inner = lora_model.base_model.model.eval()  # the transformers/torch model with LoRA layers injected
     sub = ExportSubject(subject.source, inner, subject.example_inputs, subject.output_names,
                         subject.dynamic_axes, subject.is_causal_lm)
-    proto = _torch_export(sub, print)
+    proto = _torch_export(sub)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -156,7 +156,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
     # ---- inference after a switch ----
     const = _constant_weight_session(base_dir, threads)
     lora_unfused = _unfused_lora_session(PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck["lora-a"])),
-                                         subject, work / name, threads)
+                                         subject, threads)
     for s in sessions.values():
         s.switch("shira-a")
     shapes = {"decode": (1, 1), "prefill": (1, 128)} if name == "tiny-llama" else {"64x64": 64, "256x256": 256}

@@ -72,7 +72,7 @@ def patchable_weights(model: torch.nn.Module, targets: str | None) -> dict[str, 
     return out
 
 
-def _torch_export(subject: ExportSubject, log) -> onnx.ModelProto:
+def _torch_export(subject: ExportSubject) -> onnx.ModelProto:
     emod = subject.export_module()
     names = list(subject.example_inputs)
     args = tuple(subject.example_inputs.values())
@@ -209,7 +209,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
 
     located, per_backend_excluded, shared = {}, {}, []
     if "onnx" in formats:
-        proto = _torch_export(subject, log)
+        proto = _torch_export(subject)
         pl, ex, sh, init_arrays = locate_weights(proto, model, wanted)
         located["onnxruntime"], per_backend_excluded["onnxruntime"] = pl, ex
         shared += sh
@@ -219,7 +219,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
 
         pte, dynamic, lowering = et.lower(subject, log)
         pl, ex, sh = et.locate_in_program(pte, model, wanted)
-        reload, ex2 = et.probe_reload(pte, pl, subject.example_inputs, log)
+        reload, ex2 = et.probe_reload(pte, pl, subject.example_inputs)
         ex.update(ex2)
         pl = {k: v for k, v in pl.items() if k not in ex2}
         located["executorch"], per_backend_excluded["executorch"] = pl, ex

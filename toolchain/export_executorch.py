@@ -112,7 +112,7 @@ def locate_in_program(pte: bytes, model: torch.nn.Module, targets) -> tuple[dict
     return placements, excluded, shared
 
 
-def probe_reload(pte: bytes, placements: dict, inputs: dict[str, torch.Tensor], log) -> tuple[dict, dict]:
+def probe_reload(pte: bytes, placements: dict, inputs: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """Perturb each placement in a live program: is the change seen by the loaded method, or only after reload?"""
     from shira_runtime.backends.executorch import PatchableProgram
 

@@ -122,7 +122,7 @@ def _module_regex(names) -> str:
     return "^(" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
 
 
-def build_adapted(subject: ExportSubject, cfg: TrainConfig, log=print):
+def build_adapted(subject: ExportSubject, cfg: TrainConfig):
     """-> (trainable model, info about the adapter) for SHiRA or, with cfg.lora, the LoRA baseline."""
     from peft import LoraConfig, ShiraConfig, get_peft_model
 
@@ -183,7 +183,7 @@ def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress
     """Train, save the checkpoint to out_dir, and return (trained model, report)."""
     from tqdm import tqdm
 
-    model, info = build_adapted(subject, cfg, log)
+    model, info = build_adapted(subject, cfg)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=cfg.lr)

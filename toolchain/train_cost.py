@@ -35,7 +35,7 @@ def _measure_in_this_process(model: str, task: str, method: str, r: int, steps: 
     else:
         cfg = TrainConfig(task=task, mask=method.removeprefix("shira-") if method != "lora" else "rand", r=r,
                           lora=method == "lora", steps=steps)
-        m, _ = build_adapted(subject, cfg, log=lambda *a: None)
+        m, _ = build_adapted(subject, cfg)
         m.train()
         trainable = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=1e-3)
