@@ -82,6 +82,11 @@ class Manifest:
     def root(self) -> Path:
         return self.path.parent
 
+    def sample_inputs(self) -> dict[str, np.ndarray]:
+        """The export's sample inputs (sample.npz, `input:<name>` entries)."""
+        with np.load(self.root / self.raw.get("sample", "sample.npz")) as z:
+            return {k.removeprefix("input:"): z[k] for k in z.files if k.startswith("input:")}
+
     def artifact(self, backend: str) -> dict:
         arts = self.raw.get("artifacts", {})
         if backend not in arts:

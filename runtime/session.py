@@ -6,11 +6,18 @@
     s.fuse({"a": 0.7, "b": 0.5})                 # overlapping entries sum their scaled deltas
     s.reset()                                    # bit-exact base again
     s.run({"input_ids": ids})
+
+Prepacking modes (`prepack=`, see prepack.py): "off" runs only the aliased engine (least memory; every run
+bit-identical for a given state); "background" adds two-phase switching (aliased at once, a fully prepacked
+engine installed shortly after); "auto" (the default) measures both engines on the manifest's sample input at
+load and keeps two-phase only where the aliased engine is more than 2% slower.
 """
 from __future__ import annotations
 
 import hashlib
+import statistics
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +26,12 @@ from . import manifest as manifest_mod
 from .adapter_file import Adapter, read_adapter
 from .errors import AdapterError, ManifestError
 from .patcher import WeightPatcher
+from .prepack import PrepackedRebuilder
 from .rwlock import RWLock
 
 BACKENDS = ("onnxruntime", "executorch")
+PREPACK_MODES = ("auto", "background", "off")
+AUTO_THRESHOLD = 1.02  # two-phase pays off when the aliased engine is slower than this ratio
 
 
 def _make_backend(name: str, manifest, threads):
@@ -37,8 +47,11 @@ def _make_backend(name: str, manifest, threads):
 
 
 class ShiraSession:
-    def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False):
+    def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False,
+                 prepack: str = "auto"):
         """Open an exported base directory. `verify` re-hashes every patchable weight against the manifest."""
+        if prepack not in PREPACK_MODES:
+            raise ValueError(f"prepack must be one of {', '.join(PREPACK_MODES)}, got {prepack!r}")
         self.manifest = manifest_mod.load(base_dir)
         self.backend = _make_backend(backend, self.manifest, threads)
         if verify:
@@ -50,6 +63,32 @@ class ShiraSession:
         self.active: dict[str, float] = {}
         self._lock = RWLock()  # inference = readers, commit = writer
         self._patch_mutex = threading.Lock()  # one load/plan/commit at a time
+        self.rebuilder: PrepackedRebuilder | None = None
+        self.calibration: dict | None = None
+        self.mode = "aliased"
+        if prepack != "off" and self.backend.prepacked_available:
+            self._start_two_phase(calibrate=prepack == "auto")
+
+    def _start_two_phase(self, calibrate: bool) -> None:
+        self.rebuilder = PrepackedRebuilder(self.backend, self._lock)
+        self.rebuilder.start()
+        self.mode = "two-phase"
+        if calibrate:
+            x = self.manifest.sample_inputs()
+            t = {}
+            for label, aliased in (("aliased_ms", True), ("prepacked_ms", False)):
+                self.backend.run(x, aliased=aliased)  # warm-up
+                runs = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    self.backend.run(x, aliased=aliased)
+                    runs.append((time.perf_counter() - t0) * 1e3)
+                t[label] = statistics.median(runs)
+            t["ratio"] = t["aliased_ms"] / t["prepacked_ms"]
+            self.calibration = t
+            if t["ratio"] <= AUTO_THRESHOLD:  # nothing to win: free the prepacked engine and its memory
+                self.close()
+                self.mode = "aliased"
 
     # ---- adapters -------------------------------------------------------------------------------------------
     def load(self, blob, name: str | None = None) -> str:
@@ -101,6 +140,8 @@ class ShiraSession:
             with self._lock.write():
                 changed = self.patcher.commit(plans)
                 self.backend.weights_changed(changed)  # e.g. ExecuTorch reloads a method whose conv weights changed
+                if self.rebuilder is not None and changed:
+                    self.rebuilder.weights_changed()  # runs go to the aliased engine until a rebuild lands
                 self.active = dict(scales)
 
     def reset(self) -> None:
@@ -111,6 +152,27 @@ class ShiraSession:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock.read():
             return self.backend.run(inputs)
+
+    # ---- two-phase switching --------------------------------------------------------------------------------
+    def wait_full_speed(self, timeout: float | None = 10.0) -> bool:
+        """Block until runs go to a prepacked engine holding the current weights. True in "aliased" mode
+        when there is nothing to wait for; False on timeout or if the background build failed."""
+        if self.rebuilder is None:
+            return True
+        return self.rebuilder.wait(timeout)
+
+    @property
+    def full_speed(self) -> bool:
+        return self.rebuilder is None or self.rebuilder.ready
+
+    def close(self) -> None:
+        """Stop the background rebuilder and free the prepacked engine (runs continue on the aliased one)."""
+        if self.rebuilder is not None:
+            self.rebuilder.close()
+            self.rebuilder = None
+            with self._lock.write():
+                self.backend.prepacked = None
+            self.mode = "aliased"
 
     # ---- inspection -----------------------------------------------------------------------------------------
     def weight(self, torch_name: str) -> np.ndarray:

@@ -2,12 +2,15 @@
 import threading
 
 import numpy as np
+import pytest
 
 from shira_runtime import ShiraSession
 
 
-def test_no_half_patched_outputs_under_concurrent_switching(llama, backend):
-    sess = ShiraSession(llama.base_dir, backend=backend, threads=1)
+@pytest.mark.parametrize("prepack", ["off", "background"])
+def test_no_half_patched_outputs_under_concurrent_switching(llama, backend, prepack):
+    """With "background", prepacked engines are built and swapped in while runs and switches go on."""
+    sess = ShiraSession(llama.base_dir, backend=backend, threads=1, prepack=prepack)
     names = list(llama.blobs)
     for t in names:
         sess.load(llama.blobs[t], name=t)
@@ -15,6 +18,7 @@ def test_no_half_patched_outputs_under_concurrent_switching(llama, backend):
     valid = []
     for st in states:
         sess.fuse(st)
+        sess.wait_full_speed()
         valid.append(sess.run(llama.inputs)["logits"])
     # the states must be far apart for "equals one of them" to mean anything
     gaps = [np.max(np.abs(a - b)) for i, a in enumerate(valid) for b in valid[i + 1:]]
@@ -27,7 +31,7 @@ def test_no_half_patched_outputs_under_concurrent_switching(llama, backend):
         while not stop.is_set():
             out = sess.run(llama.inputs)["logits"]
             errs = [float(np.max(np.abs(out - v))) for v in valid]
-            (seen if min(errs) < 1e-5 else bad).append(int(np.argmin(errs)))
+            (seen if min(errs) < 1e-4 else bad).append(int(np.argmin(errs)))  # engines differ by ~1e-6
 
     def switch():
         for i in range(300):
@@ -47,3 +51,7 @@ def test_no_half_patched_outputs_under_concurrent_switching(llama, backend):
     assert switches[0] == 300
     assert not bad, f"{len(bad)} outputs matched no valid state"
     assert len(seen) > 20 and len(set(seen)) >= 2, f"too little overlap to test anything: {len(seen)} runs"
+    if prepack == "background":
+        assert sess.wait_full_speed() and sess.rebuilder.history, sess.rebuilder.last_error
+        installs = len(sess.rebuilder.history)
+        assert installs >= 2, f"only {installs} prepacked engine(s) were swapped in during the run"

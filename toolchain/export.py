@@ -227,6 +227,8 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         n_reload = sum(reload.values())
         log(f"  pte: {len(pte):,} bytes, {lowering['delegates']} XNNPACK delegate calls, {len(pl)} weights "
             f"located ({n_reload} need a method reload when patched: conv)")
+        static_pte, _, _ = et.lower(subject, lambda *a: None, static=True)
+        static_pl, static_ex, _ = et.locate_in_program(static_pte, model, wanted)
     excluded = _combine_exclusions(per_backend_excluded, located, wanted)
     for pname, why in excluded.items():
         log(f"  not patchable: {pname}: {why}")
@@ -234,6 +236,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     if not patchable:
         raise ExportError("no targeted weight could be made patchable (see the reasons above)")
 
+    static_missing = [p for p in patchable if p not in static_pl] if "pte" in formats else []
     params = dict(model.named_parameters())
     tensors = {}
     for pname in patchable:
@@ -247,6 +250,10 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
             placements["executorch"] = [{"name": f"model.pte@{off}", "shape": list(shp), "layout": lay,
                                          "offset": off, "reload": reload[(pname, off)]}
                                         for off, lay, shp in located["executorch"][pname]]
+            if not static_missing:
+                placements["executorch-static"] = [{"name": f"model_static.pte@{off}", "shape": list(shp),
+                                                    "layout": lay, "offset": off, "reload": True}
+                                                   for off, lay, shp in static_pl[pname]]
         tensors[pname] = {"module": mname, "kind": kind, "shape": list(w.shape),
                           "dtype": str(w.dtype).removeprefix("torch."), "sha256": tensor_sha256(w),
                           "placements": placements}
@@ -258,11 +265,18 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     if "onnx" in formats:
         moved = {pl["name"] for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
         _to_graph_inputs(proto, moved)
-        artifacts["onnxruntime"] = {"model": "model.onnx", "weights": "weights.safetensors"}
+        artifacts["onnxruntime"] = {"model": "model.onnx", "weights": "weights.safetensors",
+                                    "prepacked_model": "model_prepacked.onnx"}
         io_inputs, io_outputs = _io_spec(proto.graph.input, skip=moved), _io_spec(proto.graph.output)
     if "pte" in formats:
         artifacts["executorch"] = {"program": "model.pte", "method": "forward", "dynamic_shapes": dynamic,
                                    "lowering": lowering}
+        if static_missing:
+            m0 = static_missing[0]
+            log(f"  model_static.pte not written: {len(static_missing)} weight(s) not located in it, e.g. {m0}: "
+                f"{static_ex.get(m0, 'not found')}")
+        else:
+            artifacts["executorch"]["static_program"] = "model_static.pte"
         if "onnx" not in formats:
             io_inputs = [{"name": k, "dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
                          for k, v in subject.example_inputs.items()]
@@ -291,10 +305,15 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
             big = proto.ByteSize() > ONNX_EXTERNAL_DATA_ABOVE
             onnx.save_model(proto, str(staging / "model.onnx"), save_as_external_data=big,
                             all_tensors_to_one_file=True, location="model.onnx.data")
-            files += (["model.onnx.data"] if big else []) + ["weights.safetensors", "model.onnx"]
+            _write_prepacked_twin(staging, moved)
+            files += (["model.onnx.data"] if big else []) + ["weights.safetensors", "model.onnx",
+                                                              "model_prepacked.onnx"]
         if "pte" in formats:
             (staging / "model.pte").write_bytes(pte)
             files.append("model.pte")
+            if "static_program" in artifacts["executorch"]:
+                (staging / "model_static.pte").write_bytes(static_pte)
+                files.append("model_static.pte")
         np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
                  **{f"output:{k}": v for k, v in ref_outputs.items()})
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -311,6 +330,32 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     n_patch = sum(int(np.prod(t["shape"])) for t in tensors.values())
     log(f"  {len(tensors)} patchable tensors ({n_patch:,} weights) -> {out_dir} in {time.perf_counter() - t0:.1f}s")
     return manifest
+
+
+def _write_prepacked_twin(staging: Path, moved: set[str]) -> None:
+    """model_prepacked.onnx: model.onnx with the patchable weights declared as initializers again, so ORT
+    prepacks them, their data given as ONNX external data at their byte ranges inside weights.safetensors.
+
+    Opened from disk it is the base model, fully prepacked. The runtime instead hands ORT the live (patched)
+    bytes of weights.safetensors from memory (`add_external_initializers_from_files_in_memory`), so every
+    graph pass and every kernel reads the same, current values: no stale private copies (DESIGN.md)."""
+    from shira_runtime.safetensors_file import read_file
+
+    st = read_file(staging / "weights.safetensors")
+    proto = onnx.load(str(staging / "model.onnx"), load_external_data=False)
+    inputs = {i.name: i for i in proto.graph.input}
+    keep = [i for i in proto.graph.input if i.name not in moved]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    for name in sorted(moved):
+        tt, e = inputs[name].type.tensor_type, st.tensors[name]
+        t = onnx.TensorProto(name=name, data_type=tt.elem_type, dims=[d.dim_value for d in tt.shape.dim])
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", "weights.safetensors"), ("offset", str(st.data_start + e.start)),
+                     ("length", str(e.end - e.start))):
+            t.external_data.add(key=k, value=v)
+        proto.graph.initializer.append(t)
+    onnx.save_model(proto, str(staging / "model_prepacked.onnx"))
 
 
 def verify_export(base_dir: Path, backend: str, subject: ExportSubject, ref_outputs: dict[str, np.ndarray]) -> float:

@@ -24,8 +24,13 @@ from .model_source import ExportSubject
 PROBE_SHIFT = 1.0
 
 
-def lower(subject: ExportSubject, log) -> tuple[bytes, bool, dict]:
-    """-> (pte bytes, dynamic shapes kept?, lowering report)."""
+def lower(subject: ExportSubject, log, static: bool = False) -> tuple[bytes, bool, dict]:
+    """-> (pte bytes, dynamic shapes kept?, lowering report).
+
+    `static=True` lowers with XNNPACK's defaults only: every weight is packed at method load (the fastest
+    inference, and nothing can be patched in a loaded method). The runtime patches a private copy of that
+    program's bytes and loads it in the background to reach full speed after a switch (two-phase switching).
+    """
     from executorch.backends.xnnpack.partition.config import AddmmConfig, LinearConfig, MMConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -40,11 +45,11 @@ def lower(subject: ExportSubject, log) -> tuple[bytes, bool, dict]:
             dyn = tuple({ax: torch.export.Dim(d, min=max(lo, 2), max=hi)
                          for ax, (d, lo, hi) in subject.dynamic_axes.get(n, {}).items()} or None for n in names)
         ep = torch.export.export(emod, args, dynamic_shapes=dyn)
-        edge = to_edge_transform_and_lower(ep, partitioner=[
-            XnnpackPartitioner(configs=[LinearConfig, AddmmConfig, MMConfig],
-                               force_non_static_weights_for_f32_linear=True),
-            XnnpackPartitioner(),
-        ])
+        partitioners = [XnnpackPartitioner()]
+        if not static:
+            partitioners.insert(0, XnnpackPartitioner(configs=[LinearConfig, AddmmConfig, MMConfig],
+                                                      force_non_static_weights_for_f32_linear=True))
+        edge = to_edge_transform_and_lower(ep, partitioner=partitioners)
         return edge.to_executorch(ExecutorchBackendConfig())
 
     chatter = io.StringIO()
@@ -59,8 +64,8 @@ def lower(subject: ExportSubject, log) -> tuple[bytes, bool, dict]:
             dynamic = False
             prog = _lower(False)
     ops = [n for n in prog.exported_program().graph_module.graph.nodes if n.op == "call_function"]
-    outside = sorted({str(n.target).split("::")[-1] for n in ops if "delegate" not in str(n.target)
-                      and "getitem" not in str(n.target)})
+    outside = sorted({getattr(n.target, "__name__", str(n.target)).split("::")[-1] for n in ops
+                      if "delegate" not in str(n.target) and "getitem" not in str(n.target)})
     report = {"delegates": sum("delegate" in str(n.target) for n in ops), "ops_outside_delegates": outside}
     return bytes(prog.buffer), dynamic, report
 

@@ -87,18 +87,48 @@ class ExecuTorchBackend:
         self.input_names = [i["name"] for i in manifest.inputs]
         self.output_names = [o["name"] for o in manifest.outputs]
         self._exec_lock = threading.Lock()  # an ExecuTorch method is not re-entrant
+        self._threads = threads
+        self.prepacked = None  # a PatchableProgram loaded from model_static.pte with the current weights
+        self._static_path = manifest.root / art["static_program"] if art.get("static_program") else None
+        self._static_bytes: bytes | None = None
+        # per patchable tensor: (its live placement, its placement in model_static.pte, torch shape)
+        self._static_pairs = [(info.placements[NAME][0], sp, info.shape) for info in manifest.tensors.values()
+                              for sp in info.placements.get(f"{NAME}-static", ())]
 
     def weights_changed(self, names: set[str]) -> None:
         if names & self._reload_on:
             with self._exec_lock:
                 self.program.reload()
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # ---- two-phase switching (runtime/prepack.py) -------------------------------------------------------------
+    @property
+    def prepacked_available(self) -> bool:
+        return self._static_path is not None and self._static_path.exists() and bool(self._static_pairs)
+
+    def snapshot(self) -> bytes:
+        """model_static.pte with the live weights written in at their offsets there (any layout)."""
+        if self._static_bytes is None:
+            self._static_bytes = self._static_path.read_bytes()
+        out = bytearray(self._static_bytes)
+        for live, static, shape in self._static_pairs:
+            src = live.to_torch_layout(self.buffers[live.name], shape)
+            n = int(np.prod(static.shape))
+            dst = np.frombuffer(out, dtype=np.float32, count=n, offset=static.offset)
+            static.to_torch_layout(dst, shape)[...] = src
+        return bytes(out)
+
+    def build_prepacked(self, snapshot: bytes) -> PatchableProgram:
+        prog = PatchableProgram(snapshot, str(self._static_path))  # XNNPACK packs every weight at this load
+        prog.nbytes = len(snapshot)
+        return prog
+
+    def run(self, inputs: dict[str, np.ndarray], aliased: bool = False) -> dict[str, np.ndarray]:
         args = []
         for name in self.input_names:
             if name not in inputs:
                 raise KeyError(f"missing model input {name!r} (inputs: {self.input_names})")
             args.append(self._torch.from_numpy(np.ascontiguousarray(inputs[name])))
         with self._exec_lock:
-            outs = self.program.execute(args)
+            prog = self.program if aliased or self.prepacked is None else self.prepacked
+            outs = prog.execute(args)
             return {n: o.numpy().copy() for n, o in zip(self.output_names, outs)}

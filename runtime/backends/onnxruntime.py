@@ -42,28 +42,63 @@ class OnnxRuntimeBackend:
                                         f"manifest says float32{list(p.shape)}")
                 self.buffers[p.name] = arr.reshape(-1)
                 self._ort_values[p.name] = ort.OrtValue.ortvalue_from_numpy(arr)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(root / art["model"]), opts, providers=["CPUExecutionProvider"])
+        self._threads = threads
+        self._prepacked_path = root / art["prepacked_model"] if art.get("prepacked_model") else None
+        self.prepacked = None  # a _PrepackedSession for the current weights, installed by the session's rebuilder
+        self.session = ort.InferenceSession(str(root / art["model"]), self._options(),
+                                            providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs() if i.name not in self._ort_values]
         self.output_names = [o.name for o in self.session.get_outputs()]
         missing = set(self._ort_values) - {i.name for i in self.session.get_inputs()}
         if missing:
             raise ManifestError(f"{root / art['model']}: graph has no input for patchable buffer(s) {sorted(missing)}")
 
-    def weights_changed(self, names: set[str]) -> None:
-        """Nothing to do: every run reads the bound buffers."""
+    def _options(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return opts
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = dict(self._ort_values)
+    def weights_changed(self, names: set[str]) -> None:
+        """Nothing to do: every run of the aliased session reads the bound buffers."""
+
+    # ---- two-phase switching (runtime/prepack.py) -------------------------------------------------------------
+    @property
+    def prepacked_available(self) -> bool:
+        return self._prepacked_path is not None and self._prepacked_path.exists()
+
+    def snapshot(self) -> bytes:
+        """The live weights.safetensors bytes: model_prepacked.onnx reads its patchable weights from there."""
+        return bytes(self._weights_file.buffer)
+
+    def build_prepacked(self, snapshot: bytes) -> "_PrepackedSession":
+        opts = self._options()
+        # ORT copies what it needs from this in-memory "file" while the session is created, then packs it
+        opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [snapshot], [len(snapshot)])
+        sess = ort.InferenceSession(str(self._prepacked_path), opts, providers=["CPUExecutionProvider"])
+        return _PrepackedSession(sess, len(self._weights_file.data))
+
+    def run(self, inputs: dict[str, np.ndarray], aliased: bool = False) -> dict[str, np.ndarray]:
+        feeds = {}
         for name in self.input_names:
             if name not in inputs:
                 raise KeyError(f"missing model input {name!r} (inputs: {self.input_names})")
             feeds[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[name]))
-        outs = self.session.run_with_ort_values(self.output_names, feeds)
+        fast = None if aliased else self.prepacked
+        if fast is not None:
+            outs = fast.session.run_with_ort_values(self.output_names, feeds)
+        else:
+            outs = self.session.run_with_ort_values(self.output_names, {**self._ort_values, **feeds})
         return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+
+
+class _PrepackedSession:
+    """An ORT session with every weight prepacked, built from a snapshot of the live weights."""
+
+    def __init__(self, session: ort.InferenceSession, weight_bytes: int):
+        self.session = session
+        self.nbytes = weight_bytes  # ORT's own (packed) copy of the patchable weights, about this size
 
 

@@ -1,0 +1,72 @@
+"""Two-phase switching: correct at once on the aliased engine, then a prepacked engine with the same weights."""
+import numpy as np
+import pytest
+
+from shira_runtime import ShiraSession
+from shira_toolchain import peft_shira
+
+PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {}]
+
+
+def test_prepacked_engine_equals_peft_merged_model_after_each_switch(built, backend):
+    sess = ShiraSession(built.base_dir, backend=backend, prepack="background")
+    assert sess.mode == "two-phase" and sess.full_speed
+    a, b = list(built.blobs)
+    for task, path in built.blobs.items():
+        sess.load(path, name=task)
+    peft_model = peft_shira.load_peft(built.subject.model, built.peft_dirs)
+    out_name = sess.output_names[0]
+    for plan in PLANS:
+        scales = {{"a": a, "b": b}[k]: v for k, v in plan.items()}
+        sess.fuse(scales)
+        ref = peft_shira.reference_output(built.name, peft_shira.merged_model(peft_model, built.subject.model, scales),
+                                          built.inputs)
+        aliased = sess.backend.run(built.inputs, aliased=True)[out_name]
+        assert sess.wait_full_speed(30), sess.rebuilder.last_error
+        assert sess.backend.prepacked is not None
+        fast = sess.run(built.inputs)[out_name]
+        np.testing.assert_allclose(aliased, ref, atol=2e-5, rtol=1e-5, err_msg=f"aliased after fuse({scales})")
+        np.testing.assert_allclose(fast, ref, atol=2e-5, rtol=1e-5, err_msg=f"prepacked after fuse({scales})")
+    hist = sess.rebuilder.history
+    assert len(hist) == len(PLANS) + 1 and all(h["to_full_speed_s"] is not None for h in hist[1:])
+    sess.close()
+    assert sess.mode == "aliased" and sess.backend.prepacked is None
+
+
+def test_reset_prepacked_output_equals_base_prepacked_output_bit_for_bit(llama, backend):
+    """The prepacked engine is rebuilt from the restored bytes, so the base output comes back exactly."""
+    sess = ShiraSession(llama.base_dir, backend=backend, prepack="background")
+    base = sess.run(llama.inputs)["logits"]
+    sess.load(llama.blobs["zen"], name="zen")
+    sess.switch("zen")
+    assert sess.wait_full_speed(30)
+    assert np.abs(sess.run(llama.inputs)["logits"] - base).max() > 1e-3
+    sess.reset()
+    assert sess.wait_full_speed(30)
+    np.testing.assert_array_equal(sess.run(llama.inputs)["logits"], base)
+
+
+def test_rapid_switches_install_only_the_latest_weights(llama):
+    sess = ShiraSession(llama.base_dir, prepack="background")
+    names = list(llama.blobs)
+    for t in names:
+        sess.load(llama.blobs[t], name=t)
+    for i in range(25):  # faster than a rebuild: intermediate engines are dropped as stale
+        sess.switch(names[i % 2])
+    assert sess.wait_full_speed(30)
+    want = sess.backend.run(llama.inputs, aliased=True)["logits"]
+    np.testing.assert_allclose(sess.run(llama.inputs)["logits"], want, atol=2e-5)
+    assert len(sess.rebuilder.history) < 26
+
+
+def test_auto_mode_records_its_calibration(llama):
+    sess = ShiraSession(llama.base_dir)  # "auto"
+    c = sess.calibration
+    assert c["aliased_ms"] > 0 and c["prepacked_ms"] > 0
+    assert sess.mode == ("two-phase" if c["ratio"] > 1.02 else "aliased")
+
+
+def test_prepack_off_and_bad_mode(llama):
+    assert ShiraSession(llama.base_dir, prepack="off").mode == "aliased"
+    with pytest.raises(ValueError, match="prepack must be one of"):
+        ShiraSession(llama.base_dir, prepack="sometimes")
