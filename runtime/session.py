@@ -56,7 +56,7 @@ class ShiraSession:
         self.backend = _make_backend(backend, self.manifest, threads)
         if verify:
             self._verify_base()
-        self.patcher = WeightPatcher(self.backend.buffers)
+        self.patcher = WeightPatcher(self.backend.buffers, threads)
         self.adapters: dict[str, Adapter] = {}
         # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}

@@ -1,23 +1,41 @@
 """`shira-bench` smoke test: the JSON's structure and that every measurement is a real sample, not its speed."""
 from shira_toolchain.bench import bench_model, markdown, plot
+from shira_toolchain.bench_scaling import bench_size, copy_bandwidth
+
+
+def _is_sample(s) -> bool:
+    return s["n"] == len(s["samples_ms"]) >= 1 and s["min_ms"] <= s["median_ms"] <= s["max_ms"] and s["min_ms"] > 0
 
 
 def test_bench_structure(tmp_path):
     r = bench_model("style-net", tmp_path, repeats=3, threads=1, log=lambda *a: None)
-    assert {"shira_onnxruntime", "shira_executorch", "peft_lora_unmerge_merge", "peft_lora_merge_and_unload",
-            "peft_shira_unmerge_merge", "ort_session_recreate", "et_method_reload"} == set(r["switch"])
-    for s in (list(r["switch"].values()) + list(r["fusion"].values())
-              + [v for row in r["inference"].values() for v in row.values()]):
-        assert s["n"] == len(s["samples_ms"]) >= 3 and s["min_ms"] <= s["median_ms"] <= s["max_ms"] and s["min_ms"] > 0
+    assert {"shira_onnxruntime", "patch_kernel_onnxruntime", "shira_executorch", "peft_lora_unmerge_merge",
+            "peft_lora_merge_and_unload", "peft_shira_unmerge_merge", "ort_session_recreate",
+            "et_method_reload"} == set(r["switch"])
+    samples = (list(r["switch"].values()) + list(r["fusion"].values())
+               + [v for row in r["inference"].values() for v in row.values()]
+               + [t[k] for t in r["two_phase"].values() for k in ("visible_switch", "to_full_speed")])
+    assert all(_is_sample(s) for s in samples)
     assert set(r["fusion"]) == {f"shira_{b}_{k}" for b in ("onnxruntime", "executorch") for k in (2, 3, 4)}
     assert set(r["inference"]) == {"64x64", "256x256"}
-    assert set(r["inference"]["64x64"]) == {"constant_weights_ort", "shira_patched_ort", "lora_unfused_ort",
-                                            "shira_patched_et"}
-    assert r["size"]["blob_f16"] < r["size"]["peft_shira"]
+    ort_rows = {"constant_weights_ort", "shira_aliased_ort", "shira_two_phase_ort", "lora_unfused_ort", "ort_lora_adapter"}
+    assert set(r["inference"]["64x64"]) == ort_rows | {"constant_weights_et", "shira_aliased_et", "shira_two_phase_et"}
+    assert set(r["inference"]["256x256"]) == ort_rows  # the style .pte is static 64x64
+    for b, t in r["two_phase"].items():
+        assert t["extra_bytes"] > 0 and {"aliased_ms", "prepacked_ms", "ratio"} <= set(t["auto_calibration"])
+    assert r["size"]["blob_f16"] < r["size"]["peft_shira"] and r["size"]["onnx_adapter"] > 0
+
+    bw = copy_bandwidth(16 << 20, repeats=2)
+    row = bench_size("llama-10M", __import__("torch").float16, repeats=2, bandwidth=bw, threads=1)
+    assert _is_sample(row["shira_switch"]) and _is_sample(row["lora_switch"])
+    assert row["shira_nonzeros"] > 0 and row["lora_rank"] >= 1 and 0 < row["bound_ms"] < row["dense_copy_ms"] * 10
+
     report = {"command": "test", "machine": {"cpu": "x", "cores": 1, "torch": "t", "onnxruntime": "o"},
-              "threads": 1, "repeats": 3, "models": [r]}
+              "threads": 1, "repeats": 3, "models": [r],
+              "scaling": {"copy_bandwidth_gbps": bw / 1e9, "rows": [row]}}
     md = markdown(report)
-    assert "| style-net | shira_onnxruntime |" in md and "vs constant-weight session" in md
-    assert "| style-net | onnxruntime | 4 |" in md
+    assert "| style-net | shira_onnxruntime |" in md and "vs constant-weight" in md
+    assert "| style-net | onnxruntime | 4 |" in md and "| llama-10M | float16 |" in md
+    assert "## Two-phase switching" in md and "## Against the targets" in md
     plot(report, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000

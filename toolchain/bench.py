@@ -2,14 +2,19 @@
 
 Every number is a median with min and max over repeated samples taken in this process, so each ratio compares
 pairs measured under the same conditions. Scenarios (per built-in model):
-  switch     SHiRA in-place switch on ONNX Runtime and on ExecuTorch, against PEFT LoRA unmerge+merge,
-             PEFT LoRA merge_and_unload, PEFT SHiRA unmerge+merge (torch), re-creating the ONNX Runtime
-             session from the exported files, and reloading the ExecuTorch method
-  inference  the constant-weight ONNX Runtime session (every weight an initializer, fully prepacked) against
-             the patched session after a switch and against LoRA left unfused (an export with LoRA branches);
-             the LM at sequence 1 (decode) and 128 (prefill), the image net at 64x64 and 256x256
+  switch     SHiRA in-place switch on ONNX Runtime and on ExecuTorch (and the bare patch kernel under it),
+             against PEFT LoRA unmerge+merge, PEFT LoRA merge_and_unload, PEFT SHiRA unmerge+merge (torch),
+             re-creating the ONNX Runtime session from the exported files, and reloading the ExecuTorch method
+  inference  the constant-weight sessions (ONNX Runtime: every weight an initializer, fully prepacked;
+             ExecuTorch: model_static.pte) against the aliased engines after a switch, the two-phase engines
+             once at full speed, LoRA left unfused (an export with LoRA branches) and ONNX Runtime's own LoRA
+             adapters (`.onnx_adapter`, `RunOptions.add_active_adapter`); the LM at sequence 1 (decode) and 128
+             (prefill), the image net at 64x64 and 256x256
+  two_phase  per runtime: the switch as the caller sees it, the time until the prepacked engine is installed,
+             and the extra memory it holds
   fusion     fusing 2-4 SHiRA adapters in place, time against the number of adapters
   size       the packed blob against the PEFT SHiRA and PEFT LoRA checkpoints with as many trainable values
+  scaling    Llama-shaped random models from ~10M to ~1B parameters (bench_scaling.py)
 Outputs: bench.json (every raw sample, the machine, versions), bench.md, bench.png.
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path, write_text
 from .export import export_model, tool_versions
 from .model_source import resolve
 from .pack import pack_adapter
@@ -79,22 +85,67 @@ def _constant_weight_session(base_dir: Path, threads: int):
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _unfused_lora_session(lora_model, subject, threads: int):
+def _lora_sessions(lora_dirs: dict, subject, work: Path, threads: int):
+    """LoRA left unfused, two ways, from one export of the model with LoRA branches:
+    (1) every LoRA weight embedded (`lora_unfused_ort`), (2) the LoRA weights as graph inputs fed by ONNX
+    Runtime's own adapter files (`.onnx_adapter`), one per LoRA checkpoint: `ort_lora_adapter`.
+    -> (constant session, adapter session, {name: LoraAdapter}, adapter file size)"""
     import onnxruntime as ort
+    from peft import PeftModel
 
-    from .export import _torch_export
+    from shira_runtime import manifest as manifest_mod
+
     from .model_source import ExportSubject
 
-    inner = lora_model.base_model.model.eval()  # the transformers/torch model with LoRA layers injected
+    first = next(iter(lora_dirs.values()))
+    inner = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(first)).base_model.model.eval()
     sub = ExportSubject(subject.source, inner, subject.example_inputs, subject.output_names,
                         subject.dynamic_axes, subject.is_causal_lm)
-    proto = _torch_export(sub)
+    export_model(sub, work / "lora-export", targets=r"lora_[AB]\.", formats=("onnx",), log=lambda *a: None)
+    man = manifest_mod.load(work / "lora-export")
+    adapters, size = {}, 0
+    for name, ck in lora_dirs.items():
+        lm = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck)).base_model.model
+        params = dict(lm.named_parameters())
+        fmt = ort.AdapterFormat()
+        fmt.set_adapter_version(1)
+        fmt.set_model_version(1)
+        values = {}
+        for tname, info in man.tensors.items():
+            w = params[tname].detach().numpy()
+            for p in info.placements["onnxruntime"]:
+                values[p.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(w.T if p.layout == "transpose2d" else w))
+        fmt.set_parameters(values)
+        path = work / f"{name}.onnx_adapter"
+        fmt.export_adapter(str(path))
+        size = path.stat().st_size
+        adapters[name] = ort.LoraAdapter()
+        adapters[name].Load(str(path))
+    # ORT's adapters override "overridable initializers": graph inputs that also have an initializer (the
+    # defaults here are LoRA checkpoint `first`, read from weights.safetensors as external data)
+    import onnx
+
+    proto = onnx.load(str(work / "lora-export" / "model_prepacked.onnx"), load_external_data=False)
+    for init in proto.graph.initializer:
+        if init.name in {p.name for info in man.tensors.values() for p in info.placements["onnxruntime"]}:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    onnx.save_model(proto, str(work / "lora-export" / "model_overridable.onnx"))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    with_inputs = ort.InferenceSession(str(work / "lora-export" / "model_overridable.onnx"), opts,
+                                       providers=["CPUExecutionProvider"])
+    return _constant_weight_session(work / "lora-export", threads), with_inputs, adapters, size
+
+
+def _static_program(base_dir: Path, threads: int):
+    """model_static.pte as it was exported: XNNPACK packs every weight at load (ExecuTorch's constant-weight base)."""
+    from shira_runtime.backends.executorch import PatchableProgram
+
+    return PatchableProgram((base_dir / "model_static.pte").read_bytes(), "model_static.pte", threads)
 
 
 def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) -> dict:
+    import onnxruntime as ort
     from peft import PeftModel
 
     from shira_runtime import ShiraSession
@@ -116,12 +167,18 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
            "fusion": {}, "inference": {}, "size": {}}
 
     # ---- switch ----
-    sessions = {b: ShiraSession(base_dir, backend=b, threads=threads) for b in ("onnxruntime", "executorch")}
+    sessions = {b: ShiraSession(base_dir, backend=b, threads=threads, prepack="off") for b in ("onnxruntime", "executorch")}
     for b, s in sessions.items():
         for k, p in blobs.items():
             s.load(p, name=k)
         flip = iter(["shira-a", "shira-b"] * (repeats + 10))
         res["switch"][f"shira_{b}"] = stats(sample(lambda s=s: s.switch(next(flip)), repeats))
+        if b == "onnxruntime":  # the patch kernel alone, on the same buffers: what the session adds is the rest
+            terms = {k: {buf: [(i, d, 1.0)] for buf, (i, d) in s._mapped[k].items()} for k in ("shira-a", "shira-b")}
+            flip = iter(["shira-a", "shira-b"] * (repeats + 10))
+            res["switch"]["patch_kernel_onnxruntime"] = stats(sample(
+                lambda s=s: s.patcher.commit(s.patcher.plan(terms[next(flip)])), repeats))
+            s.switch("shira-a")
         # fusing k adapters (equal scales), each sample starting from a single other adapter
         for k in range(2, len(shira_keys) + 1):
             mix = {a: 1.0 / k for a in shira_keys[:k]}
@@ -153,10 +210,30 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
                                                          max(3, repeats // 4)))
     res["switch"]["et_method_reload"] = stats(sample(sessions["executorch"].backend.program.reload, max(3, repeats // 4)))
 
+    # ---- two-phase switching: visible switch, time to full speed, extra memory ----
+    two = {b: ShiraSession(base_dir, backend=b, threads=threads, prepack="background") for b in sessions}
+    res["two_phase"] = {}
+    for b, s in two.items():
+        for k in ("shira-a", "shira-b"):
+            s.load(blobs[k], name=k)
+        flip = iter(["shira-a", "shira-b"] * (repeats + 10))
+        n0 = len(s.rebuilder.history)
+        visible = sample(lambda s=s: s.switch(next(flip)), repeats, setup=lambda s=s: s.wait_full_speed(60))
+        s.wait_full_speed(60)
+        full = [h["to_full_speed_s"] for h in s.rebuilder.history[n0:] if h["to_full_speed_s"] is not None]
+        res["two_phase"][b] = {"visible_switch": stats(visible), "to_full_speed": stats(full),
+                               "extra_bytes": s.rebuilder.history[-1]["extra_bytes"],
+                               "auto_calibration": ShiraSession(base_dir, backend=b, threads=threads).calibration}
+        s.switch("shira-a")
+        s.wait_full_speed(60)
+
     # ---- inference after a switch ----
     const = _constant_weight_session(base_dir, threads)
-    lora_unfused = _unfused_lora_session(PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck["lora-a"])),
-                                         subject, threads)
+    static = _static_program(base_dir, threads)
+    lora_const, lora_inputs, ort_adapters, res["size"]["onnx_adapter"] = _lora_sessions(
+        {"a": ck["lora-a"], "b": ck["lora-b"]}, subject, work / name, threads)
+    run_opts = ort.RunOptions()
+    run_opts.add_active_adapter(ort_adapters["a"])
     for s in sessions.values():
         s.switch("shira-a")
     shapes = {"decode": (1, 1), "prefill": (1, 128)} if name == "tiny-llama" else {"64x64": 64, "256x256": 256}
@@ -166,57 +243,121 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
         else:
             x = {"image": np.random.default_rng(0).random((1, 3, shp, shp), dtype=np.float32)}
         row = {"constant_weights_ort": stats(sample(lambda: const.run(None, x), repeats)),
-               "shira_patched_ort": stats(sample(lambda: sessions["onnxruntime"].run(x), repeats)),
-               "lora_unfused_ort": stats(sample(lambda: lora_unfused.run(None, x), repeats))}
+               "shira_aliased_ort": stats(sample(lambda: sessions["onnxruntime"].run(x), repeats)),
+               "shira_two_phase_ort": stats(sample(lambda: two["onnxruntime"].run(x), repeats)),
+               "lora_unfused_ort": stats(sample(lambda: lora_const.run(None, x), repeats)),
+               "ort_lora_adapter": stats(sample(lambda: lora_inputs.run(None, x, run_opts), repeats))}
         if name == "tiny-llama" or shp == 64:  # the style .pte is static 64x64
-            row["shira_patched_et"] = stats(sample(lambda: sessions["executorch"].run(x), repeats))
+            row["constant_weights_et"] = stats(sample(  # numpy in and out, as the session does
+                lambda: [o.numpy().copy() for o in static.execute([torch.from_numpy(v) for v in x.values()])], repeats))
+            row["shira_aliased_et"] = stats(sample(lambda: sessions["executorch"].run(x), repeats))
+            row["shira_two_phase_et"] = stats(sample(lambda: two["executorch"].run(x), repeats))
         res["inference"][label] = row
+    for s in two.values():
+        s.close()
 
     # ---- size ----
     def du(p: Path) -> int:
         return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix in (".json", ".safetensors")
                    and f.name != "train_report.json")
 
-    res["size"] = {"blob_f16": blobs["shira-a"].stat().st_size, "peft_shira": du(ck["shira-a"]),
-                   "peft_lora": du(ck["lora-a"])}
+    res["size"].update({"blob_f16": blobs["shira-a"].stat().st_size, "peft_shira": du(ck["shira-a"]),
+                        "peft_lora": du(ck["lora-a"])})
     log(f"  {name}: SHiRA switch {res['switch']['shira_onnxruntime']['median_ms']:.2f} ms (ORT), "
         f"LoRA unmerge+merge {res['switch']['peft_lora_unmerge_merge']['median_ms']:.2f} ms, session re-create "
         f"{res['switch']['ort_session_recreate']['median_ms']:.1f} ms")
     return res
 
 
+def _ref(row: dict, key: str) -> float:
+    """The constant-weight baseline of the same runtime as `key`."""
+    base = "constant_weights_et" if key.endswith("_et") else "constant_weights_ort"
+    return row[base]["median_ms"]
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = ["# shira-bench", "", f"`{report['command']}` on {m['cpu']} ({m['cores']} cores), {report['threads']} "
              f"thread(s); torch {m['torch']}, onnxruntime {m['onnxruntime']}. Medians (min-max) of "
-             f"{report['repeats']} samples, all in one process.", "", "## Switch latency", "",
+             f"{report['repeats']} samples, all in one process ({report.get('seconds', 0):.0f} s in all).", "",
+             "## Switch latency", "",
              "| model | method | median ms | min-max ms | vs SHiRA (ORT) |", "|---|---|---|---|---|"]
     for r in report["models"]:
         ref = r["switch"]["shira_onnxruntime"]["median_ms"]
         for k, s in r["switch"].items():
             lines.append(f"| {r['model']} | {k} | {s['median_ms']:.3f} | {s['min_ms']:.3f}-{s['max_ms']:.3f} | "
                          f"{s['median_ms'] / ref:.1f}x |")
-    lines += ["", "## Fusing k adapters in place (equal scales, from one other adapter active)", "",
+    lines += ["", "`patch_kernel_onnxruntime` is the bare WeightPatcher plan+commit on the same buffers; the rest "
+              "of `shira_onnxruntime` is the session's validation and locking.", "",
+              "## Fusing k adapters in place (equal scales, from one other adapter active)", "",
               "| model | runtime | k | median ms | min-max ms |", "|---|---|---|---|---|"]
     for r in report["models"]:
         for key, s in r.get("fusion", {}).items():
             _, runtime, k = key.split("_")
             lines.append(f"| {r['model']} | {runtime} | {k} | {s['median_ms']:.3f} | {s['min_ms']:.3f}-{s['max_ms']:.3f} |")
     lines += ["", "## Inference after a switch", "",
-              "| model | shape | method | median ms | vs constant-weight session |", "|---|---|---|---|---|"]
+              "Each ratio is against the constant-weight base of the same runtime (ONNX Runtime: every weight an "
+              "initializer, prepacked; ExecuTorch: `model_static.pte`). `aliased`: the in-place engine right after "
+              "a switch; `two_phase`: the same session once its prepacked engine is installed (issue 7).", "",
+              "| model | shape | method | median ms | vs constant-weight |", "|---|---|---|---|---|"]
     for r in report["models"]:
         for shape, row in r["inference"].items():
-            ref = row["constant_weights_ort"]["median_ms"]
             for k, s in row.items():
-                lines.append(f"| {r['model']} | {shape} | {k} | {s['median_ms']:.3f} | {s['median_ms'] / ref:.2f}x |")
+                lines.append(f"| {r['model']} | {shape} | {k} | {s['median_ms']:.3f} | {s['median_ms'] / _ref(row, k):.2f}x |")
+    if any("two_phase" in r for r in report["models"]):
+        lines += ["", "## Two-phase switching", "",
+                  "| model | runtime | switch seen by the caller, ms | to full speed, ms | extra memory | auto mode picks |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["models"]:
+            for b, t in r.get("two_phase", {}).items():
+                cal = t["auto_calibration"]
+                pick = ("two-phase" if cal["ratio"] > 1.02 else "aliased") + f" (aliased/prepacked {cal['ratio']:.2f}x)"
+                lines.append(f"| {r['model']} | {b} | {t['visible_switch']['median_ms']:.3f} | "
+                             f"{t['to_full_speed']['median_ms']:.1f} ({t['to_full_speed']['min_ms']:.1f}-"
+                             f"{t['to_full_speed']['max_ms']:.1f}) | {t['extra_bytes'] / 1e6:.2f} MB | {pick} |")
     lines += ["", "## Adapter size on disk (same number of trainable values)", "",
-              "| model | packed blob (f16) | PEFT SHiRA checkpoint | PEFT LoRA checkpoint |", "|---|---|---|---|"]
+              "| model | packed blob (f16) | PEFT SHiRA checkpoint | PEFT LoRA checkpoint | ORT `.onnx_adapter` (LoRA) |",
+              "|---|---|---|---|---|"]
     for r in report["models"]:
         s = r["size"]
-        lines.append(f"| {r['model']} | {s['blob_f16']:,} B | {s['peft_shira']:,} B | {s['peft_lora']:,} B |")
-    lines += ["", PAPER, "", "Not yet measured here (issue 6 continues): the ~10M-1B scaling sweep with its "
-              "memory-bandwidth line, ORT's own `.onnx_adapter` LoRA, and an ExecuTorch constant-weight baseline.", ""]
+        lines.append(f"| {r['model']} | {s['blob_f16']:,} B | {s['peft_shira']:,} B | {s['peft_lora']:,} B | "
+                     f"{s.get('onnx_adapter', 0):,} B |")
+    sc = report.get("scaling")
+    if sc:
+        lines += ["", f"## Scaling: switch time against model size (1% of every block Linear; copy bandwidth "
+                  f"{sc['copy_bandwidth_gbps']:.1f} GB/s)", "",
+                  "| model | dtype | parameters | SHiRA switch ms | PEFT LoRA switch ms (rank) | LoRA / SHiRA | "
+                  "bandwidth floor ms | dense copy ms |", "|---|---|---|---|---|---|---|---|"]
+        for row in sc["rows"]:
+            sh, lo = row["shira_switch"]["median_ms"], row["lora_switch"]["median_ms"]
+            lines.append(f"| {row['size']} | {row['dtype']} | {row['parameters'] / 1e6:,.0f}M | {sh:.2f} | "
+                         f"{lo:.1f} (r={row['lora_rank']}) | {lo / sh:.1f}x | {row['bound_ms']:.2f} | "
+                         f"{row['dense_copy_ms']:.1f} |")
+    lines += ["", PAPER, "", targets_summary(report), ""]
     return "\n".join(lines)
+
+
+def targets_summary(report: dict) -> str:
+    """The issue's targets, checked against this run and stated plainly (met or not)."""
+    out = ["## Against the targets", ""]
+    sc = report.get("scaling")
+    if sc:
+        big = max(sc["rows"], key=lambda r: (r["parameters"], r["dtype"] == "float32"))
+        x = big["lora_switch"]["median_ms"] / big["shira_switch"]["median_ms"]
+        out.append(f"- Switch vs PEFT LoRA switch on the largest model ({big['size']}, {big['dtype']}): {x:.1f}x "
+                   f"(target >= 30x): {'met' if x >= 30 else 'NOT met'}.")
+    for r in report["models"]:
+        sw = r["switch"]
+        x = sw["ort_session_recreate"]["median_ms"] / sw["shira_onnxruntime"]["median_ms"]
+        out.append(f"- {r['model']}: switch vs ONNX Runtime session re-creation {x:.0f}x (target >= 25x): "
+                   f"{'met' if x >= 25 else 'NOT met'}.")
+        for shape, row in r["inference"].items():
+            for k in ("shira_aliased_ort", "shira_two_phase_ort", "shira_aliased_et", "shira_two_phase_et"):
+                if k in row:
+                    q = row[k]["median_ms"] / _ref(row, k)
+                    out.append(f"- {r['model']} {shape} {k}: {q:.2f}x the constant-weight session (target <= 1.02x): "
+                               f"{'met' if q <= 1.02 else 'NOT met'}.")
+    return "\n".join(out)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -226,35 +367,64 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(report["models"]), figsize=(6 * len(report["models"]), 4), squeeze=False)
+    n = len(report["models"])
+    fig, axes = plt.subplots(2, max(n, 2), figsize=(6.5 * max(n, 2), 8.5), squeeze=False)
     for ax, r in zip(axes[0], report["models"]):
         names = list(r["switch"])
-        med = [r["switch"][n]["median_ms"] for n in names]
-        lo = [m - r["switch"][n]["min_ms"] for n, m in zip(names, med)]
-        hi = [r["switch"][n]["max_ms"] - m for n, m in zip(names, med)]
-        ax.barh(names, med, xerr=[lo, hi], color=["tab:green" if n.startswith("shira") else "tab:gray" for n in names])
+        med = [r["switch"][k]["median_ms"] for k in names]
+        lo = [m - r["switch"][k]["min_ms"] for k, m in zip(names, med)]
+        hi = [r["switch"][k]["max_ms"] - m for k, m in zip(names, med)]
+        ax.barh(names, med, xerr=[lo, hi], color=["tab:green" if k.startswith(("shira", "patch")) else "tab:gray"
+                                                  for k in names])
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short ranges
         ax.set_xlabel("switch latency, ms (log)")
         ax.set_title(f"{r['model']} ({r['parameters']:,} params)")
+    ax = axes[1][0]
+    if report.get("scaling"):
+        from .bench_scaling import plot_scaling
+
+        plot_scaling(report["scaling"], ax)
+    ax = axes[1][1]
+    labels, ratios, colors = [], [], []
+    for r in report["models"]:
+        for shape, row in r["inference"].items():
+            for k, s in row.items():
+                if k.startswith("constant"):
+                    continue
+                labels.append(f"{r['model']} {shape} {k}")
+                ratios.append(s["median_ms"] / _ref(row, k))
+                colors.append("tab:green" if "two_phase" in k else "tab:olive" if "aliased" in k else "tab:gray")
+    ax.barh(labels, ratios, color=colors)
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.axvline(1.02, color="red", lw=0.8, ls="--", label="target 1.02x")
+    ax.tick_params(axis="y", labelsize=6)
+    ax.set_xlabel("inference time / constant-weight session of the same runtime")
+    ax.set_title("Inference after a switch")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 
 
 def run_bench(out_dir, quick: bool = True, threads: int = 2, log=print) -> dict:
     import tempfile
 
+    from .bench_scaling import run_scaling
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    repeats = 20 if quick else 100
+    repeats = 20 if quick else 60
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         models = [bench_model(n, Path(tmp), repeats, threads, log) for n in ("tiny-llama", "style-net")]
+    scaling = run_scaling(quick, 5 if quick else 7, threads, log)
     report = {"command": f"shira-bench {'--quick ' if quick else ''}--out {out_dir} --threads {threads}",
               "machine": machine(), "threads": threads, "repeats": repeats, "quick": quick, "models": models,
-              "seconds": time.time() - t0}
-    (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "bench.md").write_text(markdown(report))
+              "scaling": scaling, "seconds": time.time() - t0}
+    write_text(out_dir / "bench.json", json.dumps(report, indent=1))
+    write_text(out_dir / "bench.md", markdown(report))
     plot(report, out_dir / "bench.png")
     log(f"bench -> {out_dir} ({report['seconds']:.0f}s)")
     return report

@@ -57,6 +57,10 @@ class PatchableProgram:
     def execute(self, inputs: list):
         return self._method.execute(inputs)
 
+    def drop_method(self) -> None:
+        """Release the loaded method (and XNNPACK's packed weights) before its bytes are rewritten."""
+        self._method = None
+
     def reload(self) -> None:
         """Load the method again from the (patched) bytes: XNNPACK repacks the static weights."""
         self._method = self._Method(self._program._program.load_method(METHOD))
@@ -90,7 +94,7 @@ class ExecuTorchBackend:
         self._threads = threads
         self.prepacked = None  # a PatchableProgram loaded from model_static.pte with the current weights
         self._static_path = manifest.root / art["static_program"] if art.get("static_program") else None
-        self._static_bytes: bytes | None = None
+        self._static: PatchableProgram | None = None
         # per patchable tensor: (its live placement, its placement in model_static.pte, torch shape)
         self._static_pairs = [(info.placements[NAME][0], sp, info.shape) for info in manifest.tensors.values()
                               for sp in info.placements.get(f"{NAME}-static", ())]
@@ -105,22 +109,26 @@ class ExecuTorchBackend:
     def prepacked_available(self) -> bool:
         return self._static_path is not None and self._static_path.exists() and bool(self._static_pairs)
 
-    def snapshot(self) -> bytes:
-        """model_static.pte with the live weights written in at their offsets there (any layout)."""
-        if self._static_bytes is None:
-            self._static_bytes = self._static_path.read_bytes()
-        out = bytearray(self._static_bytes)
-        for live, static, shape in self._static_pairs:
-            src = live.to_torch_layout(self.buffers[live.name], shape)
-            n = int(np.prod(static.shape))
-            dst = np.frombuffer(out, dtype=np.float32, count=n, offset=static.offset)
-            static.to_torch_layout(dst, shape)[...] = src
-        return bytes(out)
+    def snapshot(self) -> list[np.ndarray]:
+        """Copies of the live patchable weights in torch layout (taken under the session's read lock)."""
+        return [live.to_torch_layout(self.buffers[live.name], shape).copy() for live, _, shape in self._static_pairs]
 
-    def build_prepacked(self, snapshot: bytes) -> PatchableProgram:
-        prog = PatchableProgram(snapshot, str(self._static_path))  # XNNPACK packs every weight at this load
-        prog.nbytes = len(snapshot)
-        return prog
+    def build_prepacked(self, snapshot: list[np.ndarray]) -> PatchableProgram:
+        """Write the weights into model_static.pte's bytes and (re)load its method: XNNPACK packs them all.
+
+        One static program serves every rebuild: the rebuilder only builds while no prepacked engine is
+        installed (a commit uninstalls it under the write lock), so no execute() reads it meanwhile. The first
+        build loads the program (ExecuTorch's program load is the slow part: ~160 ms for style-net); later
+        builds only reload the method."""
+        if self._static is None:
+            self._static = PatchableProgram(self._static_path.read_bytes(), str(self._static_path))
+            self._static.nbytes = self._static.memory.size
+        else:
+            self._static.drop_method()
+        for (_, static, shape), arr in zip(self._static_pairs, snapshot):
+            static.to_torch_layout(self._static.floats(static.offset, int(np.prod(static.shape))), shape)[...] = arr
+        self._static.reload()
+        return self._static
 
     def run(self, inputs: dict[str, np.ndarray], aliased: bool = False) -> dict[str, np.ndarray]:
         args = []

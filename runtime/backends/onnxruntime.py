@@ -81,16 +81,17 @@ class OnnxRuntimeBackend:
         return _PrepackedSession(sess, len(self._weights_file.data))
 
     def run(self, inputs: dict[str, np.ndarray], aliased: bool = False) -> dict[str, np.ndarray]:
-        feeds = {}
-        for name in self.input_names:
-            if name not in inputs:
-                raise KeyError(f"missing model input {name!r} (inputs: {self.input_names})")
-            feeds[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[name]))
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KeyError(f"missing model input(s) {missing} (inputs: {self.input_names})")
         fast = None if aliased else self.prepacked
-        if fast is not None:
-            outs = fast.session.run_with_ort_values(self.output_names, feeds)
-        else:
-            outs = self.session.run_with_ort_values(self.output_names, {**self._ort_values, **feeds})
+        if fast is not None:  # plain run(): the lightest path through ORT's Python API
+            outs = fast.session.run(self.output_names, {n: inputs[n] for n in self.input_names})
+            return dict(zip(self.output_names, outs))
+        feeds = dict(self._ort_values)
+        for name in self.input_names:
+            feeds[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[name]))
+        outs = self.session.run_with_ort_values(self.output_names, feeds)
         return {n: o.numpy() for n, o in zip(self.output_names, outs)}
 
 
