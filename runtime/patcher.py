@@ -56,7 +56,8 @@ class WeightPatcher:
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the checks below
                 if len(parts) == 1:
                     idx, delta, scale = parts[0]
-                    delta = delta if scale == 1.0 else (delta * np.float32(scale)).astype(np.float32)
+                    # scaled in binary64 and rounded once, exactly as a sum of several (FORMAT.md §6)
+                    delta = delta if scale == 1.0 else (delta.astype(np.float64) * scale).astype(np.float32)
                 else:  # overlapping indices sum their scaled deltas
                     idx, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
                     weights = np.concatenate([p[1].astype(np.float64) * p[2] for p in parts])

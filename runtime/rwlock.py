@@ -13,20 +13,23 @@ class RWLock:
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
+        self._read_ctx = _ReadContext(self)
 
-    @contextmanager
     def read(self):
+        """`with lock.read():` (a plain object, not a generator: this sits on every inference call)."""
+        return self._read_ctx
+
+    def _acquire_read(self):
         with self._cond:
             while self._writer or self._waiting_writers:
                 self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+
+    def _release_read(self, *exc):
+        with self._cond:
+            self._readers -= 1
+            if not self._readers and self._waiting_writers:
+                self._cond.notify_all()
 
     @contextmanager
     def write(self):
@@ -42,3 +45,16 @@ class RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+class _ReadContext:
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: RWLock):
+        self._lock = lock
+
+    def __enter__(self):
+        self._lock._acquire_read()
+
+    def __exit__(self, *exc):
+        self._lock._release_read()

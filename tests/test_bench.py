@@ -20,7 +20,7 @@ def test_bench_structure(tmp_path):
     assert set(r["inference"]) == {"64x64", "256x256"}
     ort_rows = {"constant_weights_ort", "shira_aliased_ort", "shira_two_phase_ort", "lora_unfused_ort", "ort_lora_adapter"}
     assert set(r["inference"]["64x64"]) == ort_rows | {"constant_weights_et", "shira_aliased_et", "shira_two_phase_et"}
-    assert set(r["inference"]["256x256"]) == ort_rows  # the style .pte is static 64x64
+    assert set(r["inference"]["256x256"]) == set(r["inference"]["64x64"])  # the style .pte keeps dynamic H/W
     for b, t in r["two_phase"].items():
         assert t["extra_bytes"] > 0 and {"aliased_ms", "prepacked_ms", "ratio"} <= set(t["auto_calibration"])
     assert r["size"]["blob_f16"] < r["size"]["peft_shira"] and r["size"]["onnx_adapter"] > 0

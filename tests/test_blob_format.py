@@ -228,3 +228,16 @@ def test_vectors_decode_to_their_json_and_regenerate_identically():
             np.testing.assert_array_equal(a.tensors[target].values, np.array(t["values"], dtype=np.float32))
             assert a.tensors[target].index_coding == t["index_coding"]
         assert zlib.crc32(blob) == expect["file_crc32"]
+
+
+def test_patch_case_for_other_runtimes_regenerates_identically():
+    """tests/vectors/patch: the bytes a second runtime (android_demo/shira-core) must reproduce."""
+    from .vectors.make_vectors import PATCH_STEPS, build_patch_case
+
+    built = build_patch_case()
+    for fname, data in built.items():
+        assert (VECTORS / "patch" / fname).read_bytes() == data, f"patch/{fname} is stale: run make_vectors"
+    case = json.loads(built["steps.json"])
+    assert [s["scales"] for s in case["steps"]] == [{}] + PATCH_STEPS
+    assert case["steps"][0]["buffers"] == case["steps"][-1]["buffers"]  # reset is bit-exact
+    assert len({json.dumps(s["buffers"]) for s in case["steps"]}) == len(PATCH_STEPS)  # every other state differs

@@ -61,6 +61,20 @@ def sample(fn, repeats: int, warmup: int = 2, setup=None) -> list[float]:
     return out
 
 
+def sample_interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each fn, called in rotation (A, B, C, A, B, C, ...): slow drifts of the machine
+    (frequency, other processes) then hit every method alike, which is what a ratio between them needs."""
+    out = {k: [] for k in fns}
+    for i in range(warmup + repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t
+            if i >= warmup:
+                out[k].append(dt)
+    return out
+
+
 def stats(samples: list[float]) -> dict:
     ms = [s * 1e3 for s in samples]
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms), "samples_ms": ms}
@@ -232,6 +246,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
     static = _static_program(base_dir, threads)
     lora_const, lora_inputs, ort_adapters, res["size"]["onnx_adapter"] = _lora_sessions(
         {"a": ck["lora-a"], "b": ck["lora-b"]}, subject, work / name, threads)
+    et_dynamic = json.loads((base_dir / "manifest.json").read_text())["artifacts"]["executorch"]["dynamic_shapes"]
     run_opts = ort.RunOptions()
     run_opts.add_active_adapter(ort_adapters["a"])
     for s in sessions.values():
@@ -242,16 +257,18 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
             x = {"input_ids": np.arange(shp[1], dtype=np.int64)[None] % 256}
         else:
             x = {"image": np.random.default_rng(0).random((1, 3, shp, shp), dtype=np.float32)}
-        row = {"constant_weights_ort": stats(sample(lambda: const.run(None, x), repeats)),
-               "shira_aliased_ort": stats(sample(lambda: sessions["onnxruntime"].run(x), repeats)),
-               "shira_two_phase_ort": stats(sample(lambda: two["onnxruntime"].run(x), repeats)),
-               "lora_unfused_ort": stats(sample(lambda: lora_const.run(None, x), repeats)),
-               "ort_lora_adapter": stats(sample(lambda: lora_inputs.run(None, x, run_opts), repeats))}
-        if name == "tiny-llama" or shp == 64:  # the style .pte is static 64x64
-            row["constant_weights_et"] = stats(sample(  # numpy in and out, as the session does
-                lambda: [o.numpy().copy() for o in static.execute([torch.from_numpy(v) for v in x.values()])], repeats))
-            row["shira_aliased_et"] = stats(sample(lambda: sessions["executorch"].run(x), repeats))
-            row["shira_two_phase_et"] = stats(sample(lambda: two["executorch"].run(x), repeats))
+        fns = {"constant_weights_ort": lambda: const.run(None, x),
+               "shira_aliased_ort": lambda: sessions["onnxruntime"].run(x),
+               "shira_two_phase_ort": lambda: two["onnxruntime"].run(x),
+               "lora_unfused_ort": lambda: lora_const.run(None, x),
+               "ort_lora_adapter": lambda: lora_inputs.run(None, x, run_opts)}
+        if et_dynamic or shp == 64:  # a static .pte only takes the sample's shape (64x64 for style-net)
+            fns.update({  # numpy in and out for the plain program too, as the session does
+                "constant_weights_et": lambda: [o.numpy().copy() for o in
+                                                static.execute([torch.from_numpy(v) for v in x.values()])],
+                "shira_aliased_et": lambda: sessions["executorch"].run(x),
+                "shira_two_phase_et": lambda: two["executorch"].run(x)})
+        row = {k: stats(v) for k, v in sample_interleaved(fns, repeats).items()}
         res["inference"][label] = row
     for s in two.values():
         s.close()

@@ -7,6 +7,7 @@ import sys
 import warnings
 
 import click
+from pathlib import Path
 
 
 def _quiet_third_party() -> None:
@@ -181,11 +182,19 @@ def main_group():
 @click.option("--steps", default=40, show_default=True, help="Training steps per PEFT SHiRA adapter.")
 @click.option("--r", "r", default=1, show_default=True, help="PEFT ShiraConfig r: r*(in+out) values per layer.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
-def demo_cmd(model_name, out_dir, steps, r, threads):
+@click.option("--serve", is_flag=True, help="Instead: serve the style-swapping web page on 127.0.0.1 (the "
+              "committed style adapters on the style net, both runtimes).")
+@click.option("--port", default=8765, show_default=True, help="Port for --serve (loopback only).")
+def demo_cmd(model_name, out_dir, steps, r, threads, serve, port):
     """Export MODEL, train two SHiRA adapters with PEFT, pack them, load the base ONCE in ONNX Runtime and in
     ExecuTorch, switch, fuse and reset in place, and print per step and runtime the switch time, inference time
-    and the max abs difference to PEFT's merged torch model."""
+    and the max abs difference to PEFT's merged torch model. With --serve: the style demo web page."""
     _quiet_third_party()
+    if serve:
+        from .web_demo import serve as serve_page
+
+        serve_page(Path(out_dir), port, threads, log=click.echo)
+        return
     from .demo import run_demo
 
     run_demo(model_name, out_dir, steps=steps, r=r, threads=threads, log=click.echo)
@@ -266,13 +275,15 @@ def train_main():
 @click.command("bench")
 @click.option("--out", "out_dir", default="bench", show_default=True, type=click.Path(file_okay=False),
               help="Where bench.json (every raw sample and the machine), bench.md and bench.png go.")
-@click.option("--quick/--full", default=True, show_default=True,
-              help="--quick: 20 samples per measurement on the built-in models (about 2 minutes). --full: 100.")
+@click.option("--quick/--full", default=False, show_default=True,
+              help="--quick: 20 samples per measurement, scaling sweep at ~10M only (about 2 minutes). --full "
+                   "(default): 60 samples, scaling sweep up to ~1.1B parameters (under 10 minutes on 2 cores).")
 @click.option("--threads", default=2, show_default=True, help="Threads for ONNX Runtime, ExecuTorch and torch.")
 def bench_cmd(out_dir, quick, threads):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
-    a switch vs the constant-weight session and unfused LoRA; adapter sizes."""
+    a switch vs the constant-weight and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
+    switch time against model size from ~10M to ~1.1B parameters."""
     _quiet_third_party()
     from .bench import run_bench
 

@@ -65,11 +65,68 @@ def build_vectors() -> dict[str, tuple[bytes, dict]]:
     return out
 
 
+PATCH_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"b": 2.0}, {"a": 1.0, "b": 1.0}, {}]
+
+
+def build_patch_case() -> dict[str, bytes]:
+    """A patch sequence for a second runtime: two base buffers (one stored transposed, one channels-last), two
+    adapters, and the exact float32 bits of every buffer after each fuse() of the Python WeightPatcher."""
+    from shira_runtime.manifest import Placement
+    from shira_runtime.patcher import WeightPatcher
+
+    rng = np.random.default_rng(7)
+    fc, conv = (12, 10), (4, 3, 3, 3)
+    torch_base = {"fc.weight": rng.normal(0, 0.5, fc).astype(np.float32),
+                  "conv.weight": rng.normal(0, 0.5, conv).astype(np.float32)}
+    places = {"fc.weight": Placement("fc_T", (10, 12), "transpose2d"),
+              "conv.weight": Placement("conv_OHWI", (4, 3, 3, 3), "channels_last")}
+    store = {"fc_T": torch_base["fc.weight"].T.copy().reshape(-1),
+             "conv_OHWI": np.moveaxis(torch_base["conv.weight"], 1, -1).copy().reshape(-1)}
+    shared = np.sort(rng.choice(120, 20, replace=False))
+    adapters = {
+        "a": encode_blob("a", FINGERPRINT, [SparseDelta("fc.weight", fc, shared, _vals(20, 11)),
+                                            SparseDelta("conv.weight", conv, np.sort(rng.choice(108, 9, replace=False)),
+                                                        _vals(9, 12))], "f16", "elias-fano"),
+        "b": encode_blob("b", FINGERPRINT, [SparseDelta("fc.weight", fc, np.union1d(shared[::2], [0, 119]),
+                                                        _vals(12, 13) * 40)], "f32", "flat-u32"),
+    }
+    from shira_runtime import read_adapter
+
+    mapped = {}
+    for name, blob in adapters.items():
+        mapped[name] = {}
+        for t in read_adapter(blob).tensors.values():
+            p = places[t.target]
+            idx = p.map_indices(t.indices, t.shape)
+            order = np.argsort(idx, kind="stable")
+            mapped[name][p.name] = (idx[order], t.values[order])
+    patcher = WeightPatcher(store, threads=1)
+    bits = lambda: {n: b.view(np.uint32).tolist() for n, b in store.items()}  # noqa: E731
+    steps = [{"scales": {}, "buffers": bits()}]
+    for plan in PATCH_STEPS:
+        terms = {}
+        for name, scale in plan.items():
+            for buf, (i, d) in mapped[name].items():
+                terms.setdefault(buf, []).append((i, d, scale))
+        patcher.commit(patcher.plan(terms))
+        steps.append({"scales": plan, "buffers": bits()})
+    case = {"placements": {t: {"buffer": p.name, "layout": p.layout, "torch_shape": list(torch_base[t].shape)}
+                           for t, p in places.items()},
+            "adapters": {n: f"{n}.shira" for n in adapters}, "steps": steps}
+    files = {f"{n}.shira": b for n, b in adapters.items()}
+    files["steps.json"] = (json.dumps(case) + "\n").encode()
+    return files
+
+
 def main():
     for name, (blob, expect) in build_vectors().items():
         (HERE / f"{name}.shira").write_bytes(blob)
         (HERE / f"{name}.json").write_text(json.dumps(expect, indent=1) + "\n")
         print(f"wrote {name}.shira ({len(blob)} bytes) and {name}.json")
+    (HERE / "patch").mkdir(exist_ok=True)
+    for fname, data in build_patch_case().items():
+        (HERE / "patch" / fname).write_bytes(data)
+        print(f"wrote patch/{fname}")
 
 
 if __name__ == "__main__":
