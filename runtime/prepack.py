@@ -42,6 +42,11 @@ class PrepackedRebuilder:
         with self._cond:
             self._generation += 1
             self._commit_time[self._generation] = time.perf_counter()
+
+    def kick(self) -> None:
+        """Wake the builder; called after the session released its locks, so that the builder thread does
+        not compete with the caller (for the GIL and the locks) before the switch has returned."""
+        with self._cond:
             self._cond.notify_all()
 
     def start(self) -> None:

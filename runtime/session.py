@@ -127,6 +127,7 @@ class ShiraSession:
     def fuse(self, scales: dict[str, float]) -> None:
         """Activate several adapters at once, each with its scale. Replaces whatever was active."""
         with self._patch_mutex:
+            rebuilder = self.rebuilder
             for name, scale in scales.items():
                 if name not in self._mapped:
                     raise AdapterError(f"adapter {name!r} is not loaded (loaded: {', '.join(self._mapped) or 'none'})")
@@ -140,9 +141,11 @@ class ShiraSession:
             with self._lock.write():
                 changed = self.patcher.commit(plans)
                 self.backend.weights_changed(changed)  # e.g. ExecuTorch reloads a method whose conv weights changed
-                if self.rebuilder is not None and changed:
-                    self.rebuilder.weights_changed()  # runs go to the aliased engine until a rebuild lands
+                if rebuilder is not None and changed:
+                    rebuilder.weights_changed()  # runs go to the aliased engine until a rebuild lands
                 self.active = dict(scales)
+        if rebuilder is not None:
+            rebuilder.kick()
 
     def reset(self) -> None:
         """Back to the base weights, bit-exact."""

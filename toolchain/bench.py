@@ -434,9 +434,23 @@ def run_bench(out_dir, quick: bool = True, threads: int = 2, log=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     repeats = 20 if quick else 60
     t0 = time.time()
+    from tqdm import tqdm
+
+    from .bench_scaling import QUICK_SIZES, SIZES
+
+    names = ("tiny-llama", "style-net")
+    bar = tqdm(total=len(names) + 2 * len(QUICK_SIZES if quick else SIZES), desc="shira-bench", unit="step",
+               disable=None)  # disable=None: a bar on a terminal, nothing in a log file
+
+    def step_log(msg):
+        tqdm.write(msg) if not bar.disable else log(msg)
+        if msg.startswith("  "):  # one line per finished model or model size
+            bar.update()
+
     with tempfile.TemporaryDirectory() as tmp:
-        models = [bench_model(n, Path(tmp), repeats, threads, log) for n in ("tiny-llama", "style-net")]
-    scaling = run_scaling(quick, 5 if quick else 7, threads, log)
+        models = [bench_model(n, Path(tmp), repeats, threads, step_log) for n in names]
+    scaling = run_scaling(quick, 5 if quick else 7, threads, step_log)
+    bar.close()
     report = {"command": f"shira-bench {'--quick ' if quick else ''}--out {out_dir} --threads {threads}",
               "machine": machine(), "threads": threads, "repeats": repeats, "quick": quick, "models": models,
               "scaling": scaling, "seconds": time.time() - t0}
