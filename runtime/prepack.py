@@ -34,10 +34,14 @@ class PrepackedRebuilder:
         self.last_error: str | None = None
         self.history: list[dict] = []  # per install: generation, seconds from the commit to full speed, bytes
         self._commit_time = {}
+        self._retired: list = []  # stale engines, dropped by the builder thread
         self._thread = threading.Thread(target=self._loop, name="shira-prepack", daemon=True)
 
     def weights_changed(self) -> None:
         """Called under the session's write lock, after a commit: the prepacked engine is stale."""
+        # the stale engine is freed by the builder thread, not here: destroying an ORT session (its thread
+        # pool, its packed weights) would otherwise add ~0.2 ms to the caller's switch
+        self._retired.append(self.backend.prepacked)
         self.backend.prepacked = None
         with self._cond:
             self._generation += 1
@@ -76,6 +80,7 @@ class PrepackedRebuilder:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._retired.clear()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
@@ -102,6 +107,8 @@ class PrepackedRebuilder:
                 if self._closed:
                     return
             try:
+                with self.lock.read():
+                    self._retired.clear()  # free stale engines here, off the caller's path
                 with self.lock.read():  # weights cannot change while we copy them
                     gen = self._generation
                     snap = self.backend.snapshot()

@@ -61,17 +61,18 @@ def sample(fn, repeats: int, warmup: int = 2, setup=None) -> list[float]:
     return out
 
 
-def sample_interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each fn, called in rotation (A, B, C, A, B, C, ...): slow drifts of the machine
-    (frequency, other processes) then hit every method alike, which is what a ratio between them needs."""
+def sample_rounds(fns: dict, repeats: int, rounds: int = 4, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each fn, in `rounds` rounds; in each round every fn runs a warm block of
+    repeats/rounds calls. Blocks keep each engine's thread pool warm (calling A, B, A, B one by one made every
+    engine 2-3x slower: each one's spinning threads steal the 2 cores from the next, hence also the pause
+    before each block); rounds spread slow drifts
+    of the machine over every method alike, which is what a ratio between them needs."""
     out = {k: [] for k in fns}
-    for i in range(warmup + repeats):
+    per = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
         for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t
-            if i >= warmup:
-                out[k].append(dt)
+            time.sleep(0.05)  # let the previous engine's spinning worker threads go idle first
+            out[k] += sample(fn, per, warmup=warmup)
     return out
 
 
@@ -268,7 +269,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
                                                 static.execute([torch.from_numpy(v) for v in x.values()])],
                 "shira_aliased_et": lambda: sessions["executorch"].run(x),
                 "shira_two_phase_et": lambda: two["executorch"].run(x)})
-        row = {k: stats(v) for k, v in sample_interleaved(fns, repeats).items()}
+        row = {k: stats(v) for k, v in sample_rounds(fns, repeats).items()}
         res["inference"][label] = row
     for s in two.values():
         s.close()
