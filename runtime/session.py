@@ -77,7 +77,9 @@ class ShiraSession:
             x = self.manifest.sample_inputs()
             t = {}
             for label, aliased in (("aliased_ms", True), ("prepacked_ms", False)):
-                self.backend.run(x, aliased=aliased)  # warm-up
+                time.sleep(0.05)  # the other engine's spinning worker threads would steal the cores
+                for _ in range(3):  # warm-up: first runs allocate
+                    self.backend.run(x, aliased=aliased)
                 runs = []
                 for _ in range(5):
                     t0 = time.perf_counter()
