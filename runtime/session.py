@@ -176,7 +176,7 @@ class ShiraSession:
             self.rebuilder.close()
             self.rebuilder = None
             with self._lock.write():
-                self.backend.prepacked = None
+                self.backend.drop_prepacked()
             self.mode = "aliased"
 
     # ---- inspection -----------------------------------------------------------------------------------------

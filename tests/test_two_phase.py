@@ -31,6 +31,8 @@ def test_prepacked_engine_equals_peft_merged_model_after_each_switch(built, back
     assert len(hist) == len(PLANS) + 1 and all(h["to_full_speed_s"] is not None for h in hist[1:])
     sess.close()
     assert sess.mode == "aliased" and sess.backend.prepacked is None
+    assert getattr(sess.backend, "_static", None) is None  # ExecuTorch's static program is freed too
+    np.testing.assert_allclose(sess.run(built.inputs)[out_name], fast, atol=2e-5)  # still serving, aliased
 
 
 def test_reset_prepacked_output_equals_base_prepacked_output_bit_for_bit(llama, backend):

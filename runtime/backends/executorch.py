@@ -109,6 +109,11 @@ class ExecuTorchBackend:
     def prepacked_available(self) -> bool:
         return self._static_path is not None and self._static_path.exists() and bool(self._static_pairs)
 
+    def drop_prepacked(self) -> None:
+        """Free the static program too (the "auto" mode calls this when two-phase buys nothing)."""
+        self.prepacked = None
+        self._static = None
+
     def snapshot(self) -> list[np.ndarray]:
         """Copies of the live patchable weights in torch layout (taken under the session's read lock)."""
         return [live.to_torch_layout(self.buffers[live.name], shape).copy() for live, _, shape in self._static_pairs]

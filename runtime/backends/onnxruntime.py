@@ -69,6 +69,9 @@ class OnnxRuntimeBackend:
     def prepacked_available(self) -> bool:
         return self._prepacked_path is not None and self._prepacked_path.exists()
 
+    def drop_prepacked(self) -> None:
+        self.prepacked = None
+
     def snapshot(self) -> bytes:
         """The live weights.safetensors bytes: model_prepacked.onnx reads its patchable weights from there."""
         return bytes(self._weights_file.buffer)
