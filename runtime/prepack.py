@@ -107,8 +107,7 @@ class PrepackedRebuilder:
                 if self._closed:
                     return
             try:
-                with self.lock.read():
-                    self._retired.clear()  # free stale engines here, off the caller's path
+                self._retired.clear()  # free stale engines here, off the caller's path (no run uses them)
                 with self.lock.read():  # weights cannot change while we copy them
                     gen = self._generation
                     snap = self.backend.snapshot()

@@ -81,6 +81,22 @@ def stats(samples: list[float]) -> dict:
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms), "samples_ms": ms}
 
 
+def peft_switcher(model, names=("a", "b")):
+    """A PEFT model with adapters `names` loaded, the first merged -> a callable that switches to the other
+    one the way PEFT users do: unmerge_adapter, set_adapter, merge_adapter."""
+    state = {"cur": names[0]}
+    model.set_adapter(names[0])
+    model.merge_adapter()
+
+    def switch():
+        model.unmerge_adapter()
+        state["cur"] = names[1] if state["cur"] == names[0] else names[0]
+        model.set_adapter(state["cur"])
+        model.merge_adapter()
+
+    return switch
+
+
 def _constant_weight_session(base_dir: Path, threads: int):
     """The plain export: the same graph with every patchable weight embedded again as an initializer."""
     import onnx
@@ -201,16 +217,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
                                                            setup=lambda s=s: s.switch("shira-d")))
     lora = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck["lora-a"]), adapter_name="a")
     lora.load_adapter(str(ck["lora-b"]), adapter_name="b")
-    state = {"cur": "a"}
-
-    def lora_switch():
-        lora.unmerge_adapter()
-        state["cur"] = "b" if state["cur"] == "a" else "a"
-        lora.set_adapter(state["cur"])
-        lora.merge_adapter()
-
-    lora.merge_adapter()
-    res["switch"]["peft_lora_unmerge_merge"] = stats(sample(lora_switch, repeats))
+    res["switch"]["peft_lora_unmerge_merge"] = stats(sample(peft_switcher(lora), repeats))
     holder = {}
     res["switch"]["peft_lora_merge_and_unload"] = stats(sample(
         lambda: holder["m"].merge_and_unload(), repeats,
@@ -218,11 +225,9 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
                                                                          str(ck["lora-a"])))))
     shira = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck["shira-a"]), adapter_name="a")
     shira.load_adapter(str(ck["shira-b"]), adapter_name="b")
-    lora, state["cur"] = shira, "a"  # same switch pattern on PEFT's own SHiRA
-    shira.merge_adapter()
-    res["switch"]["peft_shira_unmerge_merge"] = stats(sample(lora_switch, repeats))
-    res["switch"]["ort_session_recreate"] = stats(sample(lambda: ShiraSession(base_dir, threads=threads),
-                                                         max(3, repeats // 4)))
+    res["switch"]["peft_shira_unmerge_merge"] = stats(sample(peft_switcher(shira), repeats))
+    res["switch"]["ort_session_recreate"] = stats(sample(  # a bare session: no second, prepacked engine
+        lambda: ShiraSession(base_dir, threads=threads, prepack="off"), max(3, repeats // 4)))
     res["switch"]["et_method_reload"] = stats(sample(sessions["executorch"].backend.program.reload, max(3, repeats // 4)))
 
     # ---- two-phase switching: visible switch, time to full speed, extra memory ----

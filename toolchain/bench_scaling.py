@@ -22,7 +22,7 @@ import torch
 
 from shira_runtime.patcher import WeightPatcher
 
-from .bench import sample, stats
+from .bench import peft_switcher, sample, stats
 
 # name -> Llama config (hidden, intermediate, layers, heads, kv heads, vocab)
 SIZES = {
@@ -103,17 +103,7 @@ def bench_size(size: str, dtype: torch.dtype, repeats: int, bandwidth: float, th
                                                   init_lora_weights=False), adapter_name="a")
     peft_model.add_adapter("b", LoraConfig(r=r, lora_alpha=r, target_modules=TARGETS, init_lora_weights=False))
     peft_model.to(dtype)
-    state = {"cur": "a"}
-
-    def lora_switch():
-        peft_model.unmerge_adapter()
-        state["cur"] = "b" if state["cur"] == "a" else "a"
-        peft_model.set_adapter(state["cur"])
-        peft_model.merge_adapter()
-
-    peft_model.set_adapter("a")
-    peft_model.merge_adapter()
-    lora = stats(sample(lora_switch, max(2, repeats // 2), warmup=1))
+    lora = stats(sample(peft_switcher(peft_model), max(2, repeats // 2), warmup=1))
     target_bytes = n_target * (4 if dtype == torch.float32 else 2)
     res = {"size": size, "dtype": str(dtype).removeprefix("torch."), "parameters": n_params,
            "targeted_parameters": n_target, "shira_nonzeros": nnz, "lora_rank": r,
@@ -123,7 +113,6 @@ def bench_size(size: str, dtype: torch.dtype, repeats: int, bandwidth: float, th
     log(f"  {size} {res['dtype']}: {n_params / 1e6:.0f}M params, SHiRA switch {shira['median_ms']:.2f} ms, "
         f"LoRA switch {lora['median_ms']:.1f} ms ({lora['median_ms'] / shira['median_ms']:.1f}x), "
         f"bandwidth floor {res['bound_ms']:.2f} ms")
-    del peft_model, model, patcher, buffers
     return res
 
 

@@ -362,6 +362,7 @@ def verify_export(base_dir: Path, backend: str, subject: ExportSubject, ref_outp
     """Run the exported base through the real runtime and compare with torch on the sample input."""
     from shira_runtime import ShiraSession
 
-    sess = ShiraSession(base_dir, backend=backend, verify=True)
+    # prepack="off": check the engine that patches are written to, without building a second one
+    sess = ShiraSession(base_dir, backend=backend, verify=True, prepack="off")
     outs = sess.run({k: v.numpy() for k, v in subject.example_inputs.items()})
     return max(float(np.max(np.abs(outs[k] - ref_outputs[k]))) for k in ref_outputs)

@@ -67,7 +67,13 @@ def load_image(data: bytes, source: str = "upload") -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ValueError(f"{source}: not an image this demo can read (PNG, JPEG, GIF, BMP, WebP): "
                          f"{type(e).__name__}") from None
-    im = im.convert("RGB")
+    return _square_input(im.convert("RGB"))
+
+
+def _square_input(im) -> np.ndarray:
+    """A PIL RGB image -> centre square crop, resized to SIZE x SIZE, [1, 3, SIZE, SIZE] floats in [0, 1]."""
+    from PIL import Image
+
     s = min(im.size)
     left, top = (im.width - s) // 2, (im.height - s) // 2
     im = im.crop((left, top, left + s, top + s)).resize((SIZE, SIZE), Image.BICUBIC)
@@ -76,16 +82,11 @@ def load_image(data: bytes, source: str = "upload") -> np.ndarray:
 
 def default_image() -> np.ndarray:
     """The held-out photo (scikit-learn's flower.jpg), which no adapter was trained on."""
-    from .photos import HELD_OUT, photo
-
-    img = photo(HELD_OUT).numpy()
-    s = min(img.shape[1:])
-    y, x = (img.shape[1] - s) // 2, (img.shape[2] - s) // 2
     from PIL import Image
 
-    arr = (img[:, y : y + s, x : x + s].transpose(1, 2, 0) * 255).astype(np.uint8)
-    im = Image.fromarray(arr).resize((SIZE, SIZE), Image.BICUBIC)
-    return (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None].copy()
+    from .photos import HELD_OUT, photo
+
+    return _square_input(Image.fromarray((photo(HELD_OUT).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)))
 
 
 class Demo:
