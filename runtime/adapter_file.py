@@ -5,7 +5,8 @@ patched. Decoding is vectorized numpy (runtime/codings.py); nothing loops per no
 """
 from __future__ import annotations
 
-import json
+import math
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 from .codings import INDEX_CODINGS, VALUE_BUFFER_DTYPE, VALUE_CODINGS, decode_indices, decode_values
 from .errors import AdapterError
 from .manifest import Manifest
-from .safetensors_file import SafetensorsError, parse
+from .safetensors_file import SafetensorsError, parse, strict_json
 
 FORMAT = "shira-adapter"
 VERSION = "1"
@@ -47,17 +48,50 @@ class Adapter:
         return sum(t.indices.size for t in self.tensors.values())
 
 
+MAX_ADAPTER_HEADER = 16 * 1024 * 1024  # bytes of safetensors header; a 1B-parameter model's table is ~100 KB
+MAX_RANK = 8
+MAX_DIM = 2**31 - 1
+MAX_NUMEL = 2**40
+MAX_FLAT_NUMEL = 2**32  # flat-u32 and seed (FORMAT.md §4)
+MAX_NAME = 1024
+_DECIMAL_U32 = re.compile(r"[0-9]{1,10}")
+_DECIMAL_U64 = re.compile(r"[0-9]{1,20}")
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+REQUIRED_META = ("shira.format", "shira.version", "shira.name", "shira.base_fingerprint", "shira.tensors",
+                 "shira.header_crc32", "shira.data_crc32")
+# index/value params: coding -> {key: check}; every other coding takes an empty object
+INDEX_PARAMS = {"elias-fano": ("low_bits",), "seed": ("seed",)}
+VALUE_PARAMS = {"int8": ("scale",)}
+
+
+def _is_int(x) -> bool:
+    return type(x) is int
+
+
+def _u32_decimal(text) -> int | None:
+    return int(text) if isinstance(text, str) and _DECIMAL_U32.fullmatch(text) and int(text) < 2**32 else None
+
+
 def read_adapter(blob, manifest: Manifest | None = None, source: str | None = None) -> Adapter:
-    """`blob` is a path or the file's bytes. With a manifest, also check the base it was made for."""
+    """`blob` is a path or the file's bytes. With a manifest, also check the base it was made for.
+
+    Every malformed input raises AdapterError (one line, naming the file): FORMAT.md §7, read strictly."""
     if isinstance(blob, (str, Path)):
         source = source or str(blob)
         try:
             blob = Path(blob).read_bytes()
         except OSError as e:
-            raise AdapterError(f"{source}: cannot read: {e.strerror}") from None
+            raise AdapterError(f"{source}: cannot read: {e.strerror or e}") from None
     source = source or "<adapter bytes>"
     try:
-        st = parse(blob, source)
+        return _read(blob, manifest, source)
+    except MemoryError:
+        raise AdapterError(f"{source}: too large to decode in this process's memory") from None
+
+
+def _read(blob, manifest, source) -> Adapter:
+    try:
+        st = parse(blob, source, max_header=MAX_ADAPTER_HEADER)
     except SafetensorsError as e:
         raise AdapterError(str(e)) from None
     meta = st.metadata
@@ -66,29 +100,33 @@ def read_adapter(blob, manifest: Manifest | None = None, source: str | None = No
         raise AdapterError(f"{source}: {msg}")
 
     if meta.get("shira.format") != FORMAT:
-        fail(f"not a SHiRA adapter blob (shira.format={meta.get('shira.format')!r})")
+        fail(f"not a SHiRA adapter blob (shira.format={str(meta.get('shira.format'))[:40]!r})")
     if meta.get("shira.version") != VERSION:
-        fail(f"unsupported format version {meta.get('shira.version')!r}; this runtime reads version {VERSION}")
-    name = meta.get("shira.name", "")
-    fingerprint = meta.get("shira.base_fingerprint", "")
+        fail(f"unsupported format version {str(meta.get('shira.version'))[:20]!r}; this runtime reads version {VERSION}")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        fail(f"corrupt metadata: missing {', '.join(missing)}")
+    name, fingerprint, tensors_json = meta["shira.name"], meta["shira.base_fingerprint"], meta["shira.tensors"]
+    if not 0 < len(name) <= MAX_NAME or any(ord(ch) < 0x20 for ch in name):
+        fail(f"corrupt metadata: shira.name must be 1 to {MAX_NAME} printable characters")
+    if not _FINGERPRINT.fullmatch(fingerprint):
+        fail("corrupt metadata: shira.base_fingerprint is not 'sha256:' and 64 lowercase hex digits")
     if manifest is not None and fingerprint != manifest.base_fingerprint:
         fail(f"made for base {fingerprint[:19]}..., but this base is {manifest.base_fingerprint[:19]}... "
-             f"({manifest.path})")
-    try:
-        data_crc = int(meta["shira.data_crc32"])
-        tensors_json = meta["shira.tensors"]
-        header_crc = int(meta["shira.header_crc32"])
-    except (KeyError, ValueError) as e:
-        fail(f"corrupt metadata: {e.__class__.__name__}: {e}")
+             f"({manifest.path}): the adapter belongs to another model or another export")
+    header_crc, data_crc = _u32_decimal(meta["shira.header_crc32"]), _u32_decimal(meta["shira.data_crc32"])
+    if header_crc is None or data_crc is None:
+        fail("corrupt metadata: shira.header_crc32 and shira.data_crc32 must be decimal numbers below 2^32")
     if header_crc32(name, fingerprint, tensors_json) != header_crc:
         fail("checksum mismatch over the header (edited or corrupt metadata)")
     if zlib.crc32(st.data) != data_crc:
         fail("checksum mismatch over the data region (corrupt or truncated file)")
     try:
-        entries = json.loads(tensors_json)
-        assert isinstance(entries, list)
-    except (ValueError, AssertionError):
-        fail("corrupt tensor table")
+        entries = strict_json(tensors_json, "the tensor table")
+    except ValueError as e:
+        fail(f"corrupt tensor table: {e}")
+    if not isinstance(entries, list):
+        fail("corrupt tensor table: not a JSON array")
 
     tensors: dict[str, AdapterTensor] = {}
     for e in entries:
@@ -96,7 +134,7 @@ def read_adapter(blob, manifest: Manifest | None = None, source: str | None = No
         if t.target in tensors:
             fail(f"tensor {t.target}: listed twice")
         tensors[t.target] = t
-    return Adapter(name or Path(source).stem, fingerprint, tensors, source, len(st.buffer), data_crc)
+    return Adapter(name, fingerprint, tensors, source, len(st.buffer), data_crc)
 
 
 def header_crc32(name: str, fingerprint: str, tensors_json: str) -> int:
@@ -104,20 +142,72 @@ def header_crc32(name: str, fingerprint: str, tensors_json: str) -> int:
     return zlib.crc32(f"{name}\n{fingerprint}\n{tensors_json}".encode("utf-8"))
 
 
+def _entry_fields(e, fail) -> tuple:
+    """Every field of a tensor entry, type- and range-checked before any arithmetic (FORMAT.md §3)."""
+    if not isinstance(e, dict):
+        fail(f"corrupt tensor entry: not a JSON object: {str(e)[:60]}")
+    target = e.get("target")
+    where = f"tensor {str(target)[:120]}"
+    if not isinstance(target, str) or not 0 < len(target) <= MAX_NAME:
+        fail(f"corrupt tensor entry: target must be a non-empty string: {str(e)[:60]}")
+    shape = e.get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
+            or not all(_is_int(d) and 1 <= d <= MAX_DIM for d in shape)):
+        fail(f"{where}: shape must be 1 to {MAX_RANK} integers in [1, 2^31), got {str(shape)[:60]}")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel > MAX_NUMEL:
+        fail(f"{where}: shape {shape} has more than 2^40 entries")
+    nnz = e.get("nnz")
+    if not _is_int(nnz) or not 0 <= nnz <= numel:
+        fail(f"{where}: nnz {str(nnz)[:30]} impossible for shape {shape}")
+    crc = e.get("crc32")
+    if not _is_int(crc) or not 0 <= crc < 2**32:
+        fail(f"{where}: crc32 must be an integer in [0, 2^32)")
+    icoding, vcoding = e.get("index_coding"), e.get("value_coding")
+    if icoding not in INDEX_CODINGS:
+        fail(f"{where}: unknown index coding {str(icoding)[:30]!r}")
+    if vcoding not in VALUE_CODINGS:
+        fail(f"{where}: unknown value coding {str(vcoding)[:30]!r}")
+    ikey, vkey, skey = e.get("index_key"), e.get("value_key"), e.get("scale_key")
+    if icoding == "seed" and ikey is not None:
+        fail(f"{where}: index_key must be null for seed coding")
+    if icoding != "seed" and (not isinstance(ikey, str) or not ikey):
+        fail(f"{where}: index_key must be a buffer name")
+    if not isinstance(vkey, str) or not vkey:
+        fail(f"{where}: value_key must be a buffer name")
+    if vcoding == "int8-row" and (not isinstance(skey, str) or not skey):
+        fail(f"{where}: scale_key must be a buffer name for int8-row values")
+    if vcoding != "int8-row" and skey is not None:
+        fail(f"{where}: scale_key is only allowed with int8-row values")
+    if len({k for k in (ikey, vkey, skey) if k is not None}) != sum(k is not None for k in (ikey, vkey, skey)):
+        fail(f"{where}: index, value and scale buffers must be distinct")
+    iparams, vparams = e.get("index_params"), e.get("value_params")
+    for label, params, coding, spec in (("index_params", iparams, icoding, INDEX_PARAMS),
+                                        ("value_params", vparams, vcoding, VALUE_PARAMS)):
+        if not isinstance(params, dict):
+            fail(f"{where}: {label} must be a JSON object")
+        if set(params) != set(spec.get(coding, ())):
+            fail(f"{where}: {label} of {coding} must hold exactly {list(spec.get(coding, ())) or 'nothing'}, "
+                 f"got {sorted(params)[:5]}")
+    if icoding == "elias-fano" and (not _is_int(iparams["low_bits"]) or not 0 <= iparams["low_bits"] <= 40):
+        fail(f"{where}: low_bits must be an integer in [0, 40]")
+    if icoding == "seed":
+        seed = iparams["seed"]
+        if not isinstance(seed, str) or not _DECIMAL_U64.fullmatch(seed) or int(seed) >= 2**64:
+            fail(f"{where}: seed must be a decimal string below 2^64")
+    if icoding in ("flat-u32", "seed") and numel > MAX_FLAT_NUMEL:
+        fail(f"{where}: {icoding} coding is limited to 2^32 entries, shape {shape} has {numel}")
+    if vcoding == "int8":
+        scale = vparams["scale"]
+        if type(scale) not in (int, float) or not math.isfinite(scale) or scale < 0:
+            fail(f"{where}: int8 scale must be a finite non-negative JSON number")
+    return target, tuple(shape), nnz, crc, icoding, ikey, iparams, vcoding, vkey, vparams, skey
+
+
 def _read_tensor(e, st, manifest, fail) -> AdapterTensor:
-    try:
-        target, shape, nnz = e["target"], tuple(e["shape"]), e["nnz"]
-        icoding, ikey, iparams = e["index_coding"], e.get("index_key"), e.get("index_params") or {}
-        vcoding, vkey, vparams = e["value_coding"], e["value_key"], e.get("value_params") or {}
-        skey, crc = e.get("scale_key"), e["crc32"]
-        ok = (all(isinstance(x, str) for x in (target, icoding, vcoding, vkey))
-              and all(isinstance(x, (str, type(None))) for x in (ikey, skey))
-              and all(type(x) is int for x in (*shape, nnz, crc)) and isinstance(iparams, dict)
-              and isinstance(vparams, dict))
-    except (KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        fail(f"corrupt tensor entry {str(e)[:80]}")
+    target, shape, nnz, crc, icoding, ikey, iparams, vcoding, vkey, vparams, skey = _entry_fields(e, fail)
     where = f"tensor {target}"
     if manifest is not None:
         info = manifest.tensors.get(target)
@@ -125,10 +215,6 @@ def _read_tensor(e, st, manifest, fail) -> AdapterTensor:
             fail(f"{where}: not a patchable tensor of this base ({manifest.path})")
         if info.shape != shape:
             fail(f"{where}: shape {list(shape)} does not match the base's {list(info.shape)}")
-    if icoding not in INDEX_CODINGS or vcoding not in VALUE_CODINGS:
-        fail(f"{where}: unknown index coding {icoding!r} or value coding {vcoding!r}")
-    if len(shape) < 1 or nnz < 0 or nnz > int(np.prod(shape, dtype=np.int64)):
-        fail(f"{where}: nnz {nnz} impossible for shape {list(shape)}")
     wanted = {vkey: (VALUE_BUFFER_DTYPE[vcoding], (nnz,))}
     if icoding != "seed":
         wanted[ikey] = ("U32" if icoding in ("flat-u32", "rowcol") else "U8", None)
@@ -136,9 +222,9 @@ def _read_tensor(e, st, manifest, fail) -> AdapterTensor:
         wanted[skey] = ("F32", (shape[0],))
     raw = {}
     for key, (dtype, want_shape) in wanted.items():
-        te = st.tensors.get(key) if isinstance(key, str) else None
+        te = st.tensors.get(key)
         if te is None or te.dtype != dtype or len(te.shape) != 1 or (want_shape and te.shape != want_shape):
-            fail(f"{where}: buffer {key!r} missing or not {dtype}{list(want_shape or ['n'])}")
+            fail(f"{where}: buffer {key[:80]!r} missing or not {dtype}{list(want_shape or ['n'])}")
         raw[key] = st.raw(key)
     running = 0
     for key in (ikey, vkey, skey):  # CRC over the tensor's buffers in this order

@@ -23,13 +23,28 @@ def rows_cols(shape) -> tuple[int, int]:
 
 
 # ---- the portable PRNG behind `seed` masks ------------------------------------------------------------------
-def splitmix64_keys(seed: int, numel: int) -> np.ndarray:
-    """key(f) = mix(seed + (f + 1) * 0x9E3779B97F4A7C15 mod 2^64), mix = SplitMix64's finalizer."""
+SEED_CHUNK = 1 << 22  # positions whose keys are computed at once: memory stays O(nnz + chunk) at any numel
+
+
+def splitmix64_keys(seed: int, numel: int, start: int = 0) -> np.ndarray:
+    """key(f) for f in [start, start + numel): mix(seed + (f + 1) * 0x9E3779B97F4A7C15 mod 2^64)."""
     with np.errstate(over="ignore"):
-        z = np.uint64(seed) + (np.arange(1, numel + 1, dtype=np.uint64) * GOLDEN)
+        z = np.uint64(seed) + (np.arange(start + 1, start + numel + 1, dtype=np.uint64) * GOLDEN)
         z = (z ^ (z >> np.uint64(30))) * MIX1
         z = (z ^ (z >> np.uint64(27))) * MIX2
         return z ^ (z >> np.uint64(31))
+
+
+def _smallest(keys: np.ndarray, pos: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` smallest (key, position) pairs, in no particular order."""
+    if keys.size <= count:
+        return keys, pos
+    kth = np.partition(keys, count - 1)[count - 1]
+    below = keys < kth
+    ties = np.flatnonzero(keys == kth)
+    ties = ties[np.argsort(pos[ties], kind="stable")][: count - int(below.sum())]  # ties broken by position
+    keep = np.concatenate([np.flatnonzero(below), ties])
+    return keys[keep], pos[keep]
 
 
 def seeded_indices(seed: int, numel: int, count: int) -> np.ndarray:
@@ -40,11 +55,13 @@ def seeded_indices(seed: int, numel: int, count: int) -> np.ndarray:
         return np.arange(numel, dtype=np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    keys = splitmix64_keys(seed, numel)
-    kth = np.partition(keys, count - 1)[count - 1]
-    below = np.flatnonzero(keys < kth)
-    ties = np.flatnonzero(keys == kth)[: count - below.size]  # ties broken by position
-    return np.sort(np.concatenate([below, ties])).astype(np.int64)
+    keys, pos = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    for start in range(0, numel, SEED_CHUNK):
+        n = min(SEED_CHUNK, numel - start)
+        keys = np.concatenate([keys, splitmix64_keys(seed, n, start)])
+        pos = np.concatenate([pos, np.arange(start, start + n, dtype=np.int64)])
+        keys, pos = _smallest(keys, pos, count)
+    return np.sort(pos)
 
 
 # ---- indices ------------------------------------------------------------------------------------------------
@@ -98,6 +115,10 @@ def decode_indices(coding: str, params: dict, buf: bytes | None, nnz: int, shape
         rows, cols = words[3 : 3 + words[0]], words[3 + words[0] :]
         if (rows >= r).any() or (cols >= c).any():
             raise ValueError("row or column out of range")
+        if (np.diff(rows) <= 0).any() or (np.diff(cols) <= 0).any():
+            raise ValueError("rows and columns must be strictly increasing")
+        if rows.size * c > nnz or cols.size * r > nnz:  # before expanding them: the union holds at least these
+            raise ValueError(f"{rows.size} rows and {cols.size} columns hold more than nnz = {nnz} entries")
         parts = [(rows[:, None] * c + np.arange(c)).ravel(), (np.arange(r)[:, None] * c + cols).ravel()]
         if words[2]:
             d = np.arange(min(r, c))

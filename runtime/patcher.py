@@ -113,6 +113,11 @@ class WeightPatcher:
         self.idx[name], self.saved[name] = p.idx, base
         return changed
 
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     @property
     def patched_entries(self) -> int:
         return sum(i.size for i in self.idx.values())

@@ -2,7 +2,7 @@
 
 Why: the engines pack constant weights into private layouts at load (ORT's MLAS prepacking, XNNPACK's packed
 weights). The weights we patch in place cannot be packed, so the aliased engine runs 1.2-1.9x slower than the
-base (../shared/DESIGN.md, reports/bench). A switch therefore has two phases:
+base (reports/bench). A switch therefore has two phases:
 
   1. patch the aliased buffers under the session's write lock and drop the prepacked engine: the very next
      run is correct, on the aliased engine;

@@ -7,6 +7,7 @@ truncated or edited file with a one-line error instead of crashing or reading ga
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 
@@ -19,10 +20,68 @@ DTYPES = {
     "BF16": np.dtype("<u2"),  # raw 16-bit pattern; callers widen it to float32 themselves
 }
 MAX_HEADER = 100 * 1024 * 1024
+MAX_JSON_DEPTH = 16  # a safetensors header is 3 deep; SHiRA's tensor table (a JSON string inside it) 4
+MAX_INT_DIGITS = 20  # 2^64 has 20 digits; nothing in these files is larger
 
 
 class SafetensorsError(ValueError):
     pass
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of arrays/objects, strings skipped: checked before the recursive JSON parser runs."""
+    depth = deepest = 0
+    for b in _BRACKETS.findall(_STRING.sub("", text)):
+        depth += 1 if b in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(digits)} digits")
+    return int(digits)
+
+
+def _float(text: str) -> float:
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:30]} overflows binary64")
+    return v
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k[:60]!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+def strict_json(text: str, what: str):
+    """json.loads for untrusted headers: bounded depth and integer size, no NaN/Infinity, no duplicate keys,
+    no lone UTF-16 surrogates. Raises ValueError with a short reason."""
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\ud800") cannot be encoded
+    except RecursionError:
+        raise ValueError(f"{what} nests too deeply") from None
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} holds a string that is not valid Unicode (a lone surrogate)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -57,19 +116,23 @@ class SafetensorsFile:
         return self.buffer[self.data_start :]
 
 
-def parse(buffer, source: str = "<bytes>") -> SafetensorsFile:
+def parse(buffer, source: str = "<bytes>", max_header: int = MAX_HEADER) -> SafetensorsFile:
     """Parse and validate. `source` is only used in error messages."""
     mv = memoryview(buffer).cast("B")
     size = len(mv)
     if size < 8:
         raise SafetensorsError(f"{source}: truncated: {size} bytes, shorter than the 8-byte header length")
     (hlen,) = struct.unpack("<Q", mv[:8])
-    if hlen > MAX_HEADER or 8 + hlen > size:
+    if hlen > max_header:
+        raise SafetensorsError(f"{source}: corrupt: header of {hlen} bytes, more than the {max_header} allowed")
+    if 8 + hlen > size:
         raise SafetensorsError(f"{source}: truncated or corrupt: header claims {hlen} bytes, file has {size}")
     try:
-        header = json.loads(bytes(mv[8 : 8 + hlen]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{source}: corrupt header: {e.__class__.__name__}: {e}") from None
+        header = strict_json(bytes(mv[8 : 8 + hlen]).decode("utf-8"), "the header")
+    except UnicodeDecodeError as e:
+        raise SafetensorsError(f"{source}: corrupt header: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except ValueError as e:
+        raise SafetensorsError(f"{source}: corrupt header: {e}") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{source}: corrupt header: not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -81,7 +144,8 @@ def parse(buffer, source: str = "<bytes>") -> SafetensorsFile:
     for name, info in header.items():
         try:
             dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            if not (isinstance(dtype, str) and all(type(x) is int for x in (*shape, start, end))):
+            if not (isinstance(dtype, str) and isinstance(info["shape"], list)
+                    and all(type(x) is int for x in (*shape, start, end)) and len(shape) <= 8):
                 raise TypeError
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{source}: tensor {name!r}: malformed header entry") from None
@@ -93,7 +157,7 @@ def parse(buffer, source: str = "<bytes>") -> SafetensorsFile:
             raise SafetensorsError(
                 f"{source}: tensor {name!r}: data [{start}, {end}) lies outside the {data_len}-byte data region "
                 "(truncated file?)")
-        if end - start != int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize:
+        if end - start != int(np.prod(shape, dtype=object)) * DTYPES[dtype].itemsize:
             raise SafetensorsError(f"{source}: tensor {name!r}: {end - start} bytes do not fit {dtype}{list(shape)}")
         tensors[name] = TensorEntry(name, dtype, shape, start, end)
     return SafetensorsFile(mv, data_start, metadata, tensors)

@@ -6,6 +6,11 @@
     s.fuse({"a": 0.7, "b": 0.5})                 # overlapping entries sum their scaled deltas
     s.reset()                                    # bit-exact base again
     s.run({"input_ids": ids})
+    s.close()                                    # or `with ShiraSession(...) as s:`
+
+Lifetime: `close()` stops the background thread and frees both engines; later calls raise ShiraError. A
+session that is never closed is closed when it is garbage-collected or at interpreter exit (before native
+libraries are torn down: a background build of an ORT session still running at exit aborted the process).
 
 Prepacking modes (`prepack=`, see prepack.py): "off" runs only the aliased engine (least memory; every run
 bit-identical for a given state); "background" adds two-phase switching (aliased at once, a fully prepacked
@@ -14,17 +19,18 @@ load and keeps two-phase only where the aliased engine is more than 2% slower.
 """
 from __future__ import annotations
 
-import hashlib
 import statistics
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 from . import manifest as manifest_mod
 from .adapter_file import Adapter, read_adapter
-from .errors import AdapterError, ManifestError
+from .errors import AdapterError, ManifestError, ShiraError
+from .integrity import VERIFY_MODES
 from .patcher import WeightPatcher
 from .prepack import PrepackedRebuilder
 from .rwlock import RWLock
@@ -34,35 +40,73 @@ PREPACK_MODES = ("auto", "background", "off")
 AUTO_THRESHOLD = 1.02  # two-phase pays off when the aliased engine is slower than this ratio
 
 
-def _make_backend(name: str, manifest, threads):
+def _make_backend(name: str, manifest, threads, verify):
     if name == "onnxruntime":
         from .backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(manifest, threads)
+        return OnnxRuntimeBackend(manifest, threads, verify)
     if name == "executorch":
         from .backends.executorch import ExecuTorchBackend  # imports torch: ExecuTorch's bindings need it
 
-        return ExecuTorchBackend(manifest, threads)
-    raise ManifestError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        return ExecuTorchBackend(manifest, threads, verify)
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class _Resources:
+    """What a session owns natively, closed exactly once: by close(), by the garbage collector, or at exit.
+
+    Kept apart from the session so that the finalizer holds no reference to the session itself."""
+
+    def __init__(self):
+        self.backend = None
+        self.rebuilder: PrepackedRebuilder | None = None
+        self.patcher: WeightPatcher | None = None
+
+    def close(self) -> None:
+        if self.rebuilder is not None:
+            self.rebuilder.close()  # joins the builder thread: no engine is being built after this
+            self.rebuilder = None
+        if self.patcher is not None:
+            self.patcher.close()
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
 
 class ShiraSession:
-    def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False,
+    def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
                  prepack: str = "auto"):
-        """Open an exported base directory. `verify` re-hashes every patchable weight against the manifest."""
+        """Open an exported base directory.
+
+        `verify`: "fast" (default) checks every patchable weight, and its place and layout in the manifest,
+        against the CRC-32 recorded at export; "full" also re-hashes each weight in torch layout (SHA-256);
+        "off" skips both. A damaged base raises ManifestError naming the file."""
         if prepack not in PREPACK_MODES:
             raise ValueError(f"prepack must be one of {', '.join(PREPACK_MODES)}, got {prepack!r}")
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self._closed = True  # until every engine is up: a failed __init__ leaves nothing to close
+        self._lock = RWLock()  # inference = readers, commit = writer
+        self._patch_mutex = threading.Lock()  # one load/plan/commit at a time
+        self._res = _Resources()
+        self._finalizer = weakref.finalize(self, self._res.close)  # also runs at interpreter exit
         self.manifest = manifest_mod.load(base_dir)
-        self.backend = _make_backend(backend, self.manifest, threads)
-        if verify:
-            self._verify_base()
-        self.patcher = WeightPatcher(self.backend.buffers, threads)
+        try:
+            self._res.backend = self.backend = _make_backend(backend, self.manifest, threads, verify)
+            self._open(threads, prepack)
+        except BaseException:
+            self._finalizer()
+            raise
+        self._closed = False
+
+    def _open(self, threads, prepack) -> None:
+        self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads)
         self.adapters: dict[str, Adapter] = {}
         # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.active: dict[str, float] = {}
-        self._lock = RWLock()  # inference = readers, commit = writer
-        self._patch_mutex = threading.Lock()  # one load/plan/commit at a time
         self.rebuilder: PrepackedRebuilder | None = None
         self.calibration: dict | None = None
         self.mode = "aliased"
@@ -70,16 +114,20 @@ class ShiraSession:
             self._start_two_phase(calibrate=prepack == "auto")
 
     def _start_two_phase(self, calibrate: bool) -> None:
-        self.rebuilder = PrepackedRebuilder(self.backend, self._lock)
+        x = self.manifest.sample_inputs() if calibrate else None  # a missing sample fails before any thread starts
+        self._res.rebuilder = self.rebuilder = PrepackedRebuilder(self.backend, self._lock)
         self.rebuilder.start()
         self.mode = "two-phase"
         if calibrate:
-            x = self.manifest.sample_inputs()
             t = {}
             for label, aliased in (("aliased_ms", True), ("prepacked_ms", False)):
                 time.sleep(0.05)  # the other engine's spinning worker threads would steal the cores
-                for _ in range(3):  # warm-up: first runs allocate
-                    self.backend.run(x, aliased=aliased)
+                try:
+                    for _ in range(3):  # warm-up: first runs allocate
+                        self.backend.run(x, aliased=aliased)
+                except Exception as e:  # noqa: BLE001 - the engines raise their own types for a bad feed
+                    raise ManifestError(f"{self.manifest.file(self.manifest.raw.get('sample', 'sample.npz'))}: the "
+                                        f"sample input does not run: {str(e).strip().splitlines()[0][:200]}") from None
                 runs = []
                 for _ in range(5):
                     t0 = time.perf_counter()
@@ -89,12 +137,38 @@ class ShiraSession:
             t["ratio"] = t["aliased_ms"] / t["prepacked_ms"]
             self.calibration = t
             if t["ratio"] <= AUTO_THRESHOLD:  # nothing to win: free the prepacked engine and its memory
-                self.close()
-                self.mode = "aliased"
+                self._stop_two_phase()
+
+    # ---- lifetime -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the background thread, free both engines and the patch threads. Idempotent; any later call on
+        the session raises ShiraError."""
+        with self._patch_mutex:
+            if self._closed:
+                return
+            self._closed = True
+        with self._lock.write():  # no run() is inside an engine while it is freed
+            self._finalizer()
+            self.rebuilder = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "ShiraSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShiraError(f"{self.manifest.root}: this session is closed")
 
     # ---- adapters -------------------------------------------------------------------------------------------
     def load(self, blob, name: str | None = None) -> str:
         """Validate and decode an adapter blob (path or bytes). Refusal raises AdapterError; nothing is patched."""
+        self._check_open()
         adapter = read_adapter(blob, self.manifest)
         name = name or adapter.name
         mapped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -108,6 +182,7 @@ class ShiraSession:
                     order = np.argsort(idx, kind="stable")
                     mapped[p.name] = (idx[order], t.values[order])
         with self._patch_mutex:
+            self._check_open()
             if name in self.active:
                 raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
             self.adapters[name] = adapter
@@ -116,6 +191,7 @@ class ShiraSession:
 
     def unload(self, name: str) -> None:
         with self._patch_mutex:
+            self._check_open()
             if name in self.active:
                 raise AdapterError(f"adapter {name!r} is active; reset() or switch away first")
             self.adapters.pop(name, None)
@@ -129,10 +205,13 @@ class ShiraSession:
     def fuse(self, scales: dict[str, float]) -> None:
         """Activate several adapters at once, each with its scale. Replaces whatever was active."""
         with self._patch_mutex:
+            self._check_open()
             rebuilder = self.rebuilder
             for name, scale in scales.items():
                 if name not in self._mapped:
                     raise AdapterError(f"adapter {name!r} is not loaded (loaded: {', '.join(self._mapped) or 'none'})")
+                if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+                    raise AdapterError(f"adapter {name!r}: scale {scale!r} is not a number")
                 if not np.isfinite(scale):
                     raise AdapterError(f"adapter {name!r}: scale {scale} is not finite")
             terms: dict[str, list] = {}
@@ -156,6 +235,8 @@ class ShiraSession:
     # ---- inference ------------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock.read():
+            if self._closed:
+                self._check_open()
             return self.backend.run(inputs)
 
     # ---- two-phase switching --------------------------------------------------------------------------------
@@ -170,30 +251,27 @@ class ShiraSession:
     def full_speed(self) -> bool:
         return self.rebuilder is None or self.rebuilder.ready
 
-    def close(self) -> None:
-        """Stop the background rebuilder and free the prepacked engine (runs continue on the aliased one)."""
+    def stop_two_phase(self) -> None:
+        """Stop the background rebuilder and free the prepacked engine; runs continue on the aliased one
+        (least memory). The session stays open."""
+        self._check_open()
+        self._stop_two_phase()
+
+    def _stop_two_phase(self) -> None:
         if self.rebuilder is not None:
             self.rebuilder.close()
-            self.rebuilder = None
+            self.rebuilder = self._res.rebuilder = None
             with self._lock.write():
                 self.backend.drop_prepacked()
-            self.mode = "aliased"
+        self.mode = "aliased"
 
     # ---- inspection -----------------------------------------------------------------------------------------
     def weight(self, torch_name: str) -> np.ndarray:
         """A copy of the live weight in torch layout (from its first placement)."""
+        self._check_open()
         info = self.manifest.tensors[torch_name]
         p = info.placements[self.backend.name][0]
         return p.to_torch_layout(self.backend.buffers[p.name], info.shape).copy()
-
-    def _verify_base(self) -> None:
-        for info in self.manifest.tensors.values():
-            for p in info.placements.get(self.backend.name, ()):
-                torch_layout = p.to_torch_layout(self.backend.buffers[p.name], info.shape)
-                digest = hashlib.sha256(np.ascontiguousarray(torch_layout).tobytes()).hexdigest()
-                if digest != info.sha256:
-                    raise ManifestError(f"{self.manifest.root}: weights of {info.name} ({p.name}) differ from the "
-                                        "manifest's sha256: the weights file was modified")
 
     @property
     def input_names(self) -> list[str]:
@@ -204,5 +282,6 @@ class ShiraSession:
         return self.backend.output_names
 
 
-def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: bool = False) -> ShiraSession:
-    return ShiraSession(Path(base_dir), backend, threads, verify)
+def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
+              prepack: str = "auto") -> ShiraSession:
+    return ShiraSession(Path(base_dir), backend, threads, verify, prepack)

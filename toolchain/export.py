@@ -61,8 +61,19 @@ def _module_kind(mod: torch.nn.Module) -> str | None:
     return kind
 
 
+def check_targets(targets: str | None) -> None:
+    """Refuse a --targets value that is not a regular expression, before any work starts."""
+    if targets is None:
+        return
+    try:
+        re.compile(targets)
+    except re.error as e:
+        raise ExportError(f"--targets {targets!r}: not a valid regular expression: {e}") from None
+
+
 def patchable_weights(model: torch.nn.Module, targets: str | None) -> dict[str, tuple[str, str]]:
     """torch parameter name -> (module name, kind) for Linear/Conv weights matching the `targets` regex."""
+    check_targets(targets)
     out = {}
     for mname, mod in model.named_modules():
         kind = _module_kind(mod)
@@ -293,6 +304,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         "sample": "sample.npz",
         "tensors": tensors,
         "excluded": excluded,
+        "untargeted": sorted(set(patchable_weights(model, None)) - set(wanted)),
         "shared_storage": shared,
     }
 
@@ -316,6 +328,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
                 files.append("model_static.pte")
         np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
                  **{f"output:{k}": v for k, v in ref_outputs.items()})
+        add_checksums(staging, manifest)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
         errors = {b: verify_export(staging, b, subject, ref_outputs) for b in artifacts}
         manifest["export_check"] = {"sample": "sample.npz", "max_abs_error": errors}
@@ -332,13 +345,38 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     return manifest
 
 
+def add_checksums(base_dir: Path, manifest: dict) -> None:
+    """Record every placement's CRC-32 (its manifest record + its stored bytes): the runtime checks them at
+    load, so a changed file, a moved offset or an edited layout is refused instead of patched wrongly."""
+    from shira_runtime.integrity import placement_crc32
+    from shira_runtime.manifest import Placement
+    from shira_runtime.safetensors_file import read_file
+
+    arts = manifest["artifacts"]
+    weights = read_file(base_dir / arts["onnxruntime"]["weights"]) if "onnxruntime" in arts else None
+    programs = {}
+    if "executorch" in arts:
+        programs["executorch"] = (base_dir / arts["executorch"]["program"]).read_bytes()
+        if arts["executorch"].get("static_program"):
+            programs["executorch-static"] = (base_dir / arts["executorch"]["static_program"]).read_bytes()
+    for tname, t in manifest["tensors"].items():
+        for backend, plist in t["placements"].items():
+            for pl in plist:
+                p = Placement(pl["name"], tuple(pl["shape"]), pl["layout"], pl.get("offset"))
+                if backend == "onnxruntime":
+                    stored = weights.raw(p.name)
+                else:
+                    stored = memoryview(programs[backend])[p.offset : p.offset + 4 * int(np.prod(p.shape))]
+                pl["crc32"] = placement_crc32(tname, t["shape"], p, stored)
+
+
 def _write_prepacked_twin(staging: Path, moved: set[str]) -> None:
     """model_prepacked.onnx: model.onnx with the patchable weights declared as initializers again, so ORT
     prepacks them, their data given as ONNX external data at their byte ranges inside weights.safetensors.
 
     Opened from disk it is the base model, fully prepacked. The runtime instead hands ORT the live (patched)
     bytes of weights.safetensors from memory (`add_external_initializers_from_files_in_memory`), so every
-    graph pass and every kernel reads the same, current values: no stale private copies (DESIGN.md)."""
+    graph pass and every kernel reads the same, current values: no stale private copies (docs/MANIFEST.md)."""
     from shira_runtime.safetensors_file import read_file
 
     st = read_file(staging / "weights.safetensors")
@@ -363,6 +401,6 @@ def verify_export(base_dir: Path, backend: str, subject: ExportSubject, ref_outp
     from shira_runtime import ShiraSession
 
     # prepack="off": check the engine that patches are written to, without building a second one
-    sess = ShiraSession(base_dir, backend=backend, verify=True, prepack="off")
-    outs = sess.run({k: v.numpy() for k, v in subject.example_inputs.items()})
+    with ShiraSession(base_dir, backend=backend, verify="full", prepack="off") as sess:
+        outs = sess.run({k: v.numpy() for k, v in subject.example_inputs.items()})
     return max(float(np.max(np.abs(outs[k] - ref_outputs[k]))) for k in ref_outputs)

@@ -1,6 +1,6 @@
 """ExecuTorch backend (XNNPACK): patches the .pte bytes that the loaded program itself reads.
 
-How a weight stays patchable (measured in ../shared/DESIGN.md, checked again at every export):
+How a weight stays patchable (docs/MANIFEST.md; measured again at every export):
   * Linear weights are lowered with XNNPACK's `force_non_static_weights_for_f32_linear`, so XNNPACK does not
     pack them at load: every execute() reads them from the program's constant data. A write into those bytes
     reaches the very next execute().
@@ -30,28 +30,40 @@ METHOD = "forward"
 class PatchableProgram:
     """A .pte held in memory this process owns and ExecuTorch reads in place."""
 
-    def __init__(self, pte: bytes, source: str = "<pte>", threads: int | None = None):
+    def __init__(self, pte: bytes, source: str = "<pte>", threads: int | None = None, check=None):
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Method, Runtime
 
-        if threads:
-            portable_lib._unsafe_reset_threadpool(threads)
+        if threads and threads != portable_lib._threadpool_get_thread_count():
+            from ..quiet import native_stderr_muted
+
+            with native_stderr_muted():
+                portable_lib._unsafe_reset_threadpool(threads)
         if type(pte) is not bytes:
             raise TypeError("PatchableProgram needs a bytes object it alone holds")
         self._Method = Method
         self._pte = pte
-        self._program = Runtime.get().load_program(pte)
-        if getattr(self._program, "_data", None) is not pte:
-            raise ShiraError(f"{source}: this ExecuTorch build copies the program; in-place patching is impossible")
+        self.source = source
+        self.reloads = 0
         addr = ctypes.cast(ctypes.c_char_p(pte), ctypes.c_void_p).value
         self.memory = np.ctypeslib.as_array((ctypes.c_uint8 * len(pte)).from_address(addr))
-        self._method = self._program.load_method(METHOD)
-        self.reloads = 0
+        self._program = None
+        self._method = None
+        if check is not None:  # before ExecuTorch parses a byte of it
+            check(self)
+        try:
+            self._program = Runtime.get().load_program(pte)
+            self._method = self._program.load_method(METHOD)
+        except Exception as e:  # noqa: BLE001 - ExecuTorch raises RuntimeError/ValueError with its own text
+            raise ManifestError(f"{source}: ExecuTorch cannot load it: {_first_line(e)}") from None
+        if getattr(self._program, "_data", None) is not pte:
+            raise ShiraError(f"{source}: this ExecuTorch build copies the program; in-place patching is impossible")
 
     def floats(self, offset: int, count: int) -> np.ndarray:
         """A writable float32 view of `count` values at byte `offset` of the program."""
         if offset < 0 or offset + 4 * count > self.memory.size:
-            raise ManifestError(f"buffer at byte {offset} (+{4 * count}) lies outside the {self.memory.size}-byte program")
+            raise ManifestError(f"{self.source}: a weight at byte {offset} (+{4 * count}) lies outside the "
+                                f"{self.memory.size}-byte program (truncated file?)")
         return self.memory[offset : offset + 4 * count].view(np.float32)
 
     def execute(self, inputs: list):
@@ -66,32 +78,64 @@ class PatchableProgram:
         self._method = self._Method(self._program._program.load_method(METHOD))
         self.reloads += 1
 
+    def close(self) -> None:
+        self._method = None
+        self._program = None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _import_torch():
+    """torch first (ExecuTorch's bindings need it), then ExecuTorch itself, with its start-up chatter muted."""
+    from ..quiet import import_executorch
+
+    try:
+        import_executorch()
+    except ImportError as e:
+        raise ShiraError(f"the ExecuTorch backend needs torch and executorch ({e}): "
+                         "pip install 'shira-ondevice[executorch]'") from None
+    import torch
+
+    return torch
+
 
 class ExecuTorchBackend:
     name = NAME
 
-    def __init__(self, manifest, threads: int | None = None):
-        import torch  # noqa: F401 - ExecuTorch's Python bindings need torch loaded first
-
+    def __init__(self, manifest, threads: int | None = None, verify: str = "fast"):
+        torch = _import_torch()
         self._torch = torch
+        self._verify = verify
+        self._threads = threads
+        self._manifest = manifest
         art = manifest.artifact(NAME)
         path = manifest.root / art["program"]
-        try:
-            pte = path.read_bytes()
-        except OSError as e:
-            raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
-        self.program = PatchableProgram(pte, str(path), threads)
+        pte = _read(path)
         self.buffers: dict[str, np.ndarray] = {}
         self._reload_on: set[str] = set()
-        for info in manifest.tensors.values():
-            for p in info.placements.get(NAME, ()):
-                self.buffers[p.name] = self.program.floats(p.offset, int(np.prod(p.shape)))
-                if p.reload:
-                    self._reload_on.add(p.name)
+
+        def locate(program: PatchableProgram) -> None:  # runs before ExecuTorch parses the program
+            for info in manifest.tensors.values():
+                for p in info.placements.get(NAME, ()):
+                    self.buffers[p.name] = program.floats(p.offset, int(np.prod(p.shape)))
+                    if p.reload:
+                        self._reload_on.add(p.name)
+            self._check(NAME, self.buffers, path)
+
+        self.program = PatchableProgram(pte, str(path), threads, check=locate)
         self.input_names = [i["name"] for i in manifest.inputs]
         self.output_names = [o["name"] for o in manifest.outputs]
         self._exec_lock = threading.Lock()  # an ExecuTorch method is not re-entrant
-        self._threads = threads
         self.prepacked = None  # a PatchableProgram loaded from model_static.pte with the current weights
         self._static_path = manifest.root / art["static_program"] if art.get("static_program") else None
         self._static: PatchableProgram | None = None
@@ -99,6 +143,22 @@ class ExecuTorchBackend:
         self._static_pairs = [(info.placements[NAME][0], sp, info.shape) for info in manifest.tensors.values()
                               for sp in info.placements.get(f"{NAME}-static", ())]
 
+    def _check(self, backend: str, buffers: dict[str, np.ndarray], path) -> None:
+        from ..integrity import check_placements, check_sha256
+
+        if self._verify != "off":
+            check_placements(self._manifest, backend, buffers, path, self._threads)
+        if self._verify == "full":
+            check_sha256(self._manifest, backend, buffers, path)
+
+    def close(self) -> None:
+        """Free both programs; the session object calls this once, from close()."""
+        with self._exec_lock:
+            self.prepacked = None
+            for prog in (self._static, self.program):
+                if prog is not None:
+                    prog.close()
+            self._static = None
     def weights_changed(self, names: set[str]) -> None:
         if names & self._reload_on:
             with self._exec_lock:
@@ -126,7 +186,13 @@ class ExecuTorchBackend:
         build loads the program (ExecuTorch's program load is the slow part: ~160 ms for style-net); later
         builds only reload the method."""
         if self._static is None:
-            self._static = PatchableProgram(self._static_path.read_bytes(), str(self._static_path))
+            static_key = f"{NAME}-static"
+
+            def check(program: PatchableProgram) -> None:
+                bufs = {sp.name: program.floats(sp.offset, int(np.prod(sp.shape))) for _, sp, _ in self._static_pairs}
+                self._check(static_key, bufs, self._static_path)
+
+            self._static = PatchableProgram(_read(self._static_path), str(self._static_path), check=check)
             self._static.nbytes = self._static.memory.size
         else:
             self._static.drop_method()

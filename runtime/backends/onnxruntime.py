@@ -1,10 +1,10 @@
 """ONNX Runtime backend: patchable weights are graph inputs fed from buffers this process owns.
 
-Why graph inputs (see ../shared/DESIGN.md): ORT copies and prepacks constant initializers at session load,
+Why graph inputs (docs/MANIFEST.md, "Why graph inputs"): ORT copies and prepacks constant initializers at session load,
 so a later write into the original array is invisible. A graph input is read from the bound buffer on every
 run, so an in-place write reaches the very next run. Only the patchable weights take this route; all other
 weights stay initializers inside model.onnx and keep ORT's prepacked fast path. Constant folding and layout
-passes cannot make stale private copies of a graph input, which closes the pitfalls DESIGN.md lists.
+passes cannot make stale private copies of a graph input, which closes the stale-copy pitfalls docs/MANIFEST.md lists.
 """
 from __future__ import annotations
 
@@ -19,39 +19,67 @@ from ..safetensors_file import SafetensorsError, read_file
 NAME = "onnxruntime"
 
 
+def _load_error(path, e: Exception) -> ManifestError:
+    """ORT raises its own exception types (InvalidProtobuf, NoSuchFile, Fail...) with multi-line text."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ManifestError(f"{path}: ONNX Runtime cannot load it: {first[:300]}")
+
+
+def create_session(path, opts: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - see _load_error
+        raise _load_error(path, e) from None
+
+
 class OnnxRuntimeBackend:
     name = NAME
 
-    def __init__(self, manifest: Manifest, threads: int | None = None):
+    def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast"):
+        from ..integrity import check_placements, check_sha256
+
         art = manifest.artifact(NAME)
         root = manifest.root
+        weights_path = root / art["weights"]
         try:
             # One owned, writable copy of every patchable weight: these bytes ARE the model's weights.
-            self._weights_file = read_file(root / art["weights"], writable=True)
-        except (OSError, SafetensorsError) as e:
-            raise ManifestError(f"{root / art['weights']}: {e}") from None
+            self._weights_file = read_file(weights_path, writable=True)
+        except SafetensorsError as e:
+            raise ManifestError(str(e)) from None
+        except OSError as e:
+            raise ManifestError(f"{weights_path}: cannot read: {e.strerror}") from None
         self.buffers: dict[str, np.ndarray] = {}
         self._ort_values: dict[str, ort.OrtValue] = {}  # kept alive for the session's life (dropping one crashed ORT)
         for info in manifest.tensors.values():
             for p in info.placements.get(NAME, ()):
                 if p.name not in self._weights_file.tensors:
-                    raise ManifestError(f"{root / art['weights']}: no buffer {p.name!r} for {info.name}")
+                    raise ManifestError(f"{weights_path}: no buffer {p.name!r} for {info.name}")
                 arr = self._weights_file.array(p.name)
                 if arr.shape != p.shape or arr.dtype != np.float32:
-                    raise ManifestError(f"{root / art['weights']}: buffer {p.name!r} is {arr.dtype}{list(arr.shape)}, "
+                    raise ManifestError(f"{weights_path}: buffer {p.name!r} is {arr.dtype}{list(arr.shape)}, "
                                         f"manifest says float32{list(p.shape)}")
                 self.buffers[p.name] = arr.reshape(-1)
-                self._ort_values[p.name] = ort.OrtValue.ortvalue_from_numpy(arr)
+        if verify != "off":  # before any engine sees the bytes
+            check_placements(manifest, NAME, self.buffers, weights_path, threads)
+        if verify == "full":
+            check_sha256(manifest, NAME, self.buffers, weights_path)
+        for name, buf in self.buffers.items():
+            self._ort_values[name] = ort.OrtValue.ortvalue_from_numpy(buf.reshape(self._weights_file.tensors[name].shape))
         self._threads = threads
         self._prepacked_path = root / art["prepacked_model"] if art.get("prepacked_model") else None
         self.prepacked = None  # a _PrepackedSession for the current weights, installed by the session's rebuilder
-        self.session = ort.InferenceSession(str(root / art["model"]), self._options(),
-                                            providers=["CPUExecutionProvider"])
+        self.session = create_session(root / art["model"], self._options())
         self.input_names = [i.name for i in self.session.get_inputs() if i.name not in self._ort_values]
         self.output_names = [o.name for o in self.session.get_outputs()]
         missing = set(self._ort_values) - {i.name for i in self.session.get_inputs()}
         if missing:
             raise ManifestError(f"{root / art['model']}: graph has no input for patchable buffer(s) {sorted(missing)}")
+
+    def close(self) -> None:
+        """Free both engines and the bound weights; the session object calls this once, from close()."""
+        self.prepacked = None
+        self.session = None
+        self._ort_values.clear()
 
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
@@ -59,6 +87,7 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = self._threads
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # ORT's load-time warnings say nothing a user can act on; errors still raise
         return opts
 
     def weights_changed(self, names: set[str]) -> None:
@@ -80,7 +109,7 @@ class OnnxRuntimeBackend:
         opts = self._options()
         # ORT copies what it needs from this in-memory "file" while the session is created, then packs it
         opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [snapshot], [len(snapshot)])
-        sess = ort.InferenceSession(str(self._prepacked_path), opts, providers=["CPUExecutionProvider"])
+        sess = create_session(self._prepacked_path, opts)
         return _PrepackedSession(sess, len(self._weights_file.data))
 
     def run(self, inputs: dict[str, np.ndarray], aliased: bool = False) -> dict[str, np.ndarray]:
