@@ -12,6 +12,8 @@ from shira_runtime import AdapterError, read_adapter
 from shira_runtime.codings import ef_low_bits, ef_sizes, seeded_indices
 from shira_toolchain.blob_writer import SparseDelta, choose_index_coding, encode_blob
 
+FP = "sha256:" + "5a" * 32
+
 VALUE_CODINGS = ["f32", "f16", "bf16", "int8", "int8-row"]
 SHAPE = (48, 40)
 NUMEL = 48 * 40
@@ -68,7 +70,7 @@ def test_every_coding_round_trips(mask, vcoding):
     v = _values(idx.size)
     for icoding in icodings:
         d = SparseDelta("layer.weight", SHAPE, idx.astype(np.int64), v, seed=seed)
-        a = read_adapter(encode_blob("t", "sha256:x", [d], vcoding, icoding))
+        a = read_adapter(encode_blob("t", FP, [d], vcoding, icoding))
         t = a.tensors["layer.weight"]
         assert t.index_coding == icoding and t.value_coding == vcoding
         np.testing.assert_array_equal(t.indices, idx)
@@ -94,7 +96,7 @@ def test_size_targets_on_a_realistic_layer_set_at_one_percent():
         numel = int(np.prod(shape))
         idx = np.sort(rng.choice(numel, numel // 100, replace=False))
         deltas.append(SparseDelta(name, shape, idx, rng.normal(0, 1e-3, idx.size).astype(np.float32)))
-    blob = encode_blob("size", "sha256:x", deltas)  # defaults: auto indices, f16 values
+    blob = encode_blob("size", FP, deltas)  # defaults: auto indices, f16 values
     a = read_adapter(blob)
     nnz = a.nnz
     index_bytes = sum(sum(ef_sizes(int(np.prod(t.shape)), t.indices.size,
@@ -109,7 +111,7 @@ def _sample_blob() -> bytes:
     ds = [SparseDelta("a.weight", SHAPE, MASKS["random-30%"][0], _values(576)),
           SparseDelta("b.weight", SHAPE, MASKS["struct"][0], _values(MASKS["struct"][0].size)),
           SparseDelta("c.weight", (8, 4, 3, 3), np.sort(rng.choice(288, 20, replace=False)), _values(20))]
-    return encode_blob("fuzz", "sha256:x", ds, "int8-row")
+    return encode_blob("fuzz", FP, ds, "int8-row")
 
 
 SAMPLE = _sample_blob()

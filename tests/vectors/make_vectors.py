@@ -1,8 +1,11 @@
 """Cross-language test vectors: small blobs plus their decoded content as JSON.
 
 A second reader (the Android app's Java reader) must decode every `NAME.shira` to `NAME.json`, or refuse it
-with the error named there. Regenerate with `python -m tests.vectors.make_vectors`; the test suite checks
-that the committed files equal what this script writes (the writer is deterministic).
+with the error named there. The blobs come from the toolchain's writer; what they decode to, and the patch
+sequence's bytes, come from tests/reference (a loop-based reader and patcher written from FORMAT.md alone,
+sharing no code with runtime/), so the runtime and the Java core are both checked against an independent
+reading of the spec. Regenerate with `python -m tests.vectors.make_vectors`; the test suite checks that the
+committed files equal what this script writes (the writer is deterministic).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import numpy as np
 
 from shira_runtime.codings import seeded_indices
 from shira_toolchain.blob_writer import SparseDelta, encode_blob
+
+from ..reference.shira_reference import ReferencePatcher, RefError, read_blob
 
 FINGERPRINT = "sha256:" + "ab" * 32
 HERE = Path(__file__).parent
@@ -49,20 +54,78 @@ def build_vectors() -> dict[str, tuple[bytes, dict]]:
     out = {}
     for name, (deltas, vcoding, icoding) in cases.items():
         blob = encode_blob(name, FINGERPRINT, deltas, vcoding, icoding)
-        from shira_runtime import read_adapter
-
-        a = read_adapter(blob)
+        ref = read_blob(blob)  # the independent reading of FORMAT.md
         out[name] = (blob, {
-            "name": name, "base_fingerprint": FINGERPRINT, "file_crc32": zlib.crc32(blob),
-            "tensors": {t.target: {"shape": list(t.shape), "index_coding": t.index_coding,
-                                   "value_coding": t.value_coding, "indices": t.indices.tolist(),
-                                   "values": [float(v) for v in t.values]} for t in a.tensors.values()}})
+            "name": ref["name"], "base_fingerprint": ref["base_fingerprint"], "file_crc32": zlib.crc32(blob),
+            "tensors": {target: {k: t[k] for k in ("shape", "index_coding", "value_coding", "indices", "values")}
+                        for target, t in ref["tensors"].items()}})
     good = out["elias_fano_f16"][0]
     flipped = bytearray(good)
     flipped[-3] ^= 0x10
     out["corrupt_data_crc"] = (bytes(flipped), {"error": "checksum mismatch over the data region"})
     out["truncated"] = (good[:-5], {"error": "truncated"})
+    for name, (blob, error) in strict_refusals(good, out["seed_int8_row"][0], out["rowcol_int8"][0]).items():
+        try:
+            read_blob(blob)
+        except RefError:
+            out[name] = (blob, {"error": error})
+            continue
+        raise AssertionError(f"the reference accepts the refusal vector {name}")
     return out
+
+
+def edit_blob(blob: bytes, meta_edit=None, entry_edit=None, table_edit=None) -> bytes:
+    """Re-frame `blob` after editing its metadata or its first tensor entry; the header CRC is recomputed, so a
+    reader must refuse the result for the edit itself, not for a checksum."""
+    hlen = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + hlen])
+    meta = header["__metadata__"]
+    if entry_edit is not None:
+        entries = json.loads(meta["shira.tensors"])
+        entry_edit(entries[0])
+        meta["shira.tensors"] = json.dumps(entries, separators=(",", ":"))
+    if table_edit is not None:
+        meta["shira.tensors"] = table_edit(meta["shira.tensors"])
+    if meta_edit is not None:
+        meta_edit(meta)
+    name, fp, table = meta.get("shira.name", ""), meta.get("shira.base_fingerprint", ""), meta.get("shira.tensors", "")
+    meta["shira.header_crc32"] = str(zlib.crc32(f"{name}\n{fp}\n{table}".encode("utf-8", "surrogatepass")))
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    h += b" " * (-len(h) % 8)
+    return len(h).to_bytes(8, "little") + h + blob[8 + hlen :]
+
+
+def strict_refusals(ef: bytes, seed: bytes, rowcol: bytes) -> dict[str, tuple[bytes, str]]:
+    """Blobs a lenient reader would accept and FORMAT.md refuses: name -> (blob, a phrase the error contains)."""
+    def setp(key, field, value):
+        return lambda e: e[key].__setitem__(field, value)
+
+    def dup_nnz(table):  # the first entry's "nnz" twice (json.dumps cannot write that)
+        return table.replace('"nnz":9,', '"nnz":9,"nnz":9,', 1)
+
+    def deep(e):
+        nested = "x"
+        for _ in range(40):
+            nested = [nested]
+        e["extra"] = nested
+
+    return {
+        "strict_missing_name": (edit_blob(ef, meta_edit=lambda m: m.pop("shira.name")), "missing shira.name"),
+        "strict_params_null": (edit_blob(ef, entry_edit=lambda e: e.__setitem__("index_params", None)),
+                               "index_params"),
+        "strict_low_bits_string": (edit_blob(ef, entry_edit=setp("index_params", "low_bits", "4")), "low_bits"),
+        "strict_seed_integer": (edit_blob(seed, entry_edit=setp("index_params", "seed", 12345)),
+                                "seed must be a decimal string"),
+        "strict_int8_scale_string": (edit_blob(rowcol, entry_edit=lambda e: e["value_params"].__setitem__(
+            "scale", str(e["value_params"]["scale"]))), "int8 scale"),
+        "strict_deep_nesting": (edit_blob(ef, entry_edit=deep), "nests deeper"),
+        "strict_duplicate_key": (edit_blob(ef, table_edit=dup_nnz), "twice"),
+        "strict_huge_shape": (edit_blob(ef, entry_edit=lambda e: e.__setitem__("shape", [2**32, 2**32])), "shape"),
+        "strict_lone_surrogate": (edit_blob(ef, meta_edit=lambda m: m.__setitem__("shira.name", "\ud800")),
+                                  "surrogate"),
+        "strict_scale_key_without_int8_row": (edit_blob(ef, entry_edit=lambda e: e.__setitem__("scale_key", "x")),
+                                              "scale_key"),
+    }
 
 
 PATCH_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"b": 2.0}, {"a": 1.0, "b": 1.0}, {}]
@@ -72,7 +135,6 @@ def build_patch_case() -> dict[str, bytes]:
     """A patch sequence for a second runtime: two base buffers (one stored transposed, one channels-last), two
     adapters, and the exact float32 bits of every buffer after each fuse() of the Python WeightPatcher."""
     from shira_runtime.manifest import Placement
-    from shira_runtime.patcher import WeightPatcher
 
     rng = np.random.default_rng(7)
     fc, conv = (12, 10), (4, 3, 3, 3)
@@ -90,28 +152,15 @@ def build_patch_case() -> dict[str, bytes]:
         "b": encode_blob("b", FINGERPRINT, [SparseDelta("fc.weight", fc, np.union1d(shared[::2], [0, 119]),
                                                         _vals(12, 13) * 40)], "f32", "flat-u32"),
     }
-    from shira_runtime import read_adapter
-
-    mapped = {}
-    for name, blob in adapters.items():
-        mapped[name] = {}
-        for t in read_adapter(blob).tensors.values():
-            p = places[t.target]
-            idx = p.map_indices(t.indices, t.shape)
-            order = np.argsort(idx, kind="stable")
-            mapped[name][p.name] = (idx[order], t.values[order])
-    patcher = WeightPatcher(store, threads=1)
-    bits = lambda: {n: b.view(np.uint32).tolist() for n, b in store.items()}  # noqa: E731
-    steps = [{"scales": {}, "buffers": bits()}]
+    placements = {t: {"buffer": p.name, "layout": p.layout, "torch_shape": list(torch_base[t].shape)}
+                  for t, p in places.items()}
+    decoded = {name: read_blob(blob) for name, blob in adapters.items()}
+    patcher = ReferencePatcher({n: b.view(np.uint32).tolist() for n, b in store.items()}, placements)
+    steps = [{"scales": {}, "buffers": patcher.live}]
     for plan in PATCH_STEPS:
-        terms = {}
-        for name, scale in plan.items():
-            for buf, (i, d) in mapped[name].items():
-                terms.setdefault(buf, []).append((i, d, scale))
-        patcher.commit(patcher.plan(terms))
-        steps.append({"scales": plan, "buffers": bits()})
-    case = {"placements": {t: {"buffer": p.name, "layout": p.layout, "torch_shape": list(torch_base[t].shape)}
-                           for t, p in places.items()},
+        patcher.fuse([(decoded[name], scale) for name, scale in plan.items()])
+        steps.append({"scales": plan, "buffers": patcher.live})
+    case = {"placements": placements,
             "adapters": {n: f"{n}.shira" for n in adapters}, "steps": steps}
     files = {f"{n}.shira": b for n, b in adapters.items()}
     files["steps.json"] = (json.dumps(case) + "\n").encode()

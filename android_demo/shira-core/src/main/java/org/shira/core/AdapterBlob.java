@@ -14,6 +14,9 @@ import java.util.zip.CRC32;
 public final class AdapterBlob {
     public static final String FORMAT = "shira-adapter";
     public static final String VERSION = "1";
+    static final long MAX_HEADER = 16L * 1024 * 1024;
+    static final String[] REQUIRED = {"shira.format", "shira.version", "shira.name", "shira.base_fingerprint",
+            "shira.tensors", "shira.header_crc32", "shira.data_crc32"};
 
     /** One decoded tensor: torch flat indices (strictly increasing) and binary32 deltas. */
     public static final class Tensor {
@@ -47,19 +50,21 @@ public final class AdapterBlob {
             throw fail(source, "not a SHiRA adapter blob (shira.format=" + meta.get("shira.format") + ")");
         if (!VERSION.equals(meta.get("shira.version")))
             throw fail(source, "unsupported format version " + meta.get("shira.version") + "; this reader reads version 1");
-        String name = meta.getOrDefault("shira.name", "");
-        String fp = meta.getOrDefault("shira.base_fingerprint", "");
+        List<String> missing = new ArrayList<>();
+        for (String k : REQUIRED) if (!meta.containsKey(k)) missing.add(k);
+        if (!missing.isEmpty()) throw fail(source, "corrupt metadata: missing " + String.join(", ", missing));
+        String name = meta.get("shira.name");
+        String fp = meta.get("shira.base_fingerprint");
+        if (name.isEmpty() || name.length() > 1024 || name.chars().anyMatch(ch -> ch < 0x20))
+            throw fail(source, "corrupt metadata: shira.name must be 1 to 1024 printable characters");
+        if (!fp.matches("sha256:[0-9a-f]{64}"))
+            throw fail(source, "corrupt metadata: shira.base_fingerprint is not 'sha256:' and 64 lowercase hex digits");
         if (expectedFingerprint != null && !expectedFingerprint.equals(fp))
             throw fail(source, "made for another base (" + fp + "), this base is " + expectedFingerprint);
         String tensorsJson = meta.get("shira.tensors");
-        long headerCrc, dataCrc;
-        try {
-            headerCrc = Long.parseLong(meta.get("shira.header_crc32"));
-            dataCrc = Long.parseLong(meta.get("shira.data_crc32"));
-        } catch (RuntimeException e) {
-            throw fail(source, "corrupt metadata: " + e);
-        }
-        if (tensorsJson == null) throw fail(source, "corrupt metadata: no shira.tensors");
+        long headerCrc = u32Decimal(meta.get("shira.header_crc32")), dataCrc = u32Decimal(meta.get("shira.data_crc32"));
+        if (headerCrc < 0 || dataCrc < 0)
+            throw fail(source, "corrupt metadata: shira.header_crc32 and shira.data_crc32 must be decimal numbers below 2^32");
         CRC32 h = new CRC32();
         h.update((name + "\n" + fp + "\n" + tensorsJson).getBytes(StandardCharsets.UTF_8));
         if (h.getValue() != headerCrc) throw fail(source, "checksum mismatch over the header (edited or corrupt metadata)");
@@ -70,9 +75,9 @@ public final class AdapterBlob {
         try {
             entries = Json.parse(tensorsJson);
         } catch (IllegalArgumentException e) {
-            throw fail(source, "corrupt tensor table");
+            throw fail(source, "corrupt tensor table: " + e.getMessage());
         }
-        if (!(entries instanceof List)) throw fail(source, "corrupt tensor table");
+        if (!(entries instanceof List)) throw fail(source, "corrupt tensor table: not a JSON array");
         Map<String, Tensor> out = new LinkedHashMap<>();
         for (Object e : (List<?>) entries) {
             Tensor t = readTensor(e, st, file, source, baseShapes);
@@ -86,33 +91,84 @@ public final class AdapterBlob {
         return new AdapterFormatException(source + ": " + msg);
     }
 
+    private static long u32Decimal(String s) {
+        if (s == null || !s.matches("[0-9]{1,10}")) return -1;
+        long v = Long.parseLong(s);
+        return v < (1L << 32) ? v : -1;
+    }
+
+    private static boolean isLong(Object o) { return o instanceof Long; }
+
+    /** Every field of a tensor entry, type- and range-checked before any arithmetic (FORMAT.md §3). */
     private static Tensor readTensor(Object o, Safetensors st, byte[] file, String source,
                                      Map<String, long[]> baseShapes) throws AdapterFormatException {
-        if (!(o instanceof Map)) throw fail(source, "corrupt tensor entry");
+        if (!(o instanceof Map)) throw fail(source, "corrupt tensor entry: not a JSON object");
         Map<?, ?> e = (Map<?, ?>) o;
-        String target = str(e.get("target")), ic = str(e.get("index_coding")), vc = str(e.get("value_coding"));
-        String vkey = str(e.get("value_key"));
-        Object ikeyO = e.get("index_key"), skeyO = e.get("scale_key");
-        Object shapeO = e.get("shape"), nnzO = e.get("nnz"), crcO = e.get("crc32");
-        Object ip = e.containsKey("index_params") && e.get("index_params") != null ? e.get("index_params") : new LinkedHashMap<>();
-        Object vp = e.containsKey("value_params") && e.get("value_params") != null ? e.get("value_params") : new LinkedHashMap<>();
-        boolean ok = target != null && ic != null && vc != null && vkey != null
-                && (ikeyO == null || ikeyO instanceof String) && (skeyO == null || skeyO instanceof String)
-                && shapeO instanceof List && nnzO instanceof Long && crcO instanceof Long
-                && ip instanceof Map && vp instanceof Map;
-        long[] shape = null;
-        if (ok) {
-            List<?> sl = (List<?>) shapeO;
-            shape = new long[sl.size()];
-            for (int k = 0; k < shape.length; k++) {
-                if (!(sl.get(k) instanceof Long)) { ok = false; break; }
-                shape[k] = (Long) sl.get(k);
-            }
-        }
-        if (!ok) throw fail(source, "corrupt tensor entry " + truncate(String.valueOf(o)));
+        String target = str(e.get("target"));
+        if (target == null || target.isEmpty() || target.length() > 1024)
+            throw fail(source, "corrupt tensor entry: target must be a non-empty string: " + truncate(String.valueOf(o)));
         String where = "tensor " + target;
-        String ikey = (String) ikeyO, skey = (String) skeyO;
+        Object shapeO = e.get("shape");
+        if (!(shapeO instanceof List) || ((List<?>) shapeO).isEmpty() || ((List<?>) shapeO).size() > 8)
+            throw fail(source, where + ": shape must be 1 to 8 integers in [1, 2^31)");
+        List<?> sl = (List<?>) shapeO;
+        long[] shape = new long[sl.size()];
+        long numel = 1;
+        for (int k = 0; k < shape.length; k++) {
+            Object d = sl.get(k);
+            if (!isLong(d) || (Long) d < 1 || (Long) d > Integer.MAX_VALUE)
+                throw fail(source, where + ": shape must be 1 to 8 integers in [1, 2^31)");
+            shape[k] = (Long) d;
+            if (numel > (1L << 40) / shape[k]) throw fail(source, where + ": shape has more than 2^40 entries");
+            numel *= shape[k];
+        }
+        Object nnzO = e.get("nnz"), crcO = e.get("crc32");
+        if (!isLong(nnzO) || (Long) nnzO < 0 || (Long) nnzO > numel || (Long) nnzO > Integer.MAX_VALUE)
+            throw fail(source, where + ": nnz " + nnzO + " impossible for its shape");
+        if (!isLong(crcO) || (Long) crcO < 0 || (Long) crcO >= (1L << 32))
+            throw fail(source, where + ": crc32 must be an integer in [0, 2^32)");
         long nnz = (Long) nnzO;
+        String ic = str(e.get("index_coding")), vc = str(e.get("value_coding"));
+        if (!Codings.INDEX.contains(ic)) throw fail(source, where + ": unknown index coding " + ic);
+        if (!Codings.VALUE.contains(vc)) throw fail(source, where + ": unknown value coding " + vc);
+        Object ikeyO = e.get("index_key"), vkeyO = e.get("value_key"), skeyO = e.get("scale_key");
+        if (ic.equals("seed") && ikeyO != null) throw fail(source, where + ": index_key must be null for seed coding");
+        if (!ic.equals("seed") && (!(ikeyO instanceof String) || ((String) ikeyO).isEmpty()))
+            throw fail(source, where + ": index_key must be a buffer name");
+        if (!(vkeyO instanceof String) || ((String) vkeyO).isEmpty()) throw fail(source, where + ": value_key must be a buffer name");
+        if (vc.equals("int8-row") && (!(skeyO instanceof String) || ((String) skeyO).isEmpty()))
+            throw fail(source, where + ": scale_key must be a buffer name for int8-row values");
+        if (!vc.equals("int8-row") && skeyO != null) throw fail(source, where + ": scale_key is only allowed with int8-row values");
+        String ikey = (String) ikeyO, vkey = (String) vkeyO, skey = (String) skeyO;
+        if (vkey.equals(ikey) || vkey.equals(skey) || (ikey != null && ikey.equals(skey)))
+            throw fail(source, where + ": index, value and scale buffers must be distinct");
+        Object ip = e.get("index_params"), vp = e.get("value_params");
+        if (!(ip instanceof Map)) throw fail(source, where + ": index_params must be a JSON object");
+        if (!(vp instanceof Map)) throw fail(source, where + ": value_params must be a JSON object");
+        java.util.Set<String> wantI = new java.util.HashSet<>(), wantV = new java.util.HashSet<>();
+        if (ic.equals("elias-fano")) wantI.add("low_bits");
+        if (ic.equals("seed")) wantI.add("seed");
+        if (vc.equals("int8")) wantV.add("scale");
+        if (!((Map<?, ?>) ip).keySet().equals(wantI)) throw fail(source, where + ": index_params of " + ic + " must hold exactly " + wantI);
+        if (!((Map<?, ?>) vp).keySet().equals(wantV)) throw fail(source, where + ": value_params of " + vc + " must hold exactly " + wantV);
+        if (ic.equals("elias-fano")) {
+            Object lo = ((Map<?, ?>) ip).get("low_bits");
+            if (!isLong(lo) || (Long) lo < 0 || (Long) lo > 40) throw fail(source, where + ": low_bits must be an integer in [0, 40]");
+        }
+        if (ic.equals("seed")) {
+            Object sd = ((Map<?, ?>) ip).get("seed");
+            if (!(sd instanceof String) || !((String) sd).matches("[0-9]{1,20}")
+                    || new java.math.BigInteger((String) sd).bitLength() > 64)
+                throw fail(source, where + ": seed must be a decimal string below 2^64");
+        }
+        if ((ic.equals("flat-u32") || ic.equals("seed")) && numel > (1L << 32))
+            throw fail(source, where + ": " + ic + " coding is limited to 2^32 entries");
+        if (vc.equals("int8")) {
+            Object sc = ((Map<?, ?>) vp).get("scale");
+            if (!(sc instanceof Long || sc instanceof Double) || !Double.isFinite(((Number) sc).doubleValue())
+                    || ((Number) sc).doubleValue() < 0)
+                throw fail(source, where + ": int8 scale must be a finite non-negative JSON number");
+        }
         if (baseShapes != null) {
             long[] base = baseShapes.get(target);
             if (base == null) throw fail(source, where + ": not a patchable tensor of this base");
@@ -120,12 +176,6 @@ public final class AdapterBlob {
                 throw fail(source, where + ": shape " + java.util.Arrays.toString(shape) + " does not match the base's "
                         + java.util.Arrays.toString(base));
         }
-        if (!Codings.INDEX.contains(ic) || !Codings.VALUE.contains(vc))
-            throw fail(source, where + ": unknown index coding " + ic + " or value coding " + vc);
-        long numel = 1;
-        for (long s : shape) numel *= s;
-        if (shape.length < 1 || nnz < 0 || nnz > numel || nnz > Integer.MAX_VALUE)
-            throw fail(source, where + ": nnz " + nnz + " impossible for its shape");
         // buffers: dtype and length
         Map<String, Object[]> wanted = new LinkedHashMap<>(); // key -> {dtype, count or null}
         if (!ic.equals("seed")) wanted.put(ikey, new Object[]{ic.equals("flat-u32") || ic.equals("rowcol") ? "U32" : "U8", null});
@@ -184,10 +234,17 @@ public final class AdapterBlob {
         static Safetensors parse(byte[] file, String source) throws AdapterFormatException {
             if (file.length < 8) throw fail(source, "truncated: " + file.length + " bytes, not a safetensors file");
             long n = ByteBuffer.wrap(file, 0, 8).order(ByteOrder.LITTLE_ENDIAN).getLong();
+            if (n < 0 || n > MAX_HEADER) throw fail(source, "corrupt: header of " + n + " bytes, more than the " + MAX_HEADER + " allowed");
             if (n < 2 || n > file.length - 8) throw fail(source, "truncated or corrupt: header of " + n + " bytes in a " + file.length + "-byte file");
             Object h;
             try {
-                h = Json.parse(new String(file, 8, (int) n, StandardCharsets.UTF_8));
+                String text = StandardCharsets.UTF_8.newDecoder()
+                        .onMalformedInput(java.nio.charset.CodingErrorAction.REPORT)
+                        .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPORT)
+                        .decode(ByteBuffer.wrap(file, 8, (int) n)).toString();
+                h = Json.parse(text);
+            } catch (java.nio.charset.CharacterCodingException e) {
+                throw fail(source, "corrupt header: not UTF-8");
             } catch (IllegalArgumentException e) {
                 throw fail(source, "corrupt header: " + e.getMessage());
             }
@@ -212,9 +269,11 @@ public final class AdapterBlob {
                 List<?> shl = (List<?>) sh, ofl = (List<?>) off;
                 long[] shape = new long[shl.size()];
                 long count = 1;
+                if (shape.length > 8) throw fail(source, "corrupt header: entry " + key);
                 for (int k = 0; k < shape.length; k++) {
-                    if (!(shl.get(k) instanceof Long)) throw fail(source, "corrupt header: entry " + key);
+                    if (!(shl.get(k) instanceof Long) || (Long) shl.get(k) < 0) throw fail(source, "corrupt header: entry " + key);
                     shape[k] = (Long) shl.get(k);
+                    if (shape[k] != 0 && count > Long.MAX_VALUE / 8 / shape[k]) throw fail(source, "corrupt header: entry " + key);
                     count *= shape[k];
                 }
                 if (!(ofl.get(0) instanceof Long) || !(ofl.get(1) instanceof Long)) throw fail(source, "corrupt header: entry " + key);
@@ -228,7 +287,4 @@ public final class AdapterBlob {
             return st;
         }
     }
-
-    /** Convenience for tests and tools: all buffers of a file as a flat list of tensor names. */
-    public List<String> targets() { return new ArrayList<>(tensors.keySet()); }
 }

@@ -112,6 +112,10 @@ final class Codings {
                 for (int i = 0; i < n; i++) w[i] = bb.getInt(4 * i) & 0xFFFFFFFFL;
                 if (n < 3 || n != 3 + w[0] + w[1] || w[2] > 1) throw new IllegalArgumentException("malformed rowcol header");
                 long r = shape[0], c = cols(shape);
+                for (int k = 1; k < w[0] + w[1]; k++)
+                    if (k != w[0] && w[3 + k] <= w[2 + k]) throw new IllegalArgumentException("rows and columns must be strictly increasing");
+                if ((w[0] > 0 && c > nnz / w[0]) || (w[1] > 0 && r > nnz / w[1])) // w0*c > nnz, without overflow
+                    throw new IllegalArgumentException(w[0] + " rows and " + w[1] + " columns hold more than nnz = " + nnz + " entries");
                 TreeSet<Long> set = new TreeSet<>();
                 for (int k = 0; k < w[0]; k++) {
                     long row = w[3 + k];

@@ -5,11 +5,16 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
-/** A minimal JSON reader (RFC 8259) so the core has no dependencies: objects become LinkedHashMap, arrays
- *  ArrayList, numbers Long (integers) or Double, plus String, Boolean and null. */
+/** A minimal, strict JSON reader (RFC 8259) so the core has no dependencies: objects become LinkedHashMap,
+ *  arrays ArrayList, numbers Long (integers) or Double, plus String, Boolean and null. Strict as FORMAT.md §1
+ *  asks of untrusted headers: at most 16 levels of nesting, integers of at most 20 digits, finite numbers, no
+ *  key twice in one object, no lone UTF-16 surrogate in a string. */
 public final class Json {
+    public static final int MAX_DEPTH = 16;
+    public static final int MAX_INT_DIGITS = 20;
     private final String s;
     private int i;
+    private int depth;
 
     private Json(String s) { this.s = s; }
 
@@ -50,11 +55,16 @@ public final class Json {
         return v;
     }
 
+    private void enter() {
+        if (++depth > MAX_DEPTH) throw err("nests deeper than " + MAX_DEPTH + " levels");
+    }
+
     private Map<String, Object> object() {
+        enter();
         Map<String, Object> m = new LinkedHashMap<>();
         i++;
         ws();
-        if (i < s.length() && s.charAt(i) == '}') { i++; return m; }
+        if (i < s.length() && s.charAt(i) == '}') { i++; depth--; return m; }
         while (true) {
             ws();
             if (i >= s.length() || s.charAt(i) != '"') throw err("expected a key");
@@ -63,27 +73,29 @@ public final class Json {
             if (i >= s.length() || s.charAt(i) != ':') throw err("expected ':'");
             i++;
             ws();
+            if (m.containsKey(k)) throw err("key " + k + " appears twice in one object");
             m.put(k, value());
             ws();
             if (i >= s.length()) throw err("unexpected end in object");
             char c = s.charAt(i++);
-            if (c == '}') return m;
+            if (c == '}') { depth--; return m; }
             if (c != ',') throw err("expected ',' or '}'");
         }
     }
 
     private List<Object> array() {
+        enter();
         List<Object> a = new ArrayList<>();
         i++;
         ws();
-        if (i < s.length() && s.charAt(i) == ']') { i++; return a; }
+        if (i < s.length() && s.charAt(i) == ']') { i++; depth--; return a; }
         while (true) {
             ws();
             a.add(value());
             ws();
             if (i >= s.length()) throw err("unexpected end in array");
             char c = s.charAt(i++);
-            if (c == ']') return a;
+            if (c == ']') { depth--; return a; }
             if (c != ',') throw err("expected ',' or ']'");
         }
     }
@@ -94,7 +106,7 @@ public final class Json {
         while (true) {
             if (i >= s.length()) throw err("unterminated string");
             char c = s.charAt(i++);
-            if (c == '"') return b.toString();
+            if (c == '"') return checkSurrogates(b.toString());
             if (c < 0x20) throw err("control character in string");
             if (c != '\\') { b.append(c); continue; }
             if (i >= s.length()) throw err("bad escape");
@@ -118,6 +130,15 @@ public final class Json {
         }
     }
 
+    private String checkSurrogates(String str) {
+        for (int k = 0; k < str.length(); k++) {
+            char c = str.charAt(k);
+            if (Character.isHighSurrogate(c) && k + 1 < str.length() && Character.isLowSurrogate(str.charAt(k + 1))) { k++; continue; }
+            if (Character.isSurrogate(c)) throw err("a string that is not valid Unicode (a lone surrogate)");
+        }
+        return str;
+    }
+
     private Object number() {
         int start = i;
         if (i < s.length() && s.charAt(i) == '-') i++;
@@ -130,11 +151,14 @@ public final class Json {
         }
         String t = s.substring(start, i);
         if (t.isEmpty() || t.equals("-")) throw err("expected a value");
+        if (!frac && t.replace("-", "").length() > MAX_INT_DIGITS) throw err("an integer of " + t.length() + " digits");
         try {
             if (!frac) return Long.parseLong(t);
-            return Double.parseDouble(t);
+            double d = Double.parseDouble(t);
+            if (Double.isInfinite(d)) throw err("number " + t + " overflows binary64");
+            return d;
         } catch (NumberFormatException ex) {
-            if (!frac) return Double.parseDouble(t); // integers beyond 64 bits
+            if (!frac) return Double.parseDouble(t); // integers of 19-20 digits beyond 64 bits: never valid here
             throw err("bad number " + t);
         }
     }
