@@ -87,7 +87,7 @@ class PrepackedRebuilder:
     def _install(self, gen: int, engine) -> bool:
         with self.lock.write():
             with self._cond:
-                if gen != self._generation:  # a switch happened while building: this engine is stale
+                if gen != self._generation or self._closed:  # stale (a switch happened meanwhile) or closing
                     return False
                 self.backend.prepacked = engine
                 self._installed = gen

@@ -46,14 +46,3 @@ def native_stderr_muted():
             if kept:
                 os.write(2, b"".join(kept))
 
-
-def import_executorch():
-    """Import torch and ExecuTorch's bindings and start ExecuTorch's thread pool (where cpuinfo speaks), with
-    the known start-up lines muted. Raises ImportError if either package is missing."""
-    import torch  # noqa: F401 - ExecuTorch's Python bindings need torch loaded first
-
-    with native_stderr_muted():
-        from executorch.extension.pybindings import portable_lib
-
-        portable_lib._threadpool_get_thread_count()
-    return portable_lib

@@ -147,6 +147,10 @@ class ShiraSession:
             if self._closed:
                 return
             self._closed = True
+        if self._res.rebuilder is not None:
+            # joined WITHOUT the session's lock: a builder that finished its engine takes the write lock to
+            # install it, and would wait for us forever (then die mid-build at interpreter exit)
+            self._res.rebuilder.close()
         with self._lock.write():  # no run() is inside an engine while it is freed
             self._finalizer()
             self.rebuilder = None

@@ -66,3 +66,11 @@ def fan_in_fan_out():
 def plain_mlp():
     torch.manual_seed(1)
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+
+
+def tiny_mlp():
+    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def raises():
+    raise RuntimeError("the factory failed")

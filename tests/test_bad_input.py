@@ -110,7 +110,7 @@ def test_bad_fuse_requests_leave_weights_untouched(session_with_active, llama):
 
 
 @pytest.mark.parametrize("case,needle", [
-    ("range", "out of range"), ("nan", "non-finite"), ("module", "not patchable"), ("dup", "listed twice"),
+    ("range", "out of range"), ("nan", "non-finite"), ("module", "made for another model"), ("dup", "listed twice"),
     ("shape", "[2, nnz]")])
 def test_pack_refuses_bad_peft_checkpoints_naming_the_module(llama, tmp_path, case, needle):
     rows, cols, vals = np.array([0, 1, 2]), np.array([3, 4, 5]), np.array([0.1, 0.2, 0.3], np.float32)

@@ -36,7 +36,7 @@ def test_export_pack_roundtrip_and_errors(llama, tmp_path):
     assert "nonzeros" in r.stdout and (tmp_path / "z.shira").exists()
     r = _run("shira-pack", "adapter", str(llama.peft_dirs["zen"]), "--base", str(tmp_path / "sn"),
              "--out", str(tmp_path / "bad.shira"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not patchable" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "made for another model" in r.stderr
     assert not (tmp_path / "bad.shira").exists()
     r = _run("shira-export", "model", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "not a built-in model" in r.stderr

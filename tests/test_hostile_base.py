@@ -24,8 +24,8 @@ def _copy(llama, tmp_path) -> Path:
 
 def _edit_manifest(d: Path, fn) -> None:
     m = json.loads((d / "manifest.json").read_text())
-    out = fn(m)
-    (d / "manifest.json").write_text(json.dumps(m if out is None else out))
+    fn(m)  # edits in place
+    (d / "manifest.json").write_text(json.dumps(m))
 
 
 def _first(m, backend="onnxruntime"):

@@ -1,4 +1,5 @@
 """Every source `shira-pack adapter` accepts: PEFT LoRA (sparsified), full fine-tunes, seed-coded masks."""
+import json
 import copy
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_full_finetune_diff_exact_and_at_a_density(llama, tmp_path):
     save_file({k: v.contiguous() for k, v in ft.state_dict().items()}, str(tmp_path / "ft.safetensors"))
     rep = pack_adapter(tmp_path / "ft.safetensors", llama.base_dir, tmp_path / "ft.shira", value_coding="f32")
     assert rep.source_kind == "full-finetune" and rep.nnz == 600 and rep.sparsify_rel_error == 0.0
-    assert "model.norm.weight" in rep.ignored
+    assert rep.ignored == ["model.norm.weight"] and rep.ignored_checked  # only the unpatchable weight that changed
     a = read_adapter(tmp_path / "ft.shira")
     for name, pos in changed.items():
         np.testing.assert_array_equal(a.tensors[name].indices, pos)
@@ -89,7 +90,8 @@ def test_seed_coded_masks_cost_no_index_bytes(llama, tmp_path):
     r = 2
     flat = seeded_indices(99, 352 * 128, r * (352 + 128))  # PEFT-style fixed count r(m+n)
     ckpt = write_peft_layout_checkpoint(tmp_path / "s", {module: (flat // 128, flat % 128, np.ones(flat.size, np.float32))},
-                                        extra_config={"shira_mask_seeds": {module: 99}})
+                                        )
+    (ckpt / "shira_train.json").write_text(json.dumps({"mask_seeds": {module: 99}}))  # shira-train's side file
     rep = pack_adapter(ckpt, llama.base_dir, tmp_path / "s.shira")
     assert rep.index_codings == {"seed": 1}
     t = read_adapter(tmp_path / "s.shira").tensors[f"{module}.weight"]

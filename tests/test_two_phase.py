@@ -29,10 +29,11 @@ def test_prepacked_engine_equals_peft_merged_model_after_each_switch(built, back
         np.testing.assert_allclose(fast, ref, atol=2e-5, rtol=1e-5, err_msg=f"prepacked after fuse({scales})")
     hist = sess.rebuilder.history
     assert len(hist) == len(PLANS) + 1 and all(h["to_full_speed_s"] is not None for h in hist[1:])
-    sess.close()
+    sess.stop_two_phase()
     assert sess.mode == "aliased" and sess.backend.prepacked is None
     assert getattr(sess.backend, "_static", None) is None  # ExecuTorch's static program is freed too
     np.testing.assert_allclose(sess.run(built.inputs)[out_name], fast, atol=2e-5)  # still serving, aliased
+    sess.close()
 
 
 def test_reset_prepacked_output_equals_base_prepacked_output_bit_for_bit(llama, backend):

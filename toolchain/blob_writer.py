@@ -101,6 +101,8 @@ def encode_indices(coding: str, d: SparseDelta) -> tuple[bytes | None, str | Non
         words = np.concatenate([[rows.size, cols.size, int(diag)], rows, cols]).astype("<u4")
         return words.tobytes(), "U32", {}
     if coding == "seed":
+        if numel > 2**32:
+            raise ValueError(f"tensor {d.target}: seed coding is limited to 2^32 entries (FORMAT.md §4)")
         if d.seed is None or not np.array_equal(seeded_indices(d.seed, numel, idx.size), idx):
             raise ValueError(f"tensor {d.target}: the mask was not generated from a known seed")
         return None, None, {"seed": str(int(d.seed))}
@@ -110,7 +112,7 @@ def encode_indices(coding: str, d: SparseDelta) -> tuple[bytes | None, str | Non
 def choose_index_coding(d: SparseDelta) -> str:
     """The smallest applicable coding: seed (0 bytes) > rowcol > min(elias-fano, bitmap, flat-u32)."""
     numel, n = int(np.prod(d.shape)), d.indices.size
-    if d.seed is not None and n and np.array_equal(seeded_indices(d.seed, numel, n), d.indices):
+    if d.seed is not None and n and numel <= 2**32 and np.array_equal(seeded_indices(d.seed, numel, n), d.indices):
         return "seed"
     sizes = {"elias-fano": sum(ef_sizes(numel, n, ef_low_bits(numel, n))), "bitmap": (numel + 7) // 8}
     if numel <= 2**32:

@@ -1,28 +1,78 @@
-"""Command line: `shira-export`, `shira-pack`, and the `shira` group that carries both plus the demo."""
+"""Command line: `shira-export`, `shira-pack`, and the `shira` group that carries both plus the demo.
+
+Every failure ends in one line on stderr, `error: <file or option>: <problem>`, and a non-zero exit: 2 for
+input the tool refuses (a bad adapter, base directory, option), 1 for anything unexpected (then the line says
+so and SHIRA_DEBUG=1 shows the traceback). Usage errors are click's (exit 2).
+"""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
-from pathlib import Path
+
+DEBUG_ENV = "SHIRA_DEBUG"
 
 
 def _quiet_third_party() -> None:
-    """torch/torchao/onnxscript print pages of warnings that say nothing about the user's model."""
+    """torch/torchao/onnxscript/ExecuTorch print pages of warnings and start-up lines that say nothing about the
+    user's model. Python warnings and library loggers are set to errors only; ExecuTorch's native start-up
+    lines are muted by known pattern (shira_runtime.quiet), so any other stderr output still shows."""
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch  # noqa: F401 - torch configures its loggers on import; quiet them after that
 
-    for name in ("torch", "torch.onnx", "torch.export", "torchao", "onnxscript", "transformers", "peft"):
+    for name in ("torch", "torch.onnx", "torch.export", "torchao", "onnxscript", "transformers", "peft",
+                 "executorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if _has_executorch():
+        from shira_runtime.backends.executorch import import_bindings
+
+        try:
+            import_bindings()
+        except ImportError:
+            pass  # reported by the command that needs it
+
+
+def _has_executorch() -> bool:
+    try:
+        return importlib.util.find_spec("executorch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its first line, plus its last line when that says more (exporters put the
+    cause at the end)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text[:1000]
 
 
 def _fail(e: Exception) -> None:
-    click.echo(f"error: {e}", err=True)
+    click.echo(f"error: {one_line(e)}", err=True)
     sys.exit(2)
+
+
+def _run(command) -> None:
+    """Run a click command; anything it did not handle becomes one line, not a traceback."""
+    try:
+        command(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        click.echo(f"error: unexpected {type(e).__name__}: {one_line(e)} (set {DEBUG_ENV}=1 for the traceback)",
+                   err=True)
+        sys.exit(1)
 
 
 @click.group(help="Export a base model to ONNX with a manifest of its patchable weights.")
@@ -33,7 +83,9 @@ def export_group():
 @export_group.command("model")
 @click.argument("model")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory to write model.onnx, weights.safetensors, sample.npz and manifest.json into.")
+              help="Directory to write into. onnx: model.onnx (+ model.onnx.data above 1.8 GB), "
+                   "model_prepacked.onnx, weights.safetensors; pte: model.pte, model_static.pte; always: "
+                   "sample.npz and manifest.json (written last). docs/MANIFEST.md describes each file.")
 @click.option("--targets", default=None, metavar="REGEX",
               help="Only weights whose torch parameter name matches REGEX (re.search) become patchable, e.g. "
                    "'self_attn\\.(q|v)_proj'. Default: every Linear and Conv weight. The others keep the "
@@ -49,13 +101,19 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
     _quiet_third_party()
-    from .export import ExportError, export_model
+    from shira_runtime.errors import ShiraError
+
+    from .export import ExportError, check_targets, export_model
     from .model_source import ModelSourceError, resolve
 
     try:
+        check_targets(targets)  # before minutes of export, not after
         formats = ("onnx", "pte") if fmt == "all" else (fmt,)
+        if "pte" in formats and not _has_executorch():
+            raise ExportError(f"--format {fmt}: ExecuTorch is not installed (pip install 'shira-ondevice[executorch]'); "
+                              "--format onnx exports for ONNX Runtime alone")
         export_model(resolve(model, weights, inputs), out_dir, targets, formats=formats, log=click.echo)
-    except (ExportError, ModelSourceError) as e:
+    except (ExportError, ModelSourceError, ShiraError) as e:
         _fail(e)
 
 
@@ -102,9 +160,14 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
     click.echo(f"  indices: {codings}; values: {r.value_coding}, max abs error {r.value_max_abs_error:.3g}")
     if r.sparsify_rel_error is not None:
         click.echo(f"  sparsification: relative error ||delta - kept|| / ||delta|| = {r.sparsify_rel_error:.4f}")
-    if r.ignored:
-        click.echo(f"  {len(r.ignored)} weights of the fine-tune are not patchable in this base and were left out "
-                   f"(any change to them is lost): {', '.join(r.ignored[:3])}...")
+    if r.ignored and r.ignored_checked:
+        click.echo(f"  warning: {len(r.ignored)} changed weight(s) of the fine-tune are not patchable in this base, "
+                   f"so their change is lost: {', '.join(r.ignored[:3])}{'...' if len(r.ignored) > 3 else ''} "
+                   "(export the base with --targets covering them)")
+    elif r.ignored:
+        click.echo(f"  warning: {len(r.ignored)} weight(s) of the fine-tune are not patchable in this base and could "
+                   f"not be compared with it (no ONNX artifact); any change to them is lost: "
+                   f"{', '.join(r.ignored[:3])}{'...' if len(r.ignored) > 3 else ''}")
 
 
 @pack_group.command("inspect")
@@ -156,16 +219,18 @@ def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batche
     and write a checkpoint that `shira-pack adapter` accepts. Linear layers use peft.ShiraConfig with the
     chosen mask; conv layers use the same sparse scheme (PEFT's SHiRA is Linear-only) in the same layout."""
     _quiet_third_party()
+    from .export import ExportError, check_targets
     from .model_source import ModelSourceError, resolve
     from .train import TrainConfig, train
 
     try:
+        check_targets(targets)
         if not task and not data:
             raise ValueError("give --task (a built-in objective) or --data FILE")
         train(resolve(model, weights), TrainConfig(task=task or "text", mask=mask, r=r, steps=steps, lr=lr, seed=seed,
                                                    calib_batches=calib_batches, targets=targets, lora=lora, data=data),
               out_dir, log=click.echo)
-    except (ModelSourceError, ValueError) as e:
+    except (ModelSourceError, ExportError, ValueError) as e:
         _fail(e)
 
 
@@ -177,8 +242,9 @@ def main_group():
 @main_group.command("demo")
 @click.option("--model", "model_name", type=click.Choice(["tiny-llama", "style-net"]), default="tiny-llama",
               show_default=True, help="Built-in base model to run the pipeline on.")
-@click.option("--out", "out_dir", default="shira-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Where the exported base, the PEFT checkpoints and the packed blobs go.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Where the exported base, the PEFT checkpoints and the packed blobs go. Default: "
+                   "shira-demo/MODEL (shira-demo/web with --serve), one folder per demo.")
 @click.option("--steps", default=40, show_default=True, help="Training steps per PEFT SHiRA adapter.")
 @click.option("--r", "r", default=1, show_default=True, help="PEFT ShiraConfig r: r*(in+out) values per layer.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
@@ -190,6 +256,8 @@ def demo_cmd(model_name, out_dir, steps, r, threads, serve, port):
     ExecuTorch, switch, fuse and reset in place, and print per step and runtime the switch time, inference time
     and the max abs difference to PEFT's merged torch model. With --serve: the style demo web page."""
     _quiet_third_party()
+    if out_dir is None:
+        out_dir = str(Path("shira-demo") / ("web" if serve else model_name))
     if serve:
         from .web_demo import serve as serve_page
 
@@ -209,7 +277,8 @@ def demo_cmd(model_name, out_dir, steps, r, threads, serve, port):
 def build_demo_models_cmd(base_steps, style_steps, reuse_base, only):
     """Train the style demo's base net on photos shipped with scikit-image / scikit-learn and one SHiRA adapter
     per style; write models/style_net.safetensors and models/styles/*.shira (committed, so the demo needs no
-    training). Takes about ten minutes on 2 cores."""
+    training). About 2.5 min for the style models and 5 min for the LM ones (--only lm) on the 2-core x86-64
+    dev machine."""
     _quiet_third_party()
     from .demo_models import build_demo_models, build_lm_models
 
@@ -231,7 +300,7 @@ def report_group():
 def report_styles_cmd(out_dir, steps):
     """Train every style with SHiRA (each of the five masks) and LoRA at the same trainable-value count; report
     PSNR/SSIM to each style, concept loss under 2- and 3-adapter fusion, mask overlap and AWOM/AWOR, and an
-    image grid. About five minutes on 2 cores."""
+    image grid. About 10 min (600 s) on the 2-core x86-64 dev machine."""
     _quiet_third_party()
     from .report import style_report
 
@@ -244,7 +313,8 @@ def report_styles_cmd(out_dir, steps):
 @click.option("--steps", default=30, show_default=True, help="Training steps per measurement.")
 def report_cost_cmd(out_dir, steps):
     """Peak memory and step time of SHiRA training (snip, rand masks) against LoRA with the same number of
-    trainable values, on both built-in models; each in a fresh process. About two minutes."""
+    trainable values, on both built-in models; each in a fresh process. About 2 min on the 2-core x86-64 dev
+    machine."""
     _quiet_third_party()
     from .train_cost import cost_report
 
@@ -257,27 +327,28 @@ main_group.add_command(train_cmd, "train")
 
 
 def main():
-    main_group()
+    _run(main_group)
 
 
 def export_main():
-    export_group()
+    _run(export_group)
 
 
 def pack_main():
-    pack_group()
+    _run(pack_group)
 
 
 def train_main():
-    train_cmd()
+    _run(train_cmd)
 
 
 @click.command("bench")
 @click.option("--out", "out_dir", default="bench", show_default=True, type=click.Path(file_okay=False),
               help="Where bench.json (every raw sample and the machine), bench.md and bench.png go.")
 @click.option("--quick/--full", default=False, show_default=True,
-              help="--quick: 20 samples per measurement, scaling sweep at ~10M only (about 2 minutes). --full "
-                   "(default): 60 samples, scaling sweep up to ~1.1B parameters (under 10 minutes on 2 cores).")
+              help="--quick: 20 samples per measurement, scaling sweep at ~10M only (about 2 min on the 2-core "
+                   "x86-64 dev machine). --full (default): 60 samples, scaling sweep up to ~1.1B parameters "
+                   "(4-5.5 min on the same 2-core machine).")
 @click.option("--threads", default=2, show_default=True, help="Threads for ONNX Runtime, ExecuTorch and torch.")
 def bench_cmd(out_dir, quick, threads):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
@@ -291,4 +362,4 @@ def bench_cmd(out_dir, quick, threads):
 
 
 def bench_main():
-    bench_cmd()
+    _run(bench_cmd)

@@ -43,13 +43,15 @@ class ExportSubject:
 def parse_input_spec(spec: str) -> tuple[str, torch.Tensor]:
     """`NAME:1x3x64x64[:float32]` -> (name, a deterministic sample tensor)."""
     parts = spec.split(":")
-    if len(parts) not in (2, 3):
+    if len(parts) not in (2, 3) or not parts[0]:
         raise ModelSourceError(f"--input {spec!r}: expected NAME:SHAPE[:DTYPE], e.g. image:1x3x64x64:float32")
-    try:
-        shape = [int(d) for d in parts[1].split("x")]
-        dtype = getattr(torch, parts[2] if len(parts) == 3 else "float32")
-    except (ValueError, AttributeError):
-        raise ModelSourceError(f"--input {spec!r}: bad shape or dtype") from None
+    dims = parts[1].split("x")
+    if not all(d.isdigit() and 0 < int(d) <= 1 << 20 for d in dims):
+        raise ModelSourceError(f"--input {spec!r}: the shape must be positive integers joined by 'x', e.g. 1x3x64x64")
+    shape = [int(d) for d in dims]
+    dtype = getattr(torch, parts[2] if len(parts) == 3 else "float32", None)
+    if not isinstance(dtype, torch.dtype):
+        raise ModelSourceError(f"--input {spec!r}: {parts[2]!r} is not a torch dtype (float32, int64, ...)")
     g = torch.Generator().manual_seed(0)
     if dtype.is_floating_point:
         return parts[0], torch.rand(shape, generator=g).to(dtype)
@@ -59,6 +61,9 @@ def parse_input_spec(spec: str) -> tuple[str, torch.Tensor]:
 def resolve(model: str, weights: str | None = None, inputs: tuple[str, ...] = ()) -> ExportSubject:
     from shira_models import BUILTIN, get_spec
 
+    if inputs and (model in BUILTIN or Path(model).is_dir()):
+        raise ModelSourceError(f"--input applies to package.module:factory models only; {model} brings its own "
+                               "sample input")
     if model in BUILTIN:
         spec = get_spec(model)
         m = spec.build()

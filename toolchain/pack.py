@@ -4,7 +4,8 @@ Sources (detected from SRC):
   * a PEFT SHiRA checkpoint directory (peft_type SHIRA): adapter_config.json + adapter_model.safetensors with,
     per adapted module, `base_model.model.<module>.shira_indices` (int32 [2, nnz]: rows, cols of the weight
     viewed as [out, in]; PEFT on Windows stores them as float32) and `.shira_weight` (fp32 [nnz]). Our own
-    trainer writes this layout too, plus `shira_mask_seeds` (module -> seed) for seed-coded masks.
+    trainer writes this layout too, plus `shira_train.json` beside it with `mask_seeds` (module -> seed) for
+    seed-coded masks (older checkpoints carried `shira_mask_seeds` inside adapter_config.json; still read).
   * a PEFT LoRA checkpoint directory (peft_type LORA): delta = B @ A * scaling, sparsified to SHiRA by keeping
     the `--density` largest |delta| of each weight; the relative error of that sparsification is reported.
   * a full fine-tune: a .safetensors state dict, or a directory of them: delta = fine-tuned - base; with
@@ -24,7 +25,7 @@ import numpy as np
 
 from shira_runtime import manifest as manifest_mod
 from shira_runtime.adapter_file import read_adapter
-from shira_runtime.safetensors_file import read_file
+from shira_runtime.safetensors_file import SafetensorsError, read_file
 
 from .atomic import write_bytes
 from .blob_writer import DEFAULT_VALUES, SparseDelta, encode_blob, value_error
@@ -51,7 +52,8 @@ class PackReport:
     index_codings: dict = field(default_factory=dict)  # coding -> number of tensors
     value_max_abs_error: float = 0.0  # introduced by the value coding
     sparsify_rel_error: float | None = None  # ||delta - kept|| / ||delta|| for LoRA / full fine-tune sources
-    ignored: list = field(default_factory=list)  # full fine-tune weights the base cannot patch (changed or not)
+    ignored: list = field(default_factory=list)  # full fine-tune weights that changed but the base cannot patch
+    ignored_checked: bool = True  # False: no ONNX artifact to compare with, `ignored` lists every unpatchable one
 
     @property
     def density(self) -> float:
@@ -74,11 +76,28 @@ def _peft_dir(src: Path) -> tuple[dict, dict[str, np.ndarray], Path]:
         if not p.exists():
             raise PackError(f"{p}: not found; a PEFT checkpoint directory holds adapter_config.json and "
                             "adapter_model.safetensors")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise PackError(f"{cfg_path}: not valid JSON: {e}") from None
+    cfg = _read_json(cfg_path)
+    if not isinstance(cfg, dict):
+        raise PackError(f"{cfg_path}: not a JSON object")
+    side = src / "shira_train.json"  # train.TRAIN_SIDE_FILE
+    if side.exists():
+        extra = _read_json(side)
+        seeds = extra.get("mask_seeds") if isinstance(extra, dict) else None
+        ok = lambda v: (type(v) is int or (isinstance(v, str) and v.isdigit() and len(v) <= 20)) and 0 <= int(v) < 2**64  # noqa: E731
+        if not isinstance(seeds, dict) or not all(ok(v) for v in seeds.values()):
+            raise PackError(f"{side}: mask_seeds must map module names to seeds (decimal strings or integers "
+                            "below 2^64)")
+        cfg = {**cfg, "shira_mask_seeds": {k: int(v) for k, v in seeds.items()}}
     return cfg, _load_safetensors(st_path), st_path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise PackError(f"{path}: not valid JSON: {str(e)[:120]}") from None
+    except OSError as e:
+        raise PackError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def read_peft_shira(src) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
@@ -113,15 +132,35 @@ def _target(manifest, module_or_param: str, where: str):
     info = manifest.tensors.get(target)
     if info is None:
         why = manifest.raw.get("excluded", {}).get(target)
-        raise PackError(f"{where}: not patchable in base {manifest.root}" + (f" ({why})" if why else
-                        " (not in its manifest: re-export with --targets matching it)"))
+        if why:
+            raise PackError(f"{where}: not patchable in base {manifest.root} ({why})")
+        if target in manifest.raw.get("untargeted", ()):
+            raise PackError(f"{where}: not patchable in base {manifest.root}: the export's --targets left it out; "
+                            "export again with --targets matching it")
+        raise PackError(f"{where}: base {manifest.root} ({_model_name(manifest)}) has no such weight")
     return target, info
+
+
+def _model_name(manifest) -> str:
+    m = manifest.raw.get("model")
+    return f"{m.get('class')} from {m.get('source')}" if isinstance(m, dict) else "its model"
+
+
+def check_belongs(manifest, names: list[str], source: str) -> None:
+    """Refuse, in words that help, a checkpoint none of whose weights exists in the base: it was made for
+    another model (re-exporting with other --targets cannot fix that)."""
+    known = set(manifest.tensors) | set(manifest.raw.get("excluded", {})) | set(manifest.raw.get("untargeted", ()))
+    targets = [n if n.endswith(".weight") else f"{n}.weight" for n in names]
+    if targets and not any(t in known for t in targets):
+        raise PackError(f"{source}: made for another model: none of its {len(targets)} weights (e.g. {targets[0]}) "
+                        f"exists in base {manifest.root} ({_model_name(manifest)})")
 
 
 def shira_deltas(cfg: dict, modules, manifest, source: str) -> list[SparseDelta]:
     """Check every module against the base's manifest and convert (row, col) pairs to flat torch indices."""
     fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
-    seeds = cfg.get("shira_mask_seeds") or {}
+    seeds = cfg.get("shira_mask_seeds") or {}  # checkpoints written before the side file
+    check_belongs(manifest, list(modules), source)
     deltas = []
     for module, (rows, cols, vals) in sorted(modules.items()):
         where = f"{source}: module {module}"
@@ -150,21 +189,68 @@ def shira_deltas(cfg: dict, modules, manifest, source: str) -> list[SparseDelta]
 
 
 def base_weights(manifest, targets) -> dict[str, np.ndarray]:
-    """The base's weights in torch layout, read back from the exported artifacts (no torch model needed)."""
+    """The base's weights in torch layout, read back from the exported artifacts (no torch model needed) and
+    checked against the export's checksums: a diff against damaged weights would pack a wrong adapter."""
+    from shira_runtime.integrity import check_placements
+
+    backend = "onnxruntime" if "onnxruntime" in manifest.raw["artifacts"] else "executorch"
+    art = manifest.artifact(backend)
+    path = manifest.root / art["weights" if backend == "onnxruntime" else "program"]
+    try:
+        if backend == "onnxruntime":
+            st = read_file(path)
+            buffers = {}
+            for info in manifest.tensors.values():
+                for p in info.placements.get(backend, ()):
+                    if p.name not in st.tensors or st.tensors[p.name].dtype != "F32":
+                        raise PackError(f"{path}: no float32 buffer {p.name!r} for {info.name}")
+                    buffers[p.name] = st.array(p.name).reshape(-1)
+        else:
+            pte = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+            buffers = {}
+            for info in manifest.tensors.values():
+                for p in info.placements.get(backend, ()):
+                    if p.offset + 4 * info.numel > pte.size:
+                        raise PackError(f"{path}: weight {info.name} lies past the end of the file (truncated?)")
+                    buffers[p.name] = pte[p.offset : p.offset + 4 * info.numel].view(np.float32)
+    except SafetensorsError as e:
+        raise PackError(str(e)) from None
+    except OSError as e:
+        raise PackError(f"{path}: cannot read: {e.strerror}") from None
+    check_placements(manifest, backend, buffers, path)
     out = {}
-    if "onnxruntime" in manifest.raw["artifacts"]:
-        st = read_file(manifest.root / manifest.artifact("onnxruntime")["weights"])
-        for t in targets:
-            p = manifest.tensors[t].placements["onnxruntime"][0]
-            out[t] = np.ascontiguousarray(p.to_torch_layout(st.array(p.name).reshape(-1), manifest.tensors[t].shape))
-    else:
-        pte = np.frombuffer((manifest.root / manifest.artifact("executorch")["program"]).read_bytes(), dtype=np.uint8)
-        for t in targets:
-            info = manifest.tensors[t]
-            p = info.placements["executorch"][0]
-            buf = pte[p.offset : p.offset + 4 * info.numel].view(np.float32)
-            out[t] = np.ascontiguousarray(p.to_torch_layout(buf, info.shape))
+    for t in targets:
+        info = manifest.tensors[t]
+        p = info.placements[backend][0]
+        out[t] = np.ascontiguousarray(p.to_torch_layout(buffers[p.name], info.shape))
     return out
+
+
+def changed_unpatchable(manifest, state: dict[str, np.ndarray], names: list[str]) -> list[str] | None:
+    """Which of `names` (fine-tune weights the base cannot patch) differ from the base. The base keeps them as
+    ONNX initializers, possibly transposed (MatMul weights) and renamed, so each is looked up by value.
+    None when the base has no ONNX artifact to compare with."""
+    if "onnxruntime" not in manifest.raw["artifacts"]:
+        return None
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    path = manifest.root / manifest.artifact("onnxruntime")["model"]
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many types
+        raise PackError(f"{path}: cannot read the base model: {str(e)[:200]}") from None
+    digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).digest()  # noqa: E731
+    seen = {digest(numpy_helper.to_array(t).astype(np.float32, copy=False)) for t in proto.graph.initializer
+            if t.data_type == onnx.TensorProto.FLOAT}
+    changed = []
+    for n in names:
+        a = np.asarray(state[n], dtype=np.float32)
+        if digest(a) not in seen and (a.ndim != 2 or digest(a.T) not in seen):
+            changed.append(n)
+    return changed
 
 
 def sparsify(target: str, shape, delta: np.ndarray, density: float | None) -> tuple[SparseDelta, float, float]:
@@ -187,6 +273,7 @@ def lora_deltas(cfg: dict, state: dict, manifest, density: float, source: str) -
     r = int(cfg["r"])
     scaling = float(cfg.get("lora_alpha", r)) / (np.sqrt(r) if cfg.get("use_rslora") else r)
     modules = sorted({k.removeprefix(PEFT_PREFIX).rsplit(".lora_", 1)[0] for k in state if ".lora_" in k})
+    check_belongs(manifest, modules, source)
     deltas, lost, total = [], 0.0, 0.0
     for module in modules:
         where = f"{source}: module {module}"
@@ -209,7 +296,7 @@ def lora_deltas(cfg: dict, state: dict, manifest, density: float, source: str) -
     return deltas, float(np.sqrt(lost / total)) if total else 0.0
 
 
-def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[SparseDelta], float, list[str]]:
+def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[SparseDelta], float, list[str], bool]:
     files = sorted(src.glob("*.safetensors")) if src.is_dir() else [src]
     if not files:
         raise PackError(f"{src}: no .safetensors files")
@@ -218,6 +305,7 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
         state.update({k.removeprefix(PEFT_PREFIX): v for k, v in _load_safetensors(f).items()})
     present = [t for t in manifest.tensors if t in state]
     if not present:
+        check_belongs(manifest, [k for k in state if k.endswith(".weight")], str(src))
         raise PackError(f"{src}: none of its tensors is a patchable weight of base {manifest.root}")
     base = base_weights(manifest, present)
     deltas, lost, total = [], 0.0, 0.0
@@ -235,8 +323,10 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
         lost, total = lost + l, total + tt
     if not deltas:
         raise PackError(f"{src}: identical to the base: nothing to pack")
-    ignored = sorted(k for k in state if k not in manifest.tensors and k.endswith(".weight"))
-    return deltas, float(np.sqrt(lost / total)) if total else 0.0, ignored
+    others = sorted(k for k in state if k not in manifest.tensors and k.endswith(".weight"))
+    changed = changed_unpatchable(manifest, state, others)
+    ignored = others if changed is None else changed
+    return deltas, float(np.sqrt(lost / total)) if total else 0.0, ignored, changed is not None
 
 
 # ---- packing ------------------------------------------------------------------------------------------------
@@ -246,7 +336,7 @@ def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str 
         raise PackError(f"--density {density}: must be in (0, 1]")
     manifest = manifest_mod.load(base_dir)
     src = Path(src)
-    rel_err, ignored = None, []
+    rel_err, ignored, checked = None, [], True
     if src.is_dir() and (src / "adapter_config.json").exists():
         cfg, state, st_path = _peft_dir(src)
         kind = cfg.get("peft_type")
@@ -261,7 +351,7 @@ def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str 
             raise PackError(f"{src / 'adapter_config.json'}: peft_type {kind!r} is not SHIRA or LORA")
         source_kind = kind.lower()
     elif src.suffix == ".safetensors" or src.is_dir():
-        deltas, rel_err, ignored = finetune_deltas(src, manifest, density)
+        deltas, rel_err, ignored, checked = finetune_deltas(src, manifest, density)
         source_kind = "full-finetune"
     else:
         raise PackError(f"{src}: not a PEFT checkpoint directory or a .safetensors fine-tune")
@@ -278,7 +368,7 @@ def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str 
     src_bytes = sum(p.stat().st_size for p in src.iterdir() if p.is_file()) if src.is_dir() else src.stat().st_size
     return PackReport(name, Path(out), source_kind, len(deltas), adapter.nnz,
                       sum(manifest.tensors[d.target].numel for d in deltas), len(blob), src_bytes, value_coding,
-                      codings, max(value_error(value_coding, d) for d in deltas), rel_err, ignored)
+                      codings, max(value_error(value_coding, d) for d in deltas), rel_err, ignored, checked)
 
 
 def pack_peft_shira(src, base_dir, out, name: str | None = None, value_coding: str = "f32",

@@ -3,10 +3,11 @@
 Linear layers go through `peft.ShiraConfig` with a custom `mask_fn` (one of the paper's five masks, masks.py);
 conv layers, which PEFT's SHiRA does not cover, through `ShiraConv` (shira_conv.py), saved in the same layout:
 `base_model.model.<module>.shira_indices` int32 [2, nnz] (rows, cols of the weight viewed as [out, in*kh*kw])
-and `.shira_weight` fp32 [nnz]. adapter_config.json is PEFT's, plus:
-  shira_mask_type     the mask kind
-  shira_mask_seeds    module -> PRNG seed, for `rand` masks (their blobs then store no indices)
-  shira_conv_modules  modules adapted by ShiraConv (PEFT cannot load these; `shira-pack` can)
+and `.shira_weight` fp32 [nnz]. adapter_config.json is PEFT's own, untouched (PEFT warns about keys it does not
+know); what only this project needs goes beside it in `shira_train.json` (TRAIN_SIDE_FILE):
+  mask_type     the mask kind
+  mask_seeds    module -> PRNG seed, for `rand` masks (their blobs then store no indices)
+  conv_modules  modules adapted by ShiraConv (PEFT cannot load these; `shira-pack` can)
 Each layer gets r * (R + C) trainable values, PEFT's count, so `--lora` at the same r trains as many.
 """
 from __future__ import annotations
@@ -213,6 +214,9 @@ def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress
     return model.eval(), report
 
 
+TRAIN_SIDE_FILE = "shira_train.json"  # this project's training facts, kept out of PEFT's adapter_config.json
+
+
 def save_checkpoint(model, info: dict, cfg: TrainConfig, report: dict, out_dir: Path) -> None:
     """PEFT's save_pretrained for what PEFT knows, plus the conv adapters in the same layout; atomic."""
     from safetensors.numpy import load_file, save_file
@@ -234,9 +238,10 @@ def save_checkpoint(model, info: dict, cfg: TrainConfig, report: dict, out_dir: 
                     state[f"base_model.model.{module}.shira_indices"] = mod.rows_cols()
                     state[f"base_model.model.{module}.shira_weight"] = mod.shira_weight.detach().numpy().copy()
             save_file(state, str(st_path))
-            config.update({"shira_mask_type": info["mask"], "shira_mask_seeds": info["seeds"],
-                           "shira_conv_modules": info["conv"]})
             cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+            (tmp / TRAIN_SIDE_FILE).write_text(json.dumps(
+                {"mask_type": info["mask"], "mask_seeds": info["seeds"], "conv_modules": info["conv"]},
+                indent=2, sort_keys=True))
         (tmp / "train_report.json").write_text(json.dumps(report, indent=1))
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -95,12 +95,24 @@ def _read(path) -> bytes:
         raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
 
 
+def import_bindings():
+    """Import torch and ExecuTorch's bindings and start ExecuTorch's thread pool (where cpuinfo speaks), with
+    the known start-up lines muted (runtime/quiet.py). Raises ImportError if either package is missing."""
+    import torch  # noqa: F401 - ExecuTorch's Python bindings need torch loaded first
+
+    from ..quiet import native_stderr_muted
+
+    with native_stderr_muted():
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._threadpool_get_thread_count()
+    return portable_lib
+
+
 def _import_torch():
     """torch first (ExecuTorch's bindings need it), then ExecuTorch itself, with its start-up chatter muted."""
-    from ..quiet import import_executorch
-
     try:
-        import_executorch()
+        import_bindings()
     except ImportError as e:
         raise ShiraError(f"the ExecuTorch backend needs torch and executorch ({e}): "
                          "pip install 'shira-ondevice[executorch]'") from None
