@@ -7,6 +7,7 @@ truncated or edited file with a one-line error instead of crashing or reading ga
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -166,5 +167,11 @@ def parse(buffer, source: str = "<bytes>", max_header: int = MAX_HEADER) -> Safe
 def read_file(path, writable: bool = False) -> SafetensorsFile:
     """Read a whole file into memory the caller owns (writable if asked: the runtime patches it in place)."""
     with open(path, "rb") as f:
-        data = bytearray(f.read()) if writable else f.read()
+        if writable:  # straight into the buffer we keep: no second copy, no transient 2x peak
+            size = os.fstat(f.fileno()).st_size
+            data = bytearray(size)
+            if f.readinto(data) != size:
+                raise SafetensorsError(f"{path}: the file changed size while being read")
+        else:
+            data = f.read()
     return parse(data, str(path))

@@ -1,4 +1,5 @@
 """`shira-bench` smoke test: the JSON's structure and that every measurement is a real sample, not its speed."""
+import pytest
 from shira_toolchain.bench import bench_model, markdown, plot
 from shira_toolchain.bench_scaling import bench_size, copy_bandwidth
 
@@ -7,6 +8,7 @@ def _is_sample(s) -> bool:
     return s["n"] == len(s["samples_ms"]) >= 1 and s["min_ms"] <= s["median_ms"] <= s["max_ms"] and s["min_ms"] > 0
 
 
+@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_bench_structure(tmp_path):
     r = bench_model("style-net", tmp_path, repeats=3, threads=1, log=lambda *a: None)
     assert {"shira_onnxruntime", "patch_kernel_onnxruntime", "shira_executorch", "peft_lora_unmerge_merge",

@@ -148,6 +148,7 @@ def test_local_hugging_face_directory(tmp_path):
     assert man["export_check"]["max_abs_error"]["onnxruntime"] < 1e-4
 
 
+@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_reexport_replaces_files_atomically(stylenet, tmp_path):
     import shutil
 

@@ -1,4 +1,5 @@
 """`shira report styles` at a few steps: every section is present and every number is computed, not copied."""
+import pytest
 import json
 
 import numpy as np
@@ -37,6 +38,7 @@ def test_interference_measures():
     assert np.isclose(awom, 1.0) and np.isclose(awor, 0.75)
 
 
+@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_training_cost_measures_each_method_in_its_own_process():
     from shira_toolchain.train_cost import measure
 

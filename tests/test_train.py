@@ -78,6 +78,7 @@ def test_lm_adapter_learns_and_peft_loads_its_linear_part(llama, tmp_path):
     assert sum(p.numel() for n, p in peft_model.named_parameters() if "shira_weight" in n) == rep["trainable_values"]
 
 
+@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_cli(tmp_path):
     exe = Path(sys.executable).parent / "shira-train"
     r = subprocess.run([str(exe), "style-net", "--task", "invert", "--mask", "grad", "--steps", "2",

@@ -113,6 +113,7 @@ def _constant_weight_session(base_dir: Path, threads: int):
     m.graph.initializer.extend(numpy_helper.from_array(np.array(st.array(n)), n) for n in st.tensors)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # load-time warnings only
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -163,6 +164,7 @@ def _lora_sessions(lora_dirs: dict, subject, work: Path, threads: int):
     onnx.save_model(proto, str(work / "lora-export" / "model_overridable.onnx"))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # "Initializer ... appears in graph inputs": by design, overridable initializers
     with_inputs = ort.InferenceSession(str(work / "lora-export" / "model_overridable.onnx"), opts,
                                        providers=["CPUExecutionProvider"])
     return _constant_weight_session(work / "lora-export", threads), with_inputs, adapters, size
