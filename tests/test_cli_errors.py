@@ -150,3 +150,9 @@ def test_no_third_party_noise_on_stderr(llama, tmp_path):
     r = subprocess.run([str(Path(sys.executable).parent / "shira-pack"), "inspect", str(llama.blobs["zen"])],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_train_data_that_is_not_text(capsys, monkeypatch, llama, tmp_path):
+    code, _, err = run_cli(cli.train_main, ["tiny-llama", "--data", str(llama.base_dir / "weights.safetensors"),
+                                            "--out", str(tmp_path / "t"), "--steps", "1"], capsys, monkeypatch)
+    assert_one_line(code, err, "not UTF-8 text")

@@ -69,7 +69,10 @@ def text_file_ids(subject, path: str) -> torch.Tensor:
     """Token ids of a text file: the model directory's own tokenizer if it has one, else bytes (byte-level LMs)."""
     key = (subject.source, path)
     if key not in _TEXT_CACHE:
-        text = Path(path).read_text(encoding="utf-8")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); --data takes a text file") from None
         src = Path(subject.source)
         if src.is_dir() and any((src / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
             from transformers import AutoTokenizer
@@ -133,6 +136,7 @@ def build_adapted(subject: ExportSubject, cfg: TrainConfig):
         raise ValueError("--data (a text file) is for language models; image nets train on the built-in styles")
     if cfg.data:
         cfg.task = "text"
+        text_file_ids(subject, cfg.data)  # a file that is not text fails here, before any progress bar
     if cfg.task not in _tasks(subject) or (cfg.task == "text" and not cfg.data):
         raise ValueError(f"unknown task {cfg.task!r} for this model; choose from {', '.join(_tasks(subject))} "
                          "(or give --data FILE)")
