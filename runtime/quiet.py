@@ -2,12 +2,13 @@
 
 ExecuTorch's cpuinfo prints five `[cpuinfo_utils.cpp:NN] ...` lines on x86 hosts at start-up and torchao two
 `Failed to load ..._C_*.so` lines (its CUDA-only kernels) on import; they go to the process's file
-descriptor 2, some from C++, so Python's warnings and logging cannot filter them. The descriptor is
-pointed at a temporary file for the duration, and whatever was written there that is not such a line is
-written back to stderr afterwards, so a real error message is never swallowed.
+descriptor 2 from C++, or through Python's sys.stderr (ExecuTorch's pybindings log there), so Python's
+warnings and logging cannot filter them. Both are pointed at temporary buffers for the duration, and whatever
+was written there that is not such a line is written back afterwards, so a real error is never swallowed.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -24,8 +25,25 @@ NOISE = re.compile(
 
 @contextmanager
 def native_stderr_muted():
+    """Both routes are filtered: file descriptor 2 (C/C++ writes) and Python's sys.stderr (ExecuTorch's
+    pybindings log through it)."""
+    py_saved, py_buf = sys.stderr, io.StringIO()
+    sys.stderr = py_buf
     try:
-        sys.stderr.flush()
+        with _fd2_filtered():
+            yield
+    finally:
+        sys.stderr = py_saved
+        kept = [ln for ln in py_buf.getvalue().splitlines(keepends=True) if not NOISE.match(ln.encode())]
+        if kept and py_saved is not None:
+            py_saved.write("".join(kept))
+
+
+@contextmanager
+def _fd2_filtered():
+    try:
+        if sys.__stderr__ is not None:
+            sys.__stderr__.flush()
         saved = os.dup(2)
     except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters, some test runners)
         yield
@@ -35,14 +53,9 @@ def native_stderr_muted():
         try:
             yield
         finally:
-            try:
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
             kept = [line for line in tmp.read().splitlines(keepends=True) if not NOISE.match(line)]
             if kept:
                 os.write(2, b"".join(kept))
-
