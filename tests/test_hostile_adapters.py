@@ -224,8 +224,8 @@ JUNK = st.recursive(
 
 
 @st.composite
-def mutated_blobs(draw):
-    header, entries, data = split(BLOB)
+def mutated_blobs(draw, blob=BLOB):
+    header, entries, data = split(blob)
     meta = header["__metadata__"]
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.sampled_from(["entry field", "entry params", "entry removed field", "entries", "meta",
@@ -298,3 +298,51 @@ def test_structural_fuzz_never_escapes_and_agrees_with_the_reference(blob):
 @given(mutated_blobs())
 def test_structural_fuzz_long(blob):
     _differential(blob)
+
+
+def _session_untouched_on_refusal(sess, blob: bytes, before: dict) -> None:
+    from .helpers import snapshot
+
+    try:
+        name = sess.load(blob, name="candidate")
+    except AdapterError as e:
+        assert "\n" not in str(e)
+    else:  # a mutation that left a valid adapter: it loads, and nothing is patched until a switch
+        sess.unload(name)
+    assert snapshot(sess) == before and sess.active == {"zen": 1.0}
+
+
+@pytest.fixture(scope="module")
+def live(llama):
+    from shira_runtime import ShiraSession
+
+    from .helpers import snapshot
+
+    sess = ShiraSession(llama.base_dir, prepack="off")
+    sess.load(llama.blobs["zen"], name="zen")
+    sess.switch("zen")
+    yield sess, llama.blobs["json-doc"].read_bytes(), snapshot(sess)
+    sess.close()
+
+
+def test_mutated_real_blobs_never_touch_a_live_session(live):
+    sess, real, before = live
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(mutated_blobs(real))
+    def run(blob):
+        _session_untouched_on_refusal(sess, blob, before)
+
+    run()
+
+
+@pytest.mark.fuzz
+def test_mutated_real_blobs_never_touch_a_live_session_long(live):
+    sess, real, before = live
+
+    @settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(mutated_blobs(real))
+    def run(blob):
+        _session_untouched_on_refusal(sess, blob, before)
+
+    run()
