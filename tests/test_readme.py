@@ -119,3 +119,22 @@ def test_readme_quotes_agree_with_help():
         for minutes in re.findall(r"(\d+(?:\.\d+)?) min", help_text):
             assert f"{minutes} min" in README, f"{' '.join(cmd)} --help says {minutes} min; README does not"
 
+
+
+def test_a_script_that_never_closes_its_session_exits_cleanly_20_times(llama, tmp_path):
+    """The README snippet closes (with-block); a user's script may not. Its sessions are closed at exit, before
+    the native libraries go: a background build of an ORT session still running then used to abort (134)."""
+    code = (f"import numpy as np\nfrom shira_runtime import ShiraSession\n"
+            f"s = ShiraSession({str(llama.base_dir)!r})\n"
+            f"s.load({str(llama.blobs['zen'])!r}, name='a'); s.load({str(llama.blobs['json-doc'])!r}, name='b')\n"
+            "s.switch('a'); s.fuse({'a': 0.7, 'b': 0.3}); s.reset()\n"
+            f"x = dict(np.load({str(llama.base_dir / 'sample.npz')!r}))\n"
+            "print(s.run({'input_ids': x['input:input_ids']})['logits'].shape)\n")
+
+    def one(_):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(one, range(20)))
+    for r in runs:
+        assert r.returncode == 0 and "terminate called" not in r.stderr, (r.returncode, r.stderr[-2000:])

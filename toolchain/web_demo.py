@@ -178,7 +178,12 @@ async function post(url, body, type) {
   const res = await fetch(url, {method: 'POST', body, headers: {'Content-Type': type}});
   return res.json();
 }
-async function act(action) { show(await post('/api/apply', JSON.stringify({backend: rt(), action}), 'application/json')); }
+let latest = 0;  // only the newest request may update the page: a slow, older answer must not overwrite it
+async function act(action) {
+  const mine = ++latest;
+  const r = await post('/api/apply', JSON.stringify({backend: rt(), action}), 'application/json');
+  if (mine === latest) show(r);
+}
 async function init() {
   const info = await (await fetch('/api/info')).json();
   $('photo').src = info.photo;
@@ -193,7 +198,9 @@ async function init() {
   $('mix-t').oninput = () => { $('mix-label').textContent = Math.round($('mix-t').value * 100) + '%'; };
   $('upload').onchange = async () => {
     const f = $('upload').files[0]; if (!f) return;
+    const mine = ++latest;
     const r = await post('/api/upload', await f.arrayBuffer(), 'application/octet-stream');
+    if (mine !== latest) return;
     if (r.error) { show(r); return; }
     $('photo').src = r.photo; await act({kind: 'base'});
   };
