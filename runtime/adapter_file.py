@@ -15,7 +15,7 @@ import numpy as np
 
 from .codings import INDEX_CODINGS, VALUE_BUFFER_DTYPE, VALUE_CODINGS, decode_indices, decode_values
 from .errors import AdapterError
-from .manifest import Manifest
+from .manifest import FINGERPRINT, MAX_RANK, Manifest, is_int, valid_shape
 from .safetensors_file import SafetensorsError, parse, strict_json
 
 FORMAT = "shira-adapter"
@@ -49,23 +49,16 @@ class Adapter:
 
 
 MAX_ADAPTER_HEADER = 16 * 1024 * 1024  # bytes of safetensors header; a 1B-parameter model's table is ~100 KB
-MAX_RANK = 8
-MAX_DIM = 2**31 - 1
 MAX_NUMEL = 2**40
 MAX_FLAT_NUMEL = 2**32  # flat-u32 and seed (FORMAT.md §4)
 MAX_NAME = 1024
 _DECIMAL_U32 = re.compile(r"[0-9]{1,10}")
 _DECIMAL_U64 = re.compile(r"[0-9]{1,20}")
-_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 REQUIRED_META = ("shira.format", "shira.version", "shira.name", "shira.base_fingerprint", "shira.tensors",
                  "shira.header_crc32", "shira.data_crc32")
 # index/value params: coding -> {key: check}; every other coding takes an empty object
 INDEX_PARAMS = {"elias-fano": ("low_bits",), "seed": ("seed",)}
 VALUE_PARAMS = {"int8": ("scale",)}
-
-
-def _is_int(x) -> bool:
-    return type(x) is int
 
 
 def _u32_decimal(text) -> int | None:
@@ -109,7 +102,7 @@ def _read(blob, manifest, source) -> Adapter:
     name, fingerprint, tensors_json = meta["shira.name"], meta["shira.base_fingerprint"], meta["shira.tensors"]
     if not 0 < len(name) <= MAX_NAME or any(ord(ch) < 0x20 for ch in name):
         fail(f"corrupt metadata: shira.name must be 1 to {MAX_NAME} printable characters")
-    if not _FINGERPRINT.fullmatch(fingerprint):
+    if not FINGERPRINT.fullmatch(fingerprint):
         fail("corrupt metadata: shira.base_fingerprint is not 'sha256:' and 64 lowercase hex digits")
     if manifest is not None and fingerprint != manifest.base_fingerprint:
         fail(f"made for base {fingerprint[:19]}..., but this base is {manifest.base_fingerprint[:19]}... "
@@ -151,8 +144,7 @@ def _entry_fields(e, fail) -> tuple:
     if not isinstance(target, str) or not 0 < len(target) <= MAX_NAME:
         fail(f"corrupt tensor entry: target must be a non-empty string: {str(e)[:60]}")
     shape = e.get("shape")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
-            or not all(_is_int(d) and 1 <= d <= MAX_DIM for d in shape)):
+    if not valid_shape(shape):
         fail(f"{where}: shape must be 1 to {MAX_RANK} integers in [1, 2^31), got {str(shape)[:60]}")
     numel = 1
     for d in shape:
@@ -160,10 +152,10 @@ def _entry_fields(e, fail) -> tuple:
     if numel > MAX_NUMEL:
         fail(f"{where}: shape {shape} has more than 2^40 entries")
     nnz = e.get("nnz")
-    if not _is_int(nnz) or not 0 <= nnz <= numel:
+    if not is_int(nnz) or not 0 <= nnz <= numel:
         fail(f"{where}: nnz {str(nnz)[:30]} impossible for shape {shape}")
     crc = e.get("crc32")
-    if not _is_int(crc) or not 0 <= crc < 2**32:
+    if not is_int(crc) or not 0 <= crc < 2**32:
         fail(f"{where}: crc32 must be an integer in [0, 2^32)")
     icoding, vcoding = e.get("index_coding"), e.get("value_coding")
     if icoding not in INDEX_CODINGS:
@@ -191,7 +183,7 @@ def _entry_fields(e, fail) -> tuple:
         if set(params) != set(spec.get(coding, ())):
             fail(f"{where}: {label} of {coding} must hold exactly {list(spec.get(coding, ())) or 'nothing'}, "
                  f"got {sorted(params)[:5]}")
-    if icoding == "elias-fano" and (not _is_int(iparams["low_bits"]) or not 0 <= iparams["low_bits"] <= 40):
+    if icoding == "elias-fano" and (not is_int(iparams["low_bits"]) or not 0 <= iparams["low_bits"] <= 40):
         fail(f"{where}: low_bits must be an integer in [0, 40]")
     if icoding == "seed":
         seed = iparams["seed"]

@@ -1,6 +1,12 @@
 """Errors the runtime raises. Every message is one line that names the file (or adapter) and the problem."""
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An engine's exception as one line: ORT and ExecuTorch raise their own types with multi-line text."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 class ShiraError(Exception):
     """Base class of everything the runtime refuses."""
 

@@ -60,6 +60,15 @@ def check_placements(manifest, backend: str, buffers: dict[str, np.ndarray], art
                                 "the model again")
 
 
+def verify_placements(mode: str, manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file,
+                      threads=None) -> None:
+    """What `ShiraSession(verify=mode)` checks: "fast" the CRC-32s, "full" those and the SHA-256s, "off" nothing."""
+    if mode != "off":
+        check_placements(manifest, backend, buffers, artifact_file, threads)
+    if mode == "full":
+        check_sha256(manifest, backend, buffers, artifact_file)
+
+
 def check_sha256(manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file) -> None:
     """The slow, thorough check: SHA-256 of every weight in torch layout against the manifest."""
     for info in manifest.tensors.values():

@@ -22,7 +22,7 @@ LAYOUTS = ("identity", "transpose2d", "channels_last")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_DIM = 2**31 - 1
 MAX_RANK = 8
-_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")  # base_fingerprint, as manifests and adapter blobs carry it
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -120,12 +120,18 @@ class _Bad(Exception):
     """A field failed its check; load() turns it into one ManifestError line."""
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
+    """A JSON integer literal: not a float, not a bool."""
     return type(x) is int
 
 
+def valid_shape(x) -> bool:
+    """A torch shape as manifests and adapter blobs store it: 1 to MAX_RANK integers in [1, MAX_DIM]."""
+    return isinstance(x, list) and 1 <= len(x) <= MAX_RANK and all(is_int(d) and 1 <= d <= MAX_DIM for d in x)
+
+
 def _shape(x, where: str) -> tuple[int, ...]:
-    if not isinstance(x, list) or not 1 <= len(x) <= MAX_RANK or not all(_is_int(d) and 1 <= d <= MAX_DIM for d in x):
+    if not valid_shape(x):
         raise _Bad(f"{where}: shape must be a list of 1 to {MAX_RANK} integers in [1, 2^31), got {str(x)[:60]}")
     return tuple(x)
 
@@ -173,7 +179,7 @@ def _placement(p, tname: str, backend: str, torch_shape) -> Placement:
                    f"{list(torch_shape)}")
     offset = p.get("offset")
     if backend.startswith("executorch"):
-        if not _is_int(offset) or offset < 0:
+        if not is_int(offset) or offset < 0:
             raise _Bad(f"{where} {name}: offset must be a non-negative integer, got {str(offset)[:40]}")
     elif offset is not None:
         raise _Bad(f"{where} {name}: an offset is only meaningful for executorch")
@@ -181,7 +187,7 @@ def _placement(p, tname: str, backend: str, torch_shape) -> Placement:
     if type(reload) is not bool:
         raise _Bad(f"{where} {name}: reload must be true or false")
     crc = p.get("crc32")
-    if crc is not None and not (_is_int(crc) and 0 <= crc < 2**32):
+    if crc is not None and not (is_int(crc) and 0 <= crc < 2**32):
         raise _Bad(f"{where} {name}: crc32 must be an integer in [0, 2^32)")
     return Placement(name, shape, layout, offset, reload, crc)
 
@@ -211,7 +217,7 @@ def _io(x, where: str) -> list[dict]:
     for i in x:
         i = _dict(i, where)
         _str(i.get("name"), f"{where} name")
-        if not isinstance(i.get("shape"), list) or not all(_is_int(d) or isinstance(d, str) for d in i["shape"]):
+        if not isinstance(i.get("shape"), list) or not all(is_int(d) or isinstance(d, str) for d in i["shape"]):
             raise _Bad(f"{where} {i['name']}: shape must list integers or axis names")
     return x
 
@@ -235,11 +241,11 @@ def parse(raw, path: Path) -> Manifest:
             raise _Bad(f"not a JSON object but {type(raw).__name__}")
         if raw.get("format") != FORMAT:
             raise _Bad(f"not a SHiRA manifest (format={str(raw.get('format'))[:40]!r})")
-        if raw.get("format_version") != FORMAT_VERSION or not _is_int(raw.get("format_version")):
+        if raw.get("format_version") != FORMAT_VERSION or not is_int(raw.get("format_version")):
             raise _Bad(f"unsupported manifest version {str(raw.get('format_version'))[:20]!r}; this runtime reads "
                        f"version {FORMAT_VERSION}")
         fp = raw.get("base_fingerprint")
-        if not isinstance(fp, str) or not _FINGERPRINT.fullmatch(fp):
+        if not isinstance(fp, str) or not FINGERPRINT.fullmatch(fp):
             raise _Bad("base_fingerprint must be 'sha256:' and 64 lowercase hex digits")
         _artifacts(raw.get("artifacts"))
         if raw.get("sample") is not None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import manifest as manifest_mod
 from .adapter_file import Adapter, read_adapter
-from .errors import AdapterError, ManifestError, ShiraError
+from .errors import AdapterError, ManifestError, ShiraError, first_line
 from .integrity import VERIFY_MODES
 from .patcher import WeightPatcher
 from .prepack import PrepackedRebuilder
@@ -127,7 +127,7 @@ class ShiraSession:
                         self.backend.run(x, aliased=aliased)
                 except Exception as e:  # noqa: BLE001 - the engines raise their own types for a bad feed
                     raise ManifestError(f"{self.manifest.file(self.manifest.raw.get('sample', 'sample.npz'))}: the "
-                                        f"sample input does not run: {str(e).strip().splitlines()[0][:200]}") from None
+                                        f"sample input does not run: {first_line(e, 200)}") from None
                 runs = []
                 for _ in range(5):
                     t0 = time.perf_counter()

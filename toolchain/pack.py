@@ -31,6 +31,8 @@ from .atomic import write_bytes
 from .blob_writer import DEFAULT_VALUES, SparseDelta, encode_blob, value_error
 
 PEFT_PREFIX = "base_model.model."
+TRAIN_SIDE_FILE = "shira_train.json"  # shira-train's facts beside a PEFT checkpoint (mask seeds), kept out of
+# PEFT's adapter_config.json so PEFT loads the checkpoint without warnings
 PEFT_BYTES_PER_NNZ = 12  # int32 [2, nnz] indices + fp32 [nnz] values
 
 
@@ -79,7 +81,7 @@ def _peft_dir(src: Path) -> tuple[dict, dict[str, np.ndarray], Path]:
     cfg = _read_json(cfg_path)
     if not isinstance(cfg, dict):
         raise PackError(f"{cfg_path}: not a JSON object")
-    side = src / "shira_train.json"  # train.TRAIN_SIDE_FILE
+    side = src / TRAIN_SIDE_FILE
     if side.exists():
         extra = _read_json(side)
         seeds = extra.get("mask_seeds") if isinstance(extra, dict) else None

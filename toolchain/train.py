@@ -30,6 +30,7 @@ from . import peft_shira
 from .export import patchable_weights
 from .masks import MASKS, NEEDS_GRADIENTS, mask_indices
 from .model_source import ExportSubject
+from .pack import TRAIN_SIDE_FILE
 from .shira_conv import ShiraConv
 
 
@@ -216,9 +217,6 @@ def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress
         f"values, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {report['step_ms_median']:.1f} ms/step, optimizer state "
         f"{state_bytes:,} B -> {out_dir}")
     return model.eval(), report
-
-
-TRAIN_SIDE_FILE = "shira_train.json"  # this project's training facts, kept out of PEFT's adapter_config.json
 
 
 def save_checkpoint(model, info: dict, cfg: TrainConfig, report: dict, out_dir: Path) -> None:

@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from ..errors import ManifestError, ShiraError
+from ..errors import ManifestError, ShiraError, first_line
 
 NAME = "executorch"
 METHOD = "forward"
@@ -55,7 +55,7 @@ class PatchableProgram:
             self._program = Runtime.get().load_program(pte)
             self._method = self._program.load_method(METHOD)
         except Exception as e:  # noqa: BLE001 - ExecuTorch raises RuntimeError/ValueError with its own text
-            raise ManifestError(f"{source}: ExecuTorch cannot load it: {_first_line(e)}") from None
+            raise ManifestError(f"{source}: ExecuTorch cannot load it: {first_line(e)}") from None
         if getattr(self._program, "_data", None) is not pte:
             raise ShiraError(f"{source}: this ExecuTorch build copies the program; in-place patching is impossible")
 
@@ -81,11 +81,6 @@ class PatchableProgram:
     def close(self) -> None:
         self._method = None
         self._program = None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 def _read(path) -> bytes:
@@ -156,12 +151,9 @@ class ExecuTorchBackend:
                               for sp in info.placements.get(f"{NAME}-static", ())]
 
     def _check(self, backend: str, buffers: dict[str, np.ndarray], path) -> None:
-        from ..integrity import check_placements, check_sha256
+        from ..integrity import verify_placements
 
-        if self._verify != "off":
-            check_placements(self._manifest, backend, buffers, path, self._threads)
-        if self._verify == "full":
-            check_sha256(self._manifest, backend, buffers, path)
+        verify_placements(self._verify, self._manifest, backend, buffers, path, self._threads)
 
     def close(self) -> None:
         """Free both programs; the session object calls this once, from close()."""

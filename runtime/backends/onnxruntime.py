@@ -12,31 +12,25 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import ManifestError
+from ..errors import ManifestError, first_line
 from ..manifest import Manifest
 from ..safetensors_file import SafetensorsError, read_file
 
 NAME = "onnxruntime"
 
 
-def _load_error(path, e: Exception) -> ManifestError:
-    """ORT raises its own exception types (InvalidProtobuf, NoSuchFile, Fail...) with multi-line text."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return ManifestError(f"{path}: ONNX Runtime cannot load it: {first[:300]}")
-
-
 def create_session(path, opts: ort.SessionOptions) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - see _load_error
-        raise _load_error(path, e) from None
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, NoSuchFile, Fail...)
+        raise ManifestError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from None
 
 
 class OnnxRuntimeBackend:
     name = NAME
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast"):
-        from ..integrity import check_placements, check_sha256
+        from ..integrity import verify_placements
 
         art = manifest.artifact(NAME)
         root = manifest.root
@@ -59,10 +53,7 @@ class OnnxRuntimeBackend:
                     raise ManifestError(f"{weights_path}: buffer {p.name!r} is {arr.dtype}{list(arr.shape)}, "
                                         f"manifest says float32{list(p.shape)}")
                 self.buffers[p.name] = arr.reshape(-1)
-        if verify != "off":  # before any engine sees the bytes
-            check_placements(manifest, NAME, self.buffers, weights_path, threads)
-        if verify == "full":
-            check_sha256(manifest, NAME, self.buffers, weights_path)
+        verify_placements(verify, manifest, NAME, self.buffers, weights_path, threads)  # before any engine sees them
         for name, buf in self.buffers.items():
             self._ort_values[name] = ort.OrtValue.ortvalue_from_numpy(buf.reshape(self._weights_file.tensors[name].shape))
         self._threads = threads
