@@ -8,7 +8,7 @@ rm -rf "$assets" && mkdir -p "$assets/base" "$assets/styles"
 "$py" - "$assets" <<'PY'
 import sys
 from pathlib import Path
-from shira_toolchain.web_demo import default_image, prepare_base, styles_dir
+from shira_demos.web_demo import default_image, prepare_base, styles_dir
 from PIL import Image
 import numpy as np, shutil
 

@@ -12,6 +12,7 @@ class ModelSpec:
     """Everything the toolchain needs to know about a model to export and adapt it."""
 
     name: str
+    family: str  # "causal-lm" (input_ids -> logits, LM tasks) or "image" ([N,3,H,W] -> [N,3,H,W], image tasks)
     build: Callable[[], torch.nn.Module]  # returns the module in eval mode, deterministic weights
     example_inputs: Callable[[], dict[str, torch.Tensor]]  # ordered: the forward() argument order
     output_names: list[str]
@@ -26,6 +27,7 @@ def _tiny_llama() -> ModelSpec:
 
     return ModelSpec(
         name="tiny-llama",
+        family="causal-lm",
         build=tiny_llama.build,
         example_inputs=tiny_llama.example_inputs,
         output_names=["logits"],
@@ -39,6 +41,7 @@ def _style_net() -> ModelSpec:
 
     return ModelSpec(
         name="style-net",
+        family="image",
         build=style_net.build,
         example_inputs=style_net.example_inputs,
         output_names=["styled"],

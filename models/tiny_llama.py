@@ -62,7 +62,3 @@ def build(trained: bool = True) -> torch.nn.Module:
 def example_inputs() -> dict[str, torch.Tensor]:
     text = b"Sparse high rank adapters switch fast."
     return {"input_ids": torch.tensor([list(text[:32])], dtype=torch.int64)}
-
-
-def encode(text: str) -> torch.Tensor:
-    return torch.tensor([list(text.encode("utf-8"))], dtype=torch.int64)

@@ -13,9 +13,24 @@ warnings.filterwarnings("ignore")
 logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
+TASKS = {"tiny-llama": ("zen", "json-doc"), "style-net": ("invert", "warm")}  # two adapters per built-in
+
+
+EXPORTED = {"llama", "stylenet", "built"}  # fixtures that export a model and train adapters (minutes)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` = not in the inner loop: long or fuzz runs, and every test that needs an exported model."""
+    for item in items:
+        if (item.get_closest_marker("long") or item.get_closest_marker("fuzz")
+                or EXPORTED & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class Built:
     name: str
+    family: str  # "causal-lm" | "image"
     subject: object  # ExportSubject
     base_dir: Path
     peft_dirs: dict  # task -> PEFT checkpoint dir
@@ -25,7 +40,7 @@ class Built:
 
 def _build(name: str, tmp: Path) -> Built:
     from shira_models import get_spec
-    from shira_toolchain import peft_shira
+    from shira_toolchain.train import peft_shira
     from shira_toolchain.export import export_model
     from shira_toolchain.model_source import resolve
     from shira_toolchain.pack import pack_peft_shira
@@ -35,14 +50,14 @@ def _build(name: str, tmp: Path) -> Built:
     export_model(subject, base, log=lambda *a: None)
     spec = get_spec(name)
     peft_dirs, blobs = {}, {}
-    for i, task in enumerate(peft_shira.TASKS[name]):
+    for i, task in enumerate(TASKS[name]):
         peft_dirs[task] = tmp / "peft" / task
-        peft_shira.train_shira(name, subject.model, task, peft_dirs[task], spec.peft_targets, r=1, steps=8, seed=i,
+        peft_shira.train_shira(spec.family, subject.model, task, peft_dirs[task], spec.peft_targets, r=1, steps=8, seed=i,
                                log=lambda *a: None)
         blobs[task] = pack_peft_shira(peft_dirs[task], base, tmp / f"{task}.shira").out
     sample = np.load(base / "sample.npz")
     inputs = {k.removeprefix("input:"): sample[k] for k in sample.files if k.startswith("input:")}
-    return Built(name, subject, base, peft_dirs, blobs, inputs)
+    return Built(name, spec.family, subject, base, peft_dirs, blobs, inputs)
 
 
 @pytest.fixture(scope="session")

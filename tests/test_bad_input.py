@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shira_runtime import AdapterError, ShiraSession, read_adapter
-from shira_toolchain.blob_writer import SparseDelta, encode_blob
+from shira_format.adapter import SparseTensor, encode_adapter
 from shira_toolchain.pack import PackError, pack_peft_shira
 
 from .helpers import snapshot, write_peft_layout_checkpoint
@@ -23,7 +23,7 @@ def session_with_active(llama, backend):
 def _good_delta(sess, target="model.layers.0.self_attn.q_proj.weight", nnz=20):
     shape = sess.manifest.tensors[target].shape
     idx = np.sort(np.random.default_rng(0).choice(int(np.prod(shape)), nnz, replace=False))
-    return SparseDelta(target, shape, idx, np.full(nnz, 0.25, np.float32))
+    return SparseTensor(target, shape, idx, np.full(nnz, 0.25, np.float32))
 
 
 def _refused(sess, blob, tmp_path, needle: str):
@@ -40,7 +40,7 @@ def _refused(sess, blob, tmp_path, needle: str):
 
 def test_wrong_base_fingerprint(session_with_active, tmp_path):
     s = session_with_active
-    blob = encode_blob("x", "sha256:" + "0" * 64, [_good_delta(s)], "f32", "flat-u32")
+    blob = encode_adapter("x", "sha256:" + "0" * 64, [_good_delta(s)], "f32", "flat-u32")
     _refused(s, blob, tmp_path, "made for base")
 
 
@@ -65,28 +65,28 @@ def test_out_of_range_index(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
     d.indices[-1] = int(np.prod(d.shape))
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "out of range")
+    _refused(s, encode_adapter("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "out of range")
 
 
 def test_nan_value(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
     d.values[3] = np.nan
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "non-finite")
+    _refused(s, encode_adapter("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "non-finite")
 
 
 def test_unknown_module(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
-    d = SparseDelta("model.layers.9.mlp.up_proj.weight", d.shape, d.indices, d.values)
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "not a patchable tensor")
+    d = SparseTensor("model.layers.9.mlp.up_proj.weight", d.shape, d.indices, d.values)
+    _refused(s, encode_adapter("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "not a patchable tensor")
 
 
 def test_unsorted_or_duplicate_indices(session_with_active, tmp_path):
     s = session_with_active
     d = _good_delta(s)
     d.indices[5] = d.indices[4]
-    _refused(s, encode_blob("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "strictly increasing")
+    _refused(s, encode_adapter("x", s.manifest.base_fingerprint, [d], "f32", "flat-u32"), tmp_path, "strictly increasing")
 
 
 def test_unknown_version(session_with_active, llama, tmp_path):
@@ -150,7 +150,7 @@ def test_pack_accepts_windows_float_indices(llama, tmp_path):
 
 
 def test_blob_metadata_is_bound_to_base(llama):
-    from shira_runtime.safetensors_file import read_file
+    from shira_format.safetensors_file import read_file
 
     meta = read_file(llama.blobs["zen"]).metadata
     manifest = json.loads((llama.base_dir / "manifest.json").read_text())

@@ -1,14 +1,14 @@
 """`shira-bench` smoke test: the JSON's structure and that every measurement is a real sample, not its speed."""
 import pytest
-from shira_toolchain.bench import bench_model, markdown, plot
-from shira_toolchain.bench_scaling import bench_size, copy_bandwidth
+from shira_toolchain.bench.run import bench_model, markdown, plot
+from shira_toolchain.bench.scaling import bench_size, copy_bandwidth
 
 
 def _is_sample(s) -> bool:
     return s["n"] == len(s["samples_ms"]) >= 1 and s["min_ms"] <= s["median_ms"] <= s["max_ms"] and s["min_ms"] > 0
 
 
-@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
+@pytest.mark.long  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_bench_structure(tmp_path):
     r = bench_model("style-net", tmp_path, repeats=3, threads=1, log=lambda *a: None)
     assert {"shira_onnxruntime", "patch_kernel_onnxruntime", "shira_executorch", "peft_lora_unmerge_merge",
@@ -20,11 +20,11 @@ def test_bench_structure(tmp_path):
     assert all(_is_sample(s) for s in samples)
     assert set(r["fusion"]) == {f"shira_{b}_{k}" for b in ("onnxruntime", "executorch") for k in (2, 3, 4)}
     assert set(r["inference"]) == {"64x64", "256x256"}
-    ort_rows = {"constant_weights_ort", "shira_aliased_ort", "shira_two_phase_ort", "lora_unfused_ort", "ort_lora_adapter"}
-    assert set(r["inference"]["64x64"]) == ort_rows | {"constant_weights_et", "shira_aliased_et", "shira_two_phase_et"}
+    ort_rows = {"prepacked_base_ort", "shira_patchable_ort", "shira_two_phase_ort", "lora_unfused_ort", "ort_lora_adapter"}
+    assert set(r["inference"]["64x64"]) == ort_rows | {"prepacked_base_et", "shira_patchable_et", "shira_two_phase_et"}
     assert set(r["inference"]["256x256"]) == set(r["inference"]["64x64"])  # the style .pte keeps dynamic H/W
     for b, t in r["two_phase"].items():
-        assert t["extra_bytes"] > 0 and {"aliased_ms", "prepacked_ms", "ratio"} <= set(t["auto_calibration"])
+        assert t["extra_bytes"] > 0 and {"patchable_ms", "prepacked_ms", "ratio"} <= set(t["auto_calibration"])
     assert r["size"]["blob_f16"] < r["size"]["peft_shira"] and r["size"]["onnx_adapter"] > 0
 
     bw = copy_bandwidth(16 << 20, repeats=2)
@@ -36,7 +36,7 @@ def test_bench_structure(tmp_path):
               "threads": 1, "repeats": 3, "models": [r],
               "scaling": {"copy_bandwidth_gbps": bw / 1e9, "rows": [row]}}
     md = markdown(report)
-    assert "| style-net | shira_onnxruntime |" in md and "vs constant-weight" in md
+    assert "| style-net | shira_onnxruntime |" in md and "vs prepacked base" in md
     assert "| style-net | onnxruntime | 4 |" in md and "| llama-10M | float16 |" in md
     assert "## Two-phase switching" in md and "## Against the targets" in md
     plot(report, tmp_path / "b.png")

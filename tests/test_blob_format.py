@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shira_runtime import AdapterError, read_adapter
-from shira_runtime.codings import ef_low_bits, ef_sizes, seeded_indices
-from shira_toolchain.blob_writer import SparseDelta, choose_index_coding, encode_blob
+from shira_format.codings import ef_low_bits, ef_sizes, seeded_indices
+from shira_format.adapter import SparseTensor, encode_adapter
+from shira_format.codings import choose_index_coding
 
 FP = "sha256:" + "5a" * 32
 
@@ -69,8 +70,8 @@ def test_every_coding_round_trips(mask, vcoding):
     idx, seed, icodings = MASKS[mask]
     v = _values(idx.size)
     for icoding in icodings:
-        d = SparseDelta("layer.weight", SHAPE, idx.astype(np.int64), v, seed=seed)
-        a = read_adapter(encode_blob("t", FP, [d], vcoding, icoding))
+        d = SparseTensor("layer.weight", SHAPE, idx.astype(np.int64), v, seed=seed)
+        a = read_adapter(encode_adapter("t", FP, [d], vcoding, icoding))
         t = a.tensors["layer.weight"]
         assert t.index_coding == icoding and t.value_coding == vcoding
         np.testing.assert_array_equal(t.indices, idx)
@@ -78,11 +79,11 @@ def test_every_coding_round_trips(mask, vcoding):
 
 
 def test_auto_coding_picks_the_smallest_applicable():
-    pick = {m: choose_index_coding(SparseDelta("w", SHAPE, idx.astype(np.int64), _values(idx.size), seed=s))
+    pick = {m: choose_index_coding(SparseTensor("w", SHAPE, idx.astype(np.int64), _values(idx.size), seed=s))
             for m, (idx, s, _) in MASKS.items()}
     assert pick["seeded"] == "seed" and pick["struct"] == "rowcol" and pick["random-1%"] == "elias-fano"
     big = np.sort(np.random.default_rng(3).choice(NUMEL, NUMEL // 2, replace=False))
-    assert choose_index_coding(SparseDelta("w", SHAPE, big, _values(big.size))) == "bitmap"
+    assert choose_index_coding(SparseTensor("w", SHAPE, big, _values(big.size))) == "bitmap"
 
 
 def test_size_targets_on_a_realistic_layer_set_at_one_percent():
@@ -95,8 +96,8 @@ def test_size_targets_on_a_realistic_layer_set_at_one_percent():
     for name, shape in shapes.items():
         numel = int(np.prod(shape))
         idx = np.sort(rng.choice(numel, numel // 100, replace=False))
-        deltas.append(SparseDelta(name, shape, idx, rng.normal(0, 1e-3, idx.size).astype(np.float32)))
-    blob = encode_blob("size", FP, deltas)  # defaults: auto indices, f16 values
+        deltas.append(SparseTensor(name, shape, idx, rng.normal(0, 1e-3, idx.size).astype(np.float32)))
+    blob = encode_adapter("size", FP, deltas)  # defaults: auto indices, f16 values
     a = read_adapter(blob)
     nnz = a.nnz
     index_bytes = sum(sum(ef_sizes(int(np.prod(t.shape)), t.indices.size,
@@ -108,10 +109,10 @@ def test_size_targets_on_a_realistic_layer_set_at_one_percent():
 
 def _sample_blob() -> bytes:
     rng = np.random.default_rng(9)
-    ds = [SparseDelta("a.weight", SHAPE, MASKS["random-30%"][0], _values(576)),
-          SparseDelta("b.weight", SHAPE, MASKS["struct"][0], _values(MASKS["struct"][0].size)),
-          SparseDelta("c.weight", (8, 4, 3, 3), np.sort(rng.choice(288, 20, replace=False)), _values(20))]
-    return encode_blob("fuzz", FP, ds, "int8-row")
+    ds = [SparseTensor("a.weight", SHAPE, MASKS["random-30%"][0], _values(576)),
+          SparseTensor("b.weight", SHAPE, MASKS["struct"][0], _values(MASKS["struct"][0].size)),
+          SparseTensor("c.weight", (8, 4, 3, 3), np.sort(rng.choice(288, 20, replace=False)), _values(20))]
+    return encode_adapter("fuzz", FP, ds, "int8-row")
 
 
 SAMPLE = _sample_blob()
@@ -163,7 +164,7 @@ def test_fuzz_header_edits_never_crash(data):
         e[data.draw(st.sampled_from(sorted(e)))] = data.draw(junk)
         meta["shira.tensors"] = json.dumps(entries, separators=(",", ":"))
         if data.draw(st.booleans()):  # an adversary who also fixes the header checksum
-            from shira_runtime.adapter_file import header_crc32
+            from shira_format.adapter import header_crc32
 
             crc_fixed = True
             meta["shira.header_crc32"] = str(header_crc32(meta["shira.name"], meta["shira.base_fingerprint"],

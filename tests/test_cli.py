@@ -42,7 +42,7 @@ def test_export_pack_roundtrip_and_errors(llama, tmp_path):
     assert r.returncode == 2 and "not a built-in model" in r.stderr
 
 
-@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
+@pytest.mark.long  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_demo_command_runs_end_to_end(tmp_path):
     r = _run("shira", "demo", "--model", "style-net", "--steps", "5", "--out", str(tmp_path / "d"), "--threads", "2")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from shira_runtime import ShiraSession, read_adapter
-from shira_toolchain import photos
-from shira_toolchain.demo_models import psnr
-from shira_toolchain.styles import STYLES
+from shira_toolchain.train import photos
+from shira_demos.demo_models import psnr
+from shira_toolchain.train.styles import STYLES
 
 STYLE_DIR = Path(__file__).resolve().parents[1] / "models" / "styles"
 LEARNED = {"sepia": 25.0, "blue-fire": 25.0, "pencil": 12.0}  # PSNR floors on the held-out photo
@@ -53,7 +53,7 @@ LM_FLOORS = {"upper": 0.8, "reverse": 0.25, "vowels": 0.35}
 
 
 def _runtime_accuracy(sess, task: str, n: int = 32) -> float:
-    from shira_toolchain import lm_tasks
+    from shira_toolchain.train import lm_text as lm_tasks
 
     b = lm_tasks.task_batch(task, torch.Generator().manual_seed(7), n, held_out=True)
     ids, gold = b["input_ids"].numpy(), b["labels"][:, 1:].numpy()

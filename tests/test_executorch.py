@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shira_runtime import ShiraSession
-from shira_toolchain import peft_shira
+from shira_toolchain.train import peft_shira
 from shira_toolchain.pack import pack_peft_shira
 
 from .helpers import patched_copy, random_sparse, write_peft_layout_checkpoint
@@ -33,7 +33,7 @@ def test_linear_patch_reaches_the_loaded_xnnpack_method_without_reload(llama):
     assert program.reloads == 0 and program._method is method  # same loaded method, no reload
     assert np.max(np.abs(after - before)) > 1e-3
     peft_model = peft_shira.load_peft(llama.subject.model, {"zen": llama.peft_dirs["zen"]})
-    ref = peft_shira.reference_output("tiny-llama", peft_shira.merged_model(peft_model, llama.subject.model, {"zen": 1}),
+    ref = peft_shira.reference_output("causal-lm", peft_shira.merged_model(peft_model, llama.subject.model, {"zen": 1}),
                                       llama.inputs)
     np.testing.assert_allclose(after, ref, atol=2e-5, rtol=1e-5)
 
@@ -51,7 +51,7 @@ def test_conv_patch_reloads_the_method_once_per_switch(stylenet, tmp_path):
     sess.switch("conv")  # restores lin (live) and writes conv (packed): one reload
     assert prog.reloads == 1
     out = sess.run(stylenet.inputs)["styled"]
-    ref = peft_shira.reference_output("style-net", patched_copy(stylenet.subject.model, conv), stylenet.inputs)
+    ref = peft_shira.reference_output("image", patched_copy(stylenet.subject.model, conv), stylenet.inputs)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
     sess.reset()  # conv restored: another reload, base output again
     assert prog.reloads == 2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shira_runtime import ShiraSession
-from shira_runtime.manifest import load as load_manifest
+from shira_format.manifest import load as load_manifest
 from shira_toolchain.export import ExportError, export_model
 from shira_toolchain.model_source import ModelSourceError, resolve
 
@@ -13,9 +13,8 @@ QUIET = dict(log=lambda *a: None)
 
 
 def test_manifest_records_every_linear_and_conv_weight_with_layouts(built):
-    m = load_manifest(built.base_dir)
-    raw = m.raw
-    assert raw["format"] == "shira-manifest" and raw["format_version"] == 1
+    m = load_manifest(built.base_dir)  # the strict reader accepts what export wrote
+    raw = json.loads((built.base_dir / "manifest.json").read_text())
     assert raw["base_fingerprint"].startswith("sha256:") and len(raw["base_fingerprint"]) == 71
     assert {"shira", "torch", "onnx", "onnxruntime"} <= set(raw["created_by"])
     errors = raw["export_check"]["max_abs_error"]
@@ -48,7 +47,7 @@ def test_weights_file_holds_the_stated_layout(built, backend):
 
 
 def test_index_maps_agree_with_numpy_layouts():
-    from shira_runtime.manifest import Placement
+    from shira_format.manifest import Placement
 
     rng = np.random.default_rng(0)
     for shape, layout, to_stored in (((5, 7), "transpose2d", lambda a: a.T),
@@ -148,7 +147,7 @@ def test_local_hugging_face_directory(tmp_path):
     assert man["export_check"]["max_abs_error"]["onnxruntime"] < 1e-4
 
 
-@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
+@pytest.mark.long  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_reexport_replaces_files_atomically(stylenet, tmp_path):
     import shutil
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shira_runtime import AdapterError, read_adapter
-from shira_runtime.codings import seeded_indices
-from shira_toolchain.blob_writer import SparseDelta, encode_blob
+from shira_format.codings import seeded_indices
+from shira_format.adapter import SparseTensor, encode_adapter
 
 from .reference.shira_reference import RefError, read_blob
 
@@ -28,10 +28,10 @@ FP = "sha256:" + "c3" * 32
 def _blob() -> bytes:
     rng = np.random.default_rng(3)
     vals = lambda n, s: np.round(np.random.default_rng(s).normal(0, 0.1, n), 3).astype(np.float32)  # noqa: E731
-    return encode_blob("hostile", FP, [
-        SparseDelta("a.weight", (16, 12), np.sort(rng.choice(192, 11, replace=False)), vals(11, 1)),
-        SparseDelta("b.weight", (8, 3, 3, 3), seeded_indices(77, 216, 9), vals(9, 2), seed=77),
-        SparseDelta("c.weight", (6, 10), np.flatnonzero(np.arange(60) % 10 == 0), vals(6, 3)),
+    return encode_adapter("hostile", FP, [
+        SparseTensor("a.weight", (16, 12), np.sort(rng.choice(192, 11, replace=False)), vals(11, 1)),
+        SparseTensor("b.weight", (8, 3, 3, 3), seeded_indices(77, 216, 9), vals(9, 2), seed=77),
+        SparseTensor("c.weight", (6, 10), np.flatnonzero(np.arange(60) % 10 == 0), vals(6, 3)),
     ], "int8")
 
 

@@ -42,7 +42,7 @@ def _flip_inside_first_weight(d: Path, backend: str) -> None:
     m = json.loads((d / "manifest.json").read_text())
     _, p = _first(m, backend)
     if backend == "onnxruntime":
-        from shira_runtime.safetensors_file import read_file
+        from shira_format.safetensors_file import read_file
 
         st = read_file(d / "weights.safetensors")
         pos = st.data_start + st.tensors[p["name"]].start + 40
@@ -68,7 +68,11 @@ DAMAGE = {
     'an ExecuTorch offset "12"': (lambda d: _edit_manifest(d, lambda m: _first(m, "executorch")[1].__setitem__(
         "offset", "12")), "both", "manifest.json"),
     "an artifact path leaving the directory": (lambda d: _edit_manifest(d, lambda m: m["artifacts"]["onnxruntime"]
-                                               .__setitem__("model", "../model.onnx")), "both", "manifest.json"),
+                                               .__setitem__("patchable", "../model.onnx")), "both", "manifest.json"),
+    "a version-1 manifest (an older export)": (lambda d: _edit_manifest(d, lambda m: m.__setitem__("format_version", 1)),
+                                               "both", "manifest.json"),
+    "an unknown runtime in artifacts": (lambda d: _edit_manifest(d, lambda m: m["artifacts"].__setitem__(
+        "executorch-static", {"patchable": "model.pte"})), "both", "manifest.json"),
     "model.onnx truncated": (lambda d: _truncate(d / "model.onnx"), "onnxruntime", "model.onnx"),
     "model.onnx garbage": (lambda d: (d / "model.onnx").write_bytes(b"\x00garbage" * 100), "onnxruntime",
                            "model.onnx"),
@@ -103,7 +107,7 @@ def test_damage_is_refused_naming_the_file(llama, tmp_path, damage, prepack):
         assert "\n" not in msg and file in msg, msg
 
 
-@pytest.mark.parametrize("backend,file", [("onnxruntime", "model_prepacked.onnx"), ("executorch", "model_static.pte")])
+@pytest.mark.parametrize("backend,file", [("onnxruntime", "model_prepacked.onnx"), ("executorch", "model_prepacked.pte")])
 def test_damaged_packed_engine_file(llama, tmp_path, backend, file):
     """Refused where it is read (auto, background); not read, so no obstacle, with prepack="off"."""
     d = _copy(llama, tmp_path)
@@ -171,6 +175,6 @@ def test_close_stops_threads_frees_engines_and_refuses_later_calls(llama, backen
 def test_stop_two_phase_keeps_the_session_open(llama):
     with ShiraSession(llama.base_dir, prepack="background") as s:
         s.stop_two_phase()
-        assert s.mode == "aliased" and s.rebuilder is None and not s.closed
+        assert s.mode == "patchable" and s.rebuilder is None and not s.closed
         out = s.run(llama.inputs)
         assert np.isfinite(next(iter(out.values()))).all()

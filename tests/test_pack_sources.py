@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shira_runtime import ShiraSession, read_adapter
-from shira_runtime.codings import seeded_indices
+from shira_format.codings import seeded_indices
 from shira_toolchain.pack import PackError, pack_adapter
 
 from .helpers import write_peft_layout_checkpoint

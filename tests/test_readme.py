@@ -68,7 +68,7 @@ def test_python_snippet_runs_verbatim_20_times_and_exits_cleanly(llama, tmp_path
     _snippet_runs(tmp_path, 20)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_tool_lines_then_snippet_then_training_run_in_a_fresh_directory(tmp_path):
     for line in shell_lines(block("## The tools", "sh")):
         r = _sh(line, tmp_path)
@@ -104,7 +104,7 @@ def test_times_in_help_name_their_machine(cmd):
 
 
 def test_demo_folders_do_not_collide():
-    from shira_toolchain.cli import demo_cmd
+    from shira_demos.cli import demo_cmd
 
     out = next(p for p in demo_cmd.params if p.name == "out_dir")
     assert out.default is None and "shira-demo/MODEL" in out.help

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 
-from shira_toolchain.report import interference, style_report
+from shira_demos.report import interference, style_report
 
 
 def test_style_report_structure(tmp_path):
@@ -38,9 +38,9 @@ def test_interference_measures():
     assert np.isclose(awom, 1.0) and np.isclose(awor, 0.75)
 
 
-@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
+@pytest.mark.long  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_training_cost_measures_each_method_in_its_own_process():
-    from shira_toolchain.train_cost import measure
+    from shira_demos.train_cost import measure
 
     shira = measure("style-net", "sepia", "shira-snip", r=1, steps=4)
     lora = measure("style-net", "sepia", "lora", r=1, steps=4)

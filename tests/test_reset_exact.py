@@ -4,7 +4,7 @@ import random
 import numpy as np
 
 from shira_runtime import ShiraSession
-from shira_runtime.safetensors_file import read_file
+from shira_format.safetensors_file import read_file
 
 from .helpers import snapshot
 

@@ -44,3 +44,93 @@ def test_runtime_sources_import_neither_torch_nor_toolchain():
             if re.match(r"\s*(import|from)\s+(torch|shira_toolchain|toolchain)\b", line):
                 offenders.append(f"{p.name}: {line.strip()}")
     assert not offenders, offenders
+
+
+def _imports(path):
+    """Absolute module names a Python file imports (relative imports resolved against its package)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    name = _module_name(path)
+    pkg = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - node.level + 1]
+                mods = [node.module] if node.module else [a.name for a in node.names]
+                out |= {".".join(base + [m]) for m in mods}
+            else:
+                out.add(node.module)
+    return out
+
+
+from pathlib import Path as _Path  # noqa: E402
+
+ROOT = _Path(__file__).resolve().parents[1]
+PACKAGE_OF = {"toolchain": "shira_toolchain", "demos": "shira_demos", "models": "shira_models"}
+
+
+def _module_name(path):
+    rel = path.relative_to(ROOT)
+    if rel.parts[0] == "runtime":
+        parts = list(rel.parts[1:])
+    else:
+        parts = [PACKAGE_OF[rel.parts[0]], *rel.parts[1:]]
+    parts[-1] = parts[-1].removesuffix(".py")
+    return ".".join(p for p in parts if p != "__init__")
+
+
+def test_the_house_imports_one_way():
+    """format <- runtime <- toolchain <- demos, never back: the format package needs only numpy, the runtime
+    never reaches into the toolchain, the product never into the demos; and no module imports run in a loop."""
+    files = [p for d in ("runtime", "toolchain", "demos", "models") for p in (ROOT / d).rglob("*.py")
+             if "pyproject" not in p.name]
+    graph = {}
+    for f in files:
+        name = _module_name(f)
+        graph[name] = {i for i in _imports(f) if i.split(".")[0].startswith("shira_")}
+        top = name.split(".")[0]
+        tops = {i.split(".")[0] for i in _imports(f)}
+        if top == "shira_format":
+            third = {t for t in tops if not t.startswith("shira_format")} - set(sys.stdlib_module_names)
+            assert third <= {"numpy", "safetensors", "ml_dtypes"}, (name, third)  # the two only in the writer, lazily
+        allowed = {"shira_format": {"shira_format"}, "shira_runtime": {"shira_format", "shira_runtime"},
+                   "shira_toolchain": {"shira_format", "shira_runtime", "shira_toolchain", "shira_models"},
+                   "shira_models": {"shira_models"}}.get(top)
+        if allowed is not None:
+            assert {t for t in tops if t.startswith("shira_")} <= allowed, (name, tops)
+
+    def resolve(mod):  # `from pkg import sub` and `from pkg.sub import name` both reach a module we know
+        while mod and mod not in graph:
+            mod = mod.rpartition(".")[0]
+        return mod
+
+    edges = {m: {resolve(i) for i in deps} - {m, ""} for m, deps in graph.items()}
+    # a package's __init__ importing its own submodules is not a loop back up
+    edges = {m: {d for d in ds if not (d.startswith(m + ".") or m.startswith(d + ".") and d in graph and
+                                        _is_init(d))} for m, ds in edges.items()}
+    seen, stack, loops = set(), [], []
+
+    def visit(m):
+        if m in stack:
+            loops.append(stack[stack.index(m):] + [m])
+            return
+        if m in seen:
+            return
+        seen.add(m)
+        stack.append(m)
+        for d in sorted(edges.get(m, ())):
+            visit(d)
+        stack.pop()
+
+    for m in sorted(edges):
+        visit(m)
+    assert not loops, loops[:3]
+
+
+def _is_init(mod):
+    return any(_module_name(p) == mod and p.name == "__init__.py"
+               for d in ("runtime", "toolchain", "demos", "models") for p in (ROOT / d).rglob("__init__.py"))

@@ -2,7 +2,7 @@
 import numpy as np
 
 from shira_runtime import ShiraSession
-from shira_toolchain import peft_shira
+from shira_toolchain.train import peft_shira
 from shira_toolchain.pack import pack_peft_shira
 
 from .helpers import patched_copy, random_sparse, write_peft_layout_checkpoint
@@ -11,7 +11,7 @@ SCALE_PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": 0.7, "b": -0.
 
 
 def test_runtime_equals_peft_merged_model_after_each_switch_and_fusion(built, backend):
-    sess = ShiraSession(built.base_dir, backend=backend, prepack="off")  # the aliased engine alone
+    sess = ShiraSession(built.base_dir, backend=backend, prepack="off")  # the patchable engine alone
     a, b = list(built.blobs)
     for task, path in built.blobs.items():
         sess.load(path, name=task)
@@ -24,7 +24,7 @@ def test_runtime_equals_peft_merged_model_after_each_switch_and_fusion(built, ba
         scales = {{"a": a, "b": b}[k]: v for k, v in plan.items()}
         sess.fuse(scales)
         out = sess.run(built.inputs)[out_name]
-        ref = peft_shira.reference_output(built.name, peft_shira.merged_model(peft_model, built.subject.model, scales),
+        ref = peft_shira.reference_output(built.family, peft_shira.merged_model(peft_model, built.subject.model, scales),
                                           built.inputs)
         np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5, err_msg=f"after fuse({scales})")
         if scales:  # the patch is visible in the very next run of the same session
@@ -50,7 +50,7 @@ def test_conv_and_linear_weights_patch_in_place(stylenet, tmp_path, backend):
         sess.fuse({"conv": scale})
         ref = patched_copy(stylenet.subject.model, modules, scale)
         out = sess.run(stylenet.inputs)["styled"]
-        np.testing.assert_allclose(out, peft_shira.reference_output("style-net", ref, stylenet.inputs),
+        np.testing.assert_allclose(out, peft_shira.reference_output("image", ref, stylenet.inputs),
                                    atol=2e-5, rtol=1e-5)
 
 
@@ -68,7 +68,7 @@ def test_fusion_sums_overlapping_deltas(stylenet, tmp_path, backend):
     ref = patched_copy(patched_copy(stylenet.subject.model, {"mix.0": (r1, c1, v1)}, 0.5), {"mix.0": (r2, c2, v2)}, 2.0)
     np.testing.assert_allclose(sess.weight("mix.0.weight"), ref.mix[0].weight.detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(sess.run(stylenet.inputs)["styled"],
-                               peft_shira.reference_output("style-net", ref, stylenet.inputs), atol=2e-5, rtol=1e-5)
+                               peft_shira.reference_output("image", ref, stylenet.inputs), atol=2e-5, rtol=1e-5)
 
 
 def test_fan_in_fan_out_checkpoint_addresses_the_stored_transpose(tmp_path):

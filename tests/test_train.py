@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from shira_runtime import ShiraSession, read_adapter
-from shira_runtime.codings import seeded_indices
-from shira_toolchain import peft_shira
-from shira_toolchain.masks import layer_seed
+from shira_format.codings import seeded_indices
+from shira_toolchain.train import peft_shira
+from shira_toolchain.train.masks import layer_seed
 from shira_toolchain.model_source import resolve
 from shira_toolchain.pack import pack_adapter
 from shira_toolchain.train import TrainConfig, calibration_scores, train
@@ -78,7 +78,7 @@ def test_lm_adapter_learns_and_peft_loads_its_linear_part(llama, tmp_path):
     assert sum(p.numel() for n, p in peft_model.named_parameters() if "shira_weight" in n) == rep["trainable_values"]
 
 
-@pytest.mark.slow  # end to end, 20-60 s: in the CI's second run (README, Test)
+@pytest.mark.long  # end to end, 20-60 s: in the CI's second run (README, Test)
 def test_cli(tmp_path):
     exe = Path(sys.executable).parent / "shira-train"
     r = subprocess.run([str(exe), "style-net", "--task", "invert", "--mask", "grad", "--steps", "2",

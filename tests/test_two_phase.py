@@ -1,9 +1,9 @@
-"""Two-phase switching: correct at once on the aliased engine, then a prepacked engine with the same weights."""
+"""Two-phase switching: correct at once on the patchable engine, then a prepacked engine with the same weights."""
 import numpy as np
 import pytest
 
 from shira_runtime import ShiraSession
-from shira_toolchain import peft_shira
+from shira_toolchain.train import peft_shira
 
 PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {}]
 
@@ -19,20 +19,20 @@ def test_prepacked_engine_equals_peft_merged_model_after_each_switch(built, back
     for plan in PLANS:
         scales = {{"a": a, "b": b}[k]: v for k, v in plan.items()}
         sess.fuse(scales)
-        ref = peft_shira.reference_output(built.name, peft_shira.merged_model(peft_model, built.subject.model, scales),
+        ref = peft_shira.reference_output(built.family, peft_shira.merged_model(peft_model, built.subject.model, scales),
                                           built.inputs)
-        aliased = sess.backend.run(built.inputs, aliased=True)[out_name]
+        live = sess.backend.run(built.inputs, patchable=True)[out_name]
         assert sess.wait_full_speed(30), sess.rebuilder.last_error
         assert sess.backend.prepacked is not None
         fast = sess.run(built.inputs)[out_name]
-        np.testing.assert_allclose(aliased, ref, atol=2e-5, rtol=1e-5, err_msg=f"aliased after fuse({scales})")
+        np.testing.assert_allclose(live, ref, atol=2e-5, rtol=1e-5, err_msg=f"patchable engine after fuse({scales})")
         np.testing.assert_allclose(fast, ref, atol=2e-5, rtol=1e-5, err_msg=f"prepacked after fuse({scales})")
     hist = sess.rebuilder.history
     assert len(hist) == len(PLANS) + 1 and all(h["to_full_speed_s"] is not None for h in hist[1:])
     sess.stop_two_phase()
-    assert sess.mode == "aliased" and sess.backend.prepacked is None
-    assert getattr(sess.backend, "_static", None) is None  # ExecuTorch's static program is freed too
-    np.testing.assert_allclose(sess.run(built.inputs)[out_name], fast, atol=2e-5)  # still serving, aliased
+    assert sess.mode == "patchable" and sess.backend.prepacked is None
+    assert getattr(sess.backend, "_prepacked_program", None) is None  # ExecuTorch's prepacked program is freed too
+    np.testing.assert_allclose(sess.run(built.inputs)[out_name], fast, atol=2e-5)  # still serving, on the patchable engine
     sess.close()
 
 
@@ -57,7 +57,7 @@ def test_rapid_switches_install_only_the_latest_weights(llama):
     for i in range(25):  # faster than a rebuild: intermediate engines are dropped as stale
         sess.switch(names[i % 2])
     assert sess.wait_full_speed(30)
-    want = sess.backend.run(llama.inputs, aliased=True)["logits"]
+    want = sess.backend.run(llama.inputs, patchable=True)["logits"]
     np.testing.assert_allclose(sess.run(llama.inputs)["logits"], want, atol=2e-5)
     assert len(sess.rebuilder.history) < 26
 
@@ -65,11 +65,11 @@ def test_rapid_switches_install_only_the_latest_weights(llama):
 def test_auto_mode_records_its_calibration(llama):
     sess = ShiraSession(llama.base_dir)  # "auto"
     c = sess.calibration
-    assert c["aliased_ms"] > 0 and c["prepacked_ms"] > 0
-    assert sess.mode == ("two-phase" if c["ratio"] > 1.02 else "aliased")
+    assert c["patchable_ms"] > 0 and c["prepacked_ms"] > 0
+    assert sess.mode == ("two-phase" if c["ratio"] > 1.02 else "patchable")
 
 
 def test_prepack_off_and_bad_mode(llama):
-    assert ShiraSession(llama.base_dir, prepack="off").mode == "aliased"
+    assert ShiraSession(llama.base_dir, prepack="off").mode == "patchable"
     with pytest.raises(ValueError, match="prepack must be one of"):
         ShiraSession(llama.base_dir, prepack="sometimes")

@@ -23,7 +23,7 @@ def _chrome():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from shira_toolchain.web_demo import serve
+    from shira_demos.web_demo import serve
 
     box = {}
     ready = threading.Event()

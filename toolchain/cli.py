@@ -1,4 +1,5 @@
-"""Command line: `shira-export`, `shira-pack`, and the `shira` group that carries both plus the demo.
+"""Command line of the product: `shira-export`, `shira-pack`, `shira-train`, `shira-bench`. (The `shira` group,
+which adds the demos and reports, lives in shira_demos.cli.)
 
 Every failure ends in one line on stderr, `error: <file or option>: <problem>`, and a non-zero exit: 2 for
 input the tool refuses (a bad adapter, base directory, option), 1 for anything unexpected (then the line says
@@ -11,14 +12,13 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import click
 
 DEBUG_ENV = "SHIRA_DEBUG"
 
 
-def _quiet_third_party() -> None:
+def quiet_third_party() -> None:
     """torch/torchao/onnxscript/ExecuTorch print pages of warnings and start-up lines that say nothing about the
     user's model. Python warnings and library loggers are set to errors only; ExecuTorch's native start-up
     lines are muted by known pattern (shira_runtime.quiet), so any other stderr output still shows."""
@@ -58,7 +58,7 @@ def _fail(e: Exception) -> None:
     sys.exit(2)
 
 
-def _run(command) -> None:
+def run_command(command) -> None:
     """Run a click command; anything it did not handle becomes one line, not a traceback."""
     try:
         command(standalone_mode=True)
@@ -84,7 +84,7 @@ def export_group():
 @click.argument("model")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory to write into. onnx: model.onnx (+ model.onnx.data above 1.8 GB), "
-                   "model_prepacked.onnx, weights.safetensors; pte: model.pte, model_static.pte; always: "
+                   "model_prepacked.onnx, weights.safetensors; pte: model.pte, model_prepacked.pte; always: "
                    "sample.npz and manifest.json (written last). docs/MANIFEST.md describes each file.")
 @click.option("--targets", default=None, metavar="REGEX",
               help="Only weights whose torch parameter name matches REGEX (re.search) become patchable, e.g. "
@@ -100,8 +100,8 @@ def export_group():
 def export_model_cmd(model, out_dir, targets, weights, inputs, fmt):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
-    _quiet_third_party()
-    from shira_runtime.errors import ShiraError
+    quiet_third_party()
+    from shira_format.errors import ShiraError
 
     from .export import ExportError, check_targets, export_model
     from .model_source import ModelSourceError, resolve
@@ -110,7 +110,7 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt):
         check_targets(targets)  # before minutes of export, not after
         formats = ("onnx", "pte") if fmt == "all" else (fmt,)
         if "pte" in formats and not _has_executorch():
-            raise ExportError(f"--format {fmt}: ExecuTorch is not installed (pip install 'shira-ondevice[executorch]'); "
+            raise ExportError(f"--format {fmt}: ExecuTorch is not installed (pip install 'shira-runtime[executorch]'); "
                               "--format onnx exports for ONNX Runtime alone")
         export_model(resolve(model, weights, inputs), out_dir, targets, formats=formats, log=click.echo)
     except (ExportError, ModelSourceError, ShiraError) as e:
@@ -145,7 +145,7 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
     """Pack SRC into a blob bound to the base: a PEFT SHiRA checkpoint directory, a PEFT LoRA checkpoint
     directory (sparsified at --density), or a full fine-tune (.safetensors file or directory) diffed against
     the base. Every module must be a patchable tensor of the base, every index in range, every value finite."""
-    from shira_runtime.errors import ShiraError
+    from shira_format.errors import ShiraError
 
     from .pack import PackError, pack_adapter
 
@@ -175,7 +175,7 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
 def pack_inspect_cmd(file):
     """Show, per tensor of a blob: nonzeros, density, index and value coding, bytes per nonzero and checksum;
     then totals against the PEFT SHiRA checkpoint layout. Validates the whole file first."""
-    from shira_runtime.errors import ShiraError
+    from shira_format.errors import ShiraError
 
     from .pack import inspect_blob
 
@@ -218,7 +218,7 @@ def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batche
     """Fine-tune MODEL (built-in name, package.module:factory, or a local HF directory) with a SHiRA adapter
     and write a checkpoint that `shira-pack adapter` accepts. Linear layers use peft.ShiraConfig with the
     chosen mask; conv layers use the same sparse scheme (PEFT's SHiRA is Linear-only) in the same layout."""
-    _quiet_third_party()
+    quiet_third_party()
     from .export import ExportError, check_targets
     from .model_source import ModelSourceError, resolve
     from .train import TrainConfig, train
@@ -234,112 +234,16 @@ def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batche
         _fail(e)
 
 
-@click.group(help="SHiRA on-device toolchain: export a base once, pack adapters, switch them in place.")
-def main_group():
-    pass
-
-
-@main_group.command("demo")
-@click.option("--model", "model_name", type=click.Choice(["tiny-llama", "style-net"]), default="tiny-llama",
-              show_default=True, help="Built-in base model to run the pipeline on.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Where the exported base, the PEFT checkpoints and the packed blobs go. Default: "
-                   "shira-demo/MODEL (shira-demo/web with --serve), one folder per demo.")
-@click.option("--steps", default=40, show_default=True, help="Training steps per PEFT SHiRA adapter.")
-@click.option("--r", "r", default=1, show_default=True, help="PEFT ShiraConfig r: r*(in+out) values per layer.")
-@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
-@click.option("--serve", is_flag=True, help="Instead: serve the style-swapping web page on 127.0.0.1 (the "
-              "committed style adapters on the style net, both runtimes).")
-@click.option("--port", default=8765, show_default=True, help="Port for --serve (loopback only).")
-def demo_cmd(model_name, out_dir, steps, r, threads, serve, port):
-    """Export MODEL, train two SHiRA adapters with PEFT, pack them, load the base ONCE in ONNX Runtime and in
-    ExecuTorch, switch, fuse and reset in place, and print per step and runtime the switch time, inference time
-    and the max abs difference to PEFT's merged torch model. With --serve: the style demo web page."""
-    _quiet_third_party()
-    if out_dir is None:
-        out_dir = str(Path("shira-demo") / ("web" if serve else model_name))
-    if serve:
-        from .web_demo import serve as serve_page
-
-        serve_page(Path(out_dir), port, threads, log=click.echo)
-        return
-    from .demo import run_demo
-
-    run_demo(model_name, out_dir, steps=steps, r=r, threads=threads, log=click.echo)
-
-
-@main_group.command("build-demo-models")
-@click.option("--base-steps", default=2000, show_default=True, help="Training steps of the base image net.")
-@click.option("--style-steps", default=300, show_default=True, help="Training steps per style adapter.")
-@click.option("--reuse-base", is_flag=True, help="Keep the committed base weights; rebuild only the adapters.")
-@click.option("--only", type=click.Choice(["all", "style", "lm"]), default="all", show_default=True,
-              help="style: the image net and its style adapters; lm: the small LM and its task adapters.")
-def build_demo_models_cmd(base_steps, style_steps, reuse_base, only):
-    """Train the style demo's base net on photos shipped with scikit-image / scikit-learn and one SHiRA adapter
-    per style; write models/style_net.safetensors and models/styles/*.shira (committed, so the demo needs no
-    training). About 2.5 min for the style models and 5 min for the LM ones (--only lm) on the 2-core x86-64
-    dev machine."""
-    _quiet_third_party()
-    from .demo_models import build_demo_models, build_lm_models
-
-    if only in ("all", "style"):
-        build_demo_models(base_steps, style_steps, reuse_base, log=click.echo)
-    if only in ("all", "lm"):
-        build_lm_models(reuse_base=reuse_base, log=click.echo)
-
-
-@main_group.group("report")
-def report_group():
-    """Reports that show with numbers and pictures what adapters are worth."""
-
-
-@report_group.command("styles")
-@click.option("--out", "out_dir", default="reports/styles", show_default=True, type=click.Path(file_okay=False),
-              help="Where README.md, report.json and grid.png go.")
-@click.option("--steps", default=300, show_default=True, help="Training steps per adapter (24 adapters).")
-def report_styles_cmd(out_dir, steps):
-    """Train every style with SHiRA (each of the five masks) and LoRA at the same trainable-value count; report
-    PSNR/SSIM to each style, concept loss under 2- and 3-adapter fusion, mask overlap and AWOM/AWOR, and an
-    image grid. About 10 min (600 s) on the 2-core x86-64 dev machine."""
-    _quiet_third_party()
-    from .report import style_report
-
-    style_report(out_dir, steps, log=click.echo)
-
-
-@report_group.command("cost")
-@click.option("--out", "out_dir", default="reports/cost", show_default=True, type=click.Path(file_okay=False),
-              help="Where README.md and report.json go.")
-@click.option("--steps", default=30, show_default=True, help="Training steps per measurement.")
-def report_cost_cmd(out_dir, steps):
-    """Peak memory and step time of SHiRA training (snip, rand masks) against LoRA with the same number of
-    trainable values, on both built-in models; each in a fresh process. About 2 min on the 2-core x86-64 dev
-    machine."""
-    _quiet_third_party()
-    from .train_cost import cost_report
-
-    cost_report(out_dir, steps, log=click.echo)
-
-
-main_group.add_command(export_group, "export")
-main_group.add_command(pack_group, "pack")
-main_group.add_command(train_cmd, "train")
-
-
-def main():
-    _run(main_group)
-
-
 def export_main():
-    _run(export_group)
+    run_command(export_group)
 
 
 def pack_main():
-    _run(pack_group)
+    run_command(pack_group)
 
 
 def train_main():
-    _run(train_cmd)
+    run_command(train_cmd)
 
 
 @click.command("bench")
@@ -353,13 +257,13 @@ def train_main():
 def bench_cmd(out_dir, quick, threads):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
-    a switch vs the constant-weight and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
+    a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
     switch time against model size from ~10M to ~1.1B parameters."""
-    _quiet_third_party()
-    from .bench import run_bench
+    quiet_third_party()
+    from .bench.run import run_bench
 
     run_bench(out_dir, quick, threads, log=click.echo)
 
 
 def bench_main():
-    _run(bench_cmd)
+    run_command(bench_cmd)

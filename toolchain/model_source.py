@@ -29,11 +29,11 @@ class ExportSubject:
     example_inputs: dict[str, torch.Tensor]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, tuple[str, int, int]]] = field(default_factory=dict)
-    is_causal_lm: bool = False
+    family: str = "module"  # "causal-lm", "image" (a built-in image net) or "module" (a factory's nn.Module)
 
     def export_module(self) -> torch.nn.Module:
         """What torch.onnx.export traces: the model itself, or `input_ids -> logits` for causal LMs."""
-        if self.is_causal_lm:
+        if self.family == "causal-lm":
             from shira_models.tiny_llama import LogitsOnly
 
             return LogitsOnly(self.model).eval()
@@ -70,7 +70,7 @@ def resolve(model: str, weights: str | None = None, inputs: tuple[str, ...] = ()
         if weights:
             _load_weights(m, weights)
         return ExportSubject(f"builtin:{model}", m, spec.example_inputs(), spec.output_names, spec.dynamic_axes,
-                             is_causal_lm=model == "tiny-llama")
+                             family=spec.family)
     if Path(model).is_dir():
         return _from_hf_dir(Path(model))
     if ":" in model:
@@ -120,4 +120,4 @@ def _from_hf_dir(path: Path) -> ExportSubject:
     ids = torch.randint(0, cfg.vocab_size, (1, 16), generator=g)
     max_pos = getattr(cfg, "max_position_embeddings", 512)
     return ExportSubject(str(path), m, {"input_ids": ids}, ["logits"], {"input_ids": {1: ("seq", 1, max_pos)}},
-                         is_causal_lm=True)
+                         family="causal-lm")

@@ -1,7 +1,7 @@
 """Cross-language test vectors: small blobs plus their decoded content as JSON.
 
 A second reader (the Android app's Java reader) must decode every `NAME.shira` to `NAME.json`, or refuse it
-with the error named there. The blobs come from the toolchain's writer; what they decode to, and the patch
+with the error named there. The blobs come from shira_format's writer; what they decode to, and the patch
 sequence's bytes, come from tests/reference (a loop-based reader and patcher written from FORMAT.md alone,
 sharing no code with runtime/), so the runtime and the Java core are both checked against an independent
 reading of the spec. Regenerate with `python -m tests.vectors.make_vectors`; the test suite checks that the
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shira_runtime.codings import seeded_indices
-from shira_toolchain.blob_writer import SparseDelta, encode_blob
+from shira_format import layouts
+from shira_format.adapter import SparseTensor, encode_adapter
+from shira_format.codings import seeded_indices
 
 from ..reference.shira_reference import ReferencePatcher, RefError, read_blob
 
@@ -35,25 +36,25 @@ def build_vectors() -> dict[str, tuple[bytes, dict]]:
     rand = np.sort(rng.choice(120, 9, replace=False))
     struct = np.flatnonzero(np.add.outer(np.arange(12) % 4 == 0, np.arange(10) % 5 == 0) | np.eye(12, 10, dtype=bool))
     cases = {
-        "flat_u32_f32": ([SparseDelta("fc.weight", shape, rand, _vals(9, 1))], "f32", "flat-u32"),
-        "elias_fano_f16": ([SparseDelta("fc.weight", shape, rand, _vals(9, 2))], "f16", "elias-fano"),
-        "bitmap_bf16": ([SparseDelta("fc.weight", shape, np.sort(rng.choice(120, 50, replace=False)), _vals(50, 3))],
+        "flat_u32_f32": ([SparseTensor("fc.weight", shape, rand, _vals(9, 1))], "f32", "flat-u32"),
+        "elias_fano_f16": ([SparseTensor("fc.weight", shape, rand, _vals(9, 2))], "f16", "elias-fano"),
+        "bitmap_bf16": ([SparseTensor("fc.weight", shape, np.sort(rng.choice(120, 50, replace=False)), _vals(50, 3))],
                         "bf16", "bitmap"),
-        "rowcol_int8": ([SparseDelta("fc.weight", shape, struct, _vals(struct.size, 4))], "int8", "rowcol"),
-        "seed_int8_row": ([SparseDelta("fc.weight", shape, seeded_indices(12345, 120, 15), _vals(15, 5), seed=12345)],
+        "rowcol_int8": ([SparseTensor("fc.weight", shape, struct, _vals(struct.size, 4))], "int8", "rowcol"),
+        "seed_int8_row": ([SparseTensor("fc.weight", shape, seeded_indices(12345, 120, 15), _vals(15, 5), seed=12345)],
                           "int8-row", "seed"),
-        "conv_elias_fano_f32": ([SparseDelta("conv.weight", conv, np.sort(rng.choice(108, 7, replace=False)),
+        "conv_elias_fano_f32": ([SparseTensor("conv.weight", conv, np.sort(rng.choice(108, 7, replace=False)),
                                              _vals(7, 6))], "f32", "elias-fano"),
-        "two_tensors_auto_f16": ([SparseDelta("a.weight", shape, rand, _vals(9, 7)),
-                                  SparseDelta("b.weight", conv, np.array([0, 107]), _vals(2, 8))], "f16", "auto"),
-        "empty_tensor": ([SparseDelta("fc.weight", shape, np.zeros(0, dtype=np.int64), np.zeros(0, np.float32))],
+        "two_tensors_auto_f16": ([SparseTensor("a.weight", shape, rand, _vals(9, 7)),
+                                  SparseTensor("b.weight", conv, np.array([0, 107]), _vals(2, 8))], "f16", "auto"),
+        "empty_tensor": ([SparseTensor("fc.weight", shape, np.zeros(0, dtype=np.int64), np.zeros(0, np.float32))],
                          "f32", "flat-u32"),
-        "seed_large_prng": ([SparseDelta("big.weight", (64, 48), seeded_indices(2**63 + 7, 3072, 40), _vals(40, 9),
+        "seed_large_prng": ([SparseTensor("big.weight", (64, 48), seeded_indices(2**63 + 7, 3072, 40), _vals(40, 9),
                                          seed=2**63 + 7)], "f32", "seed"),
     }
     out = {}
     for name, (deltas, vcoding, icoding) in cases.items():
-        blob = encode_blob(name, FINGERPRINT, deltas, vcoding, icoding)
+        blob = encode_adapter(name, FINGERPRINT, deltas, vcoding, icoding)
         ref = read_blob(blob)  # the independent reading of FORMAT.md
         out[name] = (blob, {
             "name": ref["name"], "base_fingerprint": ref["base_fingerprint"], "file_crc32": zlib.crc32(blob),
@@ -134,7 +135,7 @@ PATCH_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"b": 2.0}, {"a": 
 def build_patch_case() -> dict[str, bytes]:
     """A patch sequence for a second runtime: two base buffers (one stored transposed, one channels-last), two
     adapters, and the exact float32 bits of every buffer after each fuse() of the Python WeightPatcher."""
-    from shira_runtime.manifest import Placement
+    from shira_format.manifest import Placement
 
     rng = np.random.default_rng(7)
     fc, conv = (12, 10), (4, 3, 3, 3)
@@ -142,14 +143,14 @@ def build_patch_case() -> dict[str, bytes]:
                   "conv.weight": rng.normal(0, 0.5, conv).astype(np.float32)}
     places = {"fc.weight": Placement("fc_T", (10, 12), "transpose2d"),
               "conv.weight": Placement("conv_OHWI", (4, 3, 3, 3), "channels_last")}
-    store = {"fc_T": torch_base["fc.weight"].T.copy().reshape(-1),
-             "conv_OHWI": np.moveaxis(torch_base["conv.weight"], 1, -1).copy().reshape(-1)}
+    store = {p.name: np.ascontiguousarray(layouts.to_stored(p.layout, torch_base[t])).reshape(-1)
+             for t, p in places.items()}
     shared = np.sort(rng.choice(120, 20, replace=False))
     adapters = {
-        "a": encode_blob("a", FINGERPRINT, [SparseDelta("fc.weight", fc, shared, _vals(20, 11)),
-                                            SparseDelta("conv.weight", conv, np.sort(rng.choice(108, 9, replace=False)),
+        "a": encode_adapter("a", FINGERPRINT, [SparseTensor("fc.weight", fc, shared, _vals(20, 11)),
+                                            SparseTensor("conv.weight", conv, np.sort(rng.choice(108, 9, replace=False)),
                                                         _vals(9, 12))], "f16", "elias-fano"),
-        "b": encode_blob("b", FINGERPRINT, [SparseDelta("fc.weight", fc, np.union1d(shared[::2], [0, 119]),
+        "b": encode_adapter("b", FINGERPRINT, [SparseTensor("fc.weight", fc, np.union1d(shared[::2], [0, 119]),
                                                         _vals(12, 13) * 40)], "f32", "flat-u32"),
     }
     placements = {t: {"buffer": p.name, "layout": p.layout, "torch_shape": list(torch_base[t].shape)}

@@ -1,0 +1,114 @@
+"""`shira`: the product's commands (export, pack, train) plus the demos and reports, in one group."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from shira_toolchain.cli import (
+    export_group,
+    pack_group,
+    quiet_third_party,
+    run_command,
+    train_cmd,
+)
+
+
+@click.group(help="SHiRA on-device toolchain: export a base once, pack adapters, switch them in place.")
+def main_group():
+    pass
+
+
+@main_group.command("demo")
+@click.option("--model", "model_name", type=click.Choice(["tiny-llama", "style-net"]), default="tiny-llama",
+              show_default=True, help="Built-in base model to run the pipeline on.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Where the exported base, the PEFT checkpoints and the packed blobs go. Default: "
+                   "shira-demo/MODEL (shira-demo/web with --serve), one folder per demo.")
+@click.option("--steps", default=40, show_default=True, help="Training steps per PEFT SHiRA adapter.")
+@click.option("--r", "r", default=1, show_default=True, help="PEFT ShiraConfig r: r*(in+out) values per layer.")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--serve", is_flag=True, help="Instead: serve the style-swapping web page on 127.0.0.1 (the "
+              "committed style adapters on the style net, both runtimes).")
+@click.option("--port", default=8765, show_default=True, help="Port for --serve (loopback only).")
+def demo_cmd(model_name, out_dir, steps, r, threads, serve, port):
+    """Export MODEL, train two SHiRA adapters with PEFT, pack them, load the base ONCE in ONNX Runtime and in
+    ExecuTorch, switch, fuse and reset in place, and print per step and runtime the switch time, inference time
+    and the max abs difference to PEFT's merged torch model. With --serve: the style demo web page."""
+    quiet_third_party()
+    if out_dir is None:
+        out_dir = str(Path("shira-demo") / ("web" if serve else model_name))
+    if serve:
+        from .web_demo import serve as serve_page
+
+        serve_page(Path(out_dir), port, threads, log=click.echo)
+        return
+    from .demo import run_demo
+
+    run_demo(model_name, out_dir, steps=steps, r=r, threads=threads, log=click.echo)
+
+
+@main_group.command("build-demo-models")
+@click.option("--base-steps", default=2000, show_default=True, help="Training steps of the base image net.")
+@click.option("--style-steps", default=300, show_default=True, help="Training steps per style adapter.")
+@click.option("--reuse-base", is_flag=True, help="Keep the committed base weights; rebuild only the adapters.")
+@click.option("--only", type=click.Choice(["all", "style", "lm"]), default="all", show_default=True,
+              help="style: the image net and its style adapters; lm: the small LM and its task adapters.")
+def build_demo_models_cmd(base_steps, style_steps, reuse_base, only):
+    """Train the style demo's base net on photos shipped with scikit-image / scikit-learn and one SHiRA adapter
+    per style; write models/style_net.safetensors and models/styles/*.shira (committed, so the demo needs no
+    training). About 2.5 min for the style models and 5 min for the LM ones (--only lm) on the 2-core x86-64
+    dev machine."""
+    quiet_third_party()
+    from .demo_models import build_demo_models, build_lm_models
+
+    if only in ("all", "style"):
+        build_demo_models(base_steps, style_steps, reuse_base, log=click.echo)
+    if only in ("all", "lm"):
+        build_lm_models(reuse_base=reuse_base, log=click.echo)
+
+
+@main_group.group("report")
+def report_group():
+    """Reports that show with numbers and pictures what adapters are worth."""
+
+
+@report_group.command("styles")
+@click.option("--out", "out_dir", default="reports/styles", show_default=True, type=click.Path(file_okay=False),
+              help="Where README.md, report.json and grid.png go.")
+@click.option("--steps", default=300, show_default=True, help="Training steps per adapter (24 adapters).")
+def report_styles_cmd(out_dir, steps):
+    """Train every style with SHiRA (each of the five masks) and LoRA at the same trainable-value count; report
+    PSNR/SSIM to each style, concept loss under 2- and 3-adapter fusion, mask overlap and AWOM/AWOR, and an
+    image grid. About 10 min (600 s) on the 2-core x86-64 dev machine."""
+    quiet_third_party()
+    from .report import style_report
+
+    style_report(out_dir, steps, log=click.echo)
+
+
+@report_group.command("cost")
+@click.option("--out", "out_dir", default="reports/cost", show_default=True, type=click.Path(file_okay=False),
+              help="Where README.md and report.json go.")
+@click.option("--steps", default=30, show_default=True, help="Training steps per measurement.")
+def report_cost_cmd(out_dir, steps):
+    """Peak memory and step time of SHiRA training (snip, rand masks) against LoRA with the same number of
+    trainable values, on both built-in models; each in a fresh process. About 2 min on the 2-core x86-64 dev
+    machine."""
+    quiet_third_party()
+    from .train_cost import cost_report
+
+    cost_report(out_dir, steps, log=click.echo)
+
+
+
+main_group.add_command(pack_group, "pack")
+main_group.add_command(train_cmd, "train")
+
+
+main_group.add_command(export_group, "export")
+main_group.add_command(pack_group, "pack")
+main_group.add_command(train_cmd, "train")
+
+
+def main():
+    run_command(main_group)

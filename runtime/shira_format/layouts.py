@@ -1,0 +1,102 @@
+"""Layouts: how an engine stores a torch weight, both ways (spec: docs/MANIFEST.md, "Layouts").
+
+Adapters are written in torch coordinates (row-major flat indices into the torch-shaped weight); engines may
+store a weight transposed or channels-last. Forward maps go torch -> stored, inverse maps stored -> torch.
+  identity       same row-major order as torch
+  transpose2d    a 2-D weight stored as W.T (ONNX MatMul's B)
+  channels_last  dim 1 moved last, e.g. a conv kernel [O, I, kh, kw] stored as [O, kh, kw, I] (XNNPACK)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LAYOUTS = ("identity", "transpose2d", "channels_last")
+
+
+def _prod(dims) -> int:
+    """Exact product of Python ints (a hostile manifest's dims can overflow int64)."""
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def stored_shape(layout: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a weight of `torch_shape` has when stored in `layout`."""
+    s = tuple(torch_shape)
+    if layout == "transpose2d":  # of the [R, C] view, C = product of the other dims
+        return (_prod(s[1:]), s[0])
+    if layout == "channels_last":
+        return (s[0], *s[2:], s[1])
+    return s
+
+
+def fits(layout: str, stored: tuple[int, ...], torch_shape: tuple[int, ...]) -> bool:
+    """Whether a buffer of shape `stored` can hold a torch weight of `torch_shape` in `layout`."""
+    if _prod(stored) != _prod(torch_shape) or (layout == "channels_last" and len(torch_shape) < 3):
+        return False
+    return layout == "identity" or tuple(stored) == stored_shape(layout, torch_shape)
+
+
+def forms(arr: np.ndarray) -> dict[str, np.ndarray]:
+    """Every layout a torch weight may be stored in -> that stored form (views): what an exporter searches for."""
+    out = {"identity": arr}
+    if arr.ndim == 2:
+        out["transpose2d"] = arr.T
+    if arr.ndim >= 3:
+        out["channels_last"] = np.moveaxis(arr, 1, -1)
+    return out
+
+
+def to_stored(layout: str, arr: np.ndarray) -> np.ndarray:
+    """Forward on arrays: a torch-layout weight -> its stored form (a view; np.ascontiguousarray for bytes)."""
+    if layout == "transpose2d":
+        return arr.reshape(arr.shape[0], -1).T
+    if layout == "channels_last":
+        return np.moveaxis(arr, 1, -1)
+    return arr
+
+
+def to_torch(layout: str, buf: np.ndarray, stored: tuple[int, ...], torch_shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse on arrays: a stored buffer -> a view of it in torch layout (writes through)."""
+    arr = buf.reshape(stored)
+    if layout == "transpose2d":
+        return arr.T if len(torch_shape) == 2 else arr.T.reshape(torch_shape)  # >2-D: a copy
+    if layout == "channels_last":
+        return np.moveaxis(arr, -1, 1)
+    return arr.reshape(torch_shape)
+
+
+def to_stored_indices(layout: str, flat: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
+    """Forward on indices: torch row-major flat indices -> flat indices into the stored buffer."""
+    if layout == "identity":
+        return flat
+    if layout == "transpose2d":
+        rows, cols = torch_shape[0], int(np.prod(torch_shape[1:]))
+        return (flat % cols) * rows + flat // cols
+    c, rest = torch_shape[1], int(np.prod(torch_shape[2:]))  # channels_last
+    outer, inner = flat // (c * rest), flat % (c * rest)
+    return outer * (c * rest) + (inner % rest) * c + inner // rest
+
+
+def to_torch_indices(layout: str, flat: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse on indices: flat indices into the stored buffer -> torch row-major flat indices."""
+    if layout == "identity":
+        return flat
+    if layout == "transpose2d":
+        rows, cols = torch_shape[0], int(np.prod(torch_shape[1:]))
+        return (flat % rows) * cols + flat // rows
+    c, rest = torch_shape[1], int(np.prod(torch_shape[2:]))  # channels_last: stored [outer, rest, c]
+    outer, inner = flat // (c * rest), flat % (c * rest)
+    return outer * (c * rest) + (inner % c) * rest + inner // c
+
+
+def sorted_for(layout: str, indices: np.ndarray, values: np.ndarray,
+               torch_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse delta in torch coordinates -> (stored indices ascending, values in the same order): the form a
+    patcher scatters, in memory order."""
+    idx = to_stored_indices(layout, indices, torch_shape)
+    if layout == "identity":
+        return idx, values
+    order = np.argsort(idx, kind="stable")
+    return idx[order], values[order]

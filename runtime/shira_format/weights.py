@@ -1,0 +1,75 @@
+"""The patchable weights as an exported base stores them: one float32 view per placement.
+
+One loader for everyone who reads them (the runtime's engines, `shira-pack` diffing a fine-tune against the
+base, the integrity checks), so a placement is located, bounds-checked and typed in one place.
+  onnxruntime  the tensors of weights.safetensors, by placement name
+  executorch   float32 views of the program's bytes at each placement's offset
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ManifestError
+from .safetensors_file import SafetensorsError, read_file
+
+
+def program_views(manifest, memory: np.ndarray, source, prepacked: bool = False) -> dict[str, np.ndarray]:
+    """Placement name -> flat float32 view into `memory` (the uint8 bytes of an ExecuTorch program), for the
+    patchable program, or with `prepacked` for the prepacked one. Views write through."""
+    out = {}
+    for info in manifest.tensors.values():
+        places = (info.prepacked_placements if prepacked else info.placements).get("executorch", ())
+        for p in places:
+            n = 4 * int(np.prod(p.shape))
+            if p.offset < 0 or p.offset + n > memory.size:
+                raise ManifestError(f"{source}: weight {info.name} at byte {p.offset} (+{n}) lies outside the "
+                                    f"{memory.size}-byte program (truncated file?)")
+            out[p.name] = memory[p.offset : p.offset + n].view(np.float32)
+    return out
+
+
+def open_weights(path, writable: bool = False):
+    """weights.safetensors, read whole (with `writable`, one owned, writable copy: its arrays then ARE the
+    engine's weights). Errors name the file."""
+    try:
+        return read_file(path, writable=writable)
+    except SafetensorsError as e:
+        raise ManifestError(str(e)) from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def safetensors_views(manifest, st, path) -> dict[str, np.ndarray]:
+    """Placement name -> flat float32 view into `st` (weights.safetensors as open_weights read it)."""
+    out = {}
+    for info in manifest.tensors.values():
+        for p in info.placements.get("onnxruntime", ()):
+            if p.name not in st.tensors:
+                raise ManifestError(f"{path}: no buffer {p.name!r} for {info.name}")
+            arr = st.array(p.name)
+            if arr.shape != p.shape or arr.dtype != np.float32:
+                raise ManifestError(f"{path}: buffer {p.name!r} is {arr.dtype}{list(arr.shape)}, manifest says "
+                                    f"float32{list(p.shape)}")
+            out[p.name] = arr.reshape(-1)
+    return out
+
+
+def stored_weights(manifest, runtime: str) -> tuple[dict[str, np.ndarray], object]:
+    """Read-only: (placement name -> flat float32 array, the file they came from) for `runtime`'s patchable engine."""
+    files = manifest.files_of(runtime)
+    if runtime == "onnxruntime":
+        path = manifest.file(files.weights)
+        return safetensors_views(manifest, open_weights(path), path), path
+    path = manifest.file(files.patchable)
+    try:
+        memory = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
+    return program_views(manifest, memory, path), path
+
+
+def torch_layout(manifest, runtime: str, buffers: dict[str, np.ndarray], target: str) -> np.ndarray:
+    """A target weight in torch layout (a view where the layout allows), from its first placement."""
+    info = manifest.tensors[target]
+    p = info.placements[runtime][0]
+    return p.to_torch_layout(buffers[p.name], info.shape)

@@ -1,0 +1,122 @@
+"""Sparse in-place patching of weight buffers with bit-exact restore.
+
+For each buffer the patcher remembers which entries currently differ from the base (`idx`) and their base
+values (`saved`). Applying a new state first restores those entries by overwrite, then saves and writes the
+new ones. Nothing is ever subtracted, so after any sequence of operations the base comes back bit-exact.
+
+`plan()` does all the arithmetic and every check without touching a buffer; `commit()` is a scatter (restore),
+a gather (save) and a scatter (write) per buffer, nothing more. The session runs `commit()` under the write side of its lock, so inference never sees a mix.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from shira_format.errors import AdapterError
+
+EMPTY_IDX = np.zeros(0, dtype=np.int64)
+EMPTY_VAL = np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class BufferPlan:
+    idx: np.ndarray  # sorted unique flat indices to write
+    delta: np.ndarray  # what to add to the base values there
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+class WeightPatcher:
+    PARALLEL_ABOVE = 200_000  # entries per commit above which buffers are patched on several threads
+
+    def __init__(self, buffers: dict[str, np.ndarray], threads: int | None = None):
+        """`buffers`: placement name -> 1-D writable float view of the memory the inference engine reads.
+        `threads`: for large commits, buffers are patched in parallel (numpy's fancy indexing releases the GIL;
+        2 threads measured 1.7x faster on 2 cores)."""
+        self.buffers = buffers
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self._pool = None
+        self.idx = {name: EMPTY_IDX for name in buffers}
+        self.saved = {name: EMPTY_VAL for name in buffers}
+        # max |base value| per buffer, for the overflow bound in plan(); the base never changes
+        self._absmax = {n: float(np.max(np.abs(b))) if b.size else 0.0 for n, b in buffers.items()}
+
+    def plan(self, terms: dict[str, list[tuple[np.ndarray, np.ndarray, float]]]) -> dict[str, BufferPlan]:
+        """`terms`: buffer name -> [(indices, deltas, scale), ...]. Buffers not named are restored to base."""
+        plans = {}
+        for name in self.buffers:
+            parts = terms.get(name, [])
+            if not parts:
+                plans[name] = BufferPlan(EMPTY_IDX, EMPTY_VAL)
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the checks below
+                if len(parts) == 1:
+                    idx, delta, scale = parts[0]
+                    # scaled in binary64 and rounded once, exactly as a sum of several (FORMAT.md §6)
+                    delta = delta if scale == 1.0 else (delta.astype(np.float64) * scale).astype(np.float32)
+                else:  # overlapping indices sum their scaled deltas
+                    idx, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+                    weights = np.concatenate([p[1].astype(np.float64) * p[2] for p in parts])
+                    delta = np.bincount(inverse, weights=weights, minlength=idx.size).astype(np.float32)
+                self._check_finite(name, idx, delta)
+            plans[name] = BufferPlan(idx, delta)
+        return plans
+
+    def _check_finite(self, name: str, idx: np.ndarray, delta: np.ndarray) -> None:
+        """Refuse a plan whose base + delta would not be finite. A bound settles it without touching the
+        entries (|base| + |delta| below float max cannot overflow); only if the bound fails are the sums formed."""
+        dmax = float(np.max(np.abs(delta))) if delta.size else 0.0
+        if not np.isfinite(dmax):
+            raise AdapterError(f"buffer {name}: the requested combination produces non-finite weights")
+        limit = F32_MAX if self.buffers[name].dtype == np.float32 else float(np.finfo(self.buffers[name].dtype).max)
+        if self._absmax[name] + dmax < limit * 0.5:
+            return
+        values = self._base_values(name, idx).astype(self.buffers[name].dtype) + delta
+        if not np.all(np.isfinite(values.astype(self.buffers[name].dtype))):
+            raise AdapterError(f"buffer {name}: the requested combination produces non-finite weights")
+
+    def _base_values(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """Base values at `idx`: live values, except where a patch sits now (then the saved originals)."""
+        base = self.buffers[name][idx]
+        cur = self.idx[name]
+        if cur.size:
+            pos = np.searchsorted(cur, idx)
+            pos_clipped = np.minimum(pos, cur.size - 1)
+            hit = cur[pos_clipped] == idx
+            base[hit] = self.saved[name][pos_clipped[hit]]
+        return base
+
+    def commit(self, plans: dict[str, BufferPlan]) -> set[str]:
+        """Write the plans: restore the saved base values by overwrite, then save and write the new ones.
+        Returns the names of the buffers whose contents changed."""
+        work = sum(p.idx.size + self.idx[n].size for n, p in plans.items())
+        if self.threads > 1 and work > self.PARALLEL_ABOVE:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shira-patch")
+            results = list(self._pool.map(self._commit_one, plans.keys(), plans.values()))
+        else:
+            results = [self._commit_one(n, p) for n, p in plans.items()]
+        return {n for n, changed in zip(plans, results) if changed}
+
+    def _commit_one(self, name: str, p: BufferPlan) -> bool:
+        buf = self.buffers[name]
+        changed = bool(self.idx[name].size or p.idx.size)
+        if self.idx[name].size:
+            buf[self.idx[name]] = self.saved[name]
+        base = buf[p.idx]  # the base everywhere now: the restore above just ran
+        if p.idx.size:
+            buf[p.idx] = base + p.delta
+        self.idx[name], self.saved[name] = p.idx, base
+        return changed
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    @property
+    def patched_entries(self) -> int:
+        return sum(i.size for i in self.idx.values())

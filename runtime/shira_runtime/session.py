@@ -1,0 +1,289 @@
+"""`ShiraSession`: one exported base loaded once; adapters switched, fused and reset in place.
+
+    s = ShiraSession("out/tiny-llama")          # loads the inference engine once
+    s.load("a.shira"); s.load("b.shira")         # validated completely, nothing patched yet
+    s.switch("a")                                # scatter a's values into the live weights
+    s.fuse({"a": 0.7, "b": 0.5})                 # overlapping entries sum their scaled deltas
+    s.reset()                                    # bit-exact base again
+    s.run({"input_ids": ids})
+    s.close()                                    # or `with ShiraSession(...) as s:`
+
+Lifetime: `close()` stops the background thread and frees both engines; later calls raise ShiraError. A
+session that is never closed is closed when it is garbage-collected or at interpreter exit (before native
+libraries are torn down: a background build of an ORT session still running at exit aborted the process).
+
+Prepacking modes (`prepack=`, see prepack.py): "off" runs only the patchable engine (least memory; every run
+bit-identical for a given state); "background" adds two-phase switching (patchable engine at once, a fully prepacked
+engine installed shortly after); "auto" (the default) measures both engines on the manifest's sample input at
+load and keeps two-phase only where the patchable engine is more than 2% slower.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import numpy as np
+from shira_format import layouts
+from shira_format import manifest as manifest_mod
+from shira_format.adapter import Adapter, read_adapter
+from shira_format.errors import AdapterError, ManifestError, ShiraError, first_line
+
+from .integrity import VERIFY_MODES
+from .patcher import WeightPatcher
+from .prepack import PrepackedRebuilder
+from .rwlock import RWLock
+
+BACKENDS = ("onnxruntime", "executorch")
+PREPACK_MODES = ("auto", "background", "off")
+AUTO_THRESHOLD = 1.02  # two-phase pays off when the patchable engine is slower than this ratio
+
+
+def _make_backend(name: str, manifest, threads, verify):
+    if name == "onnxruntime":
+        from .backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(manifest, threads, verify)
+    if name == "executorch":
+        from .backends.executorch import (
+            ExecuTorchBackend,  # imports torch: ExecuTorch's bindings need it
+        )
+
+        return ExecuTorchBackend(manifest, threads, verify)
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class _Resources:
+    """What a session owns natively, closed exactly once: by close(), by the garbage collector, or at exit.
+
+    Kept apart from the session so that the finalizer holds no reference to the session itself."""
+
+    def __init__(self):
+        self.backend = None
+        self.rebuilder: PrepackedRebuilder | None = None
+        self.patcher: WeightPatcher | None = None
+
+    def close(self) -> None:
+        if self.rebuilder is not None:
+            self.rebuilder.close()  # joins the builder thread: no engine is being built after this
+            self.rebuilder = None
+        if self.patcher is not None:
+            self.patcher.close()
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
+class ShiraSession:
+    def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
+                 prepack: str = "auto"):
+        """Open an exported base directory.
+
+        `verify`: "fast" (default) checks every patchable weight, and its place and layout in the manifest,
+        against the CRC-32 recorded at export; "full" also re-hashes each weight in torch layout (SHA-256);
+        "off" skips both. A damaged base raises ManifestError naming the file."""
+        if prepack not in PREPACK_MODES:
+            raise ValueError(f"prepack must be one of {', '.join(PREPACK_MODES)}, got {prepack!r}")
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self._closed = True  # until every engine is up: a failed __init__ leaves nothing to close
+        self._lock = RWLock()  # inference = readers, commit = writer
+        self._patch_mutex = threading.Lock()  # one load/plan/commit at a time
+        self._res = _Resources()
+        self._finalizer = weakref.finalize(self, self._res.close)  # also runs at interpreter exit
+        self.manifest = manifest_mod.load(base_dir)
+        try:
+            self._res.backend = self.backend = _make_backend(backend, self.manifest, threads, verify)
+            self._open(threads, prepack)
+        except BaseException:
+            self._finalizer()
+            raise
+        self._closed = False
+
+    def _open(self, threads, prepack) -> None:
+        self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads)
+        self.adapters: dict[str, Adapter] = {}
+        # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
+        self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.active: dict[str, float] = {}
+        self.rebuilder: PrepackedRebuilder | None = None
+        self.calibration: dict | None = None
+        self.mode = "patchable"
+        if prepack != "off" and self.backend.prepacked_available:
+            self._start_two_phase(calibrate=prepack == "auto")
+
+    def _start_two_phase(self, calibrate: bool) -> None:
+        x = self.manifest.sample_inputs() if calibrate else None  # a missing sample fails before any thread starts
+        self._res.rebuilder = self.rebuilder = PrepackedRebuilder(self.backend, self._lock)
+        self.rebuilder.start()
+        self.mode = "two-phase"
+        if calibrate:
+            t = {}
+            for label, patchable in (("patchable_ms", True), ("prepacked_ms", False)):
+                time.sleep(0.05)  # the other engine's spinning worker threads would steal the cores
+                try:
+                    for _ in range(3):  # warm-up: first runs allocate
+                        self.backend.run(x, patchable=patchable)
+                except Exception as e:  # noqa: BLE001 - the engines raise their own types for a bad feed
+                    raise ManifestError(f"{self.manifest.file(self.manifest.sample)}: the "
+                                        f"sample input does not run: {first_line(e, 200)}") from None
+                runs = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    self.backend.run(x, patchable=patchable)
+                    runs.append((time.perf_counter() - t0) * 1e3)
+                t[label] = statistics.median(runs)
+            t["ratio"] = t["patchable_ms"] / t["prepacked_ms"]
+            self.calibration = t
+            if t["ratio"] <= AUTO_THRESHOLD:  # nothing to win: free the prepacked engine and its memory
+                self._stop_two_phase()
+
+    # ---- lifetime -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the background thread, free both engines and the patch threads. Idempotent; any later call on
+        the session raises ShiraError."""
+        with self._patch_mutex:
+            if self._closed:
+                return
+            self._closed = True
+        if self._res.rebuilder is not None:
+            # joined WITHOUT the session's lock: a builder that finished its engine takes the write lock to
+            # install it, and would wait for us forever (then die mid-build at interpreter exit)
+            self._res.rebuilder.close()
+        with self._lock.write():  # no run() is inside an engine while it is freed
+            self._finalizer()
+            self.rebuilder = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "ShiraSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShiraError(f"{self.manifest.root}: this session is closed")
+
+    # ---- adapters -------------------------------------------------------------------------------------------
+    def load(self, blob, name: str | None = None) -> str:
+        """Validate and decode an adapter blob (path or bytes). Refusal raises AdapterError; nothing is patched."""
+        self._check_open()
+        adapter = read_adapter(blob, self.manifest)
+        name = name or adapter.name
+        mapped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for t in adapter.tensors.values():
+            info = self.manifest.tensors[t.target]
+            for p in info.placements.get(self.backend.name, ()):
+                mapped[p.name] = layouts.sorted_for(p.layout, t.indices, t.values, info.shape)
+        with self._patch_mutex:
+            self._check_open()
+            if name in self.active:
+                raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
+            self.adapters[name] = adapter
+            self._mapped[name] = mapped
+        return name
+
+    def unload(self, name: str) -> None:
+        with self._patch_mutex:
+            self._check_open()
+            if name in self.active:
+                raise AdapterError(f"adapter {name!r} is active; reset() or switch away first")
+            self.adapters.pop(name, None)
+            self._mapped.pop(name, None)
+
+    # ---- switching ------------------------------------------------------------------------------------------
+    def switch(self, name: str) -> None:
+        """Make `name` the only active adapter, at scale 1."""
+        self.fuse({name: 1.0})
+
+    def fuse(self, scales: dict[str, float]) -> None:
+        """Activate several adapters at once, each with its scale. Replaces whatever was active."""
+        with self._patch_mutex:
+            self._check_open()
+            rebuilder = self.rebuilder
+            for name, scale in scales.items():
+                if name not in self._mapped:
+                    raise AdapterError(f"adapter {name!r} is not loaded (loaded: {', '.join(self._mapped) or 'none'})")
+                if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+                    raise AdapterError(f"adapter {name!r}: scale {scale!r} is not a number")
+                if not np.isfinite(scale):
+                    raise AdapterError(f"adapter {name!r}: scale {scale} is not finite")
+            terms: dict[str, list] = {}
+            for name, scale in scales.items():
+                for buf, (idx, delta) in self._mapped[name].items():
+                    terms.setdefault(buf, []).append((idx, delta, float(scale)))
+            plans = self.patcher.plan(terms)
+            with self._lock.write():
+                changed = self.patcher.commit(plans)
+                self.backend.weights_changed(changed)  # e.g. ExecuTorch reloads a method whose conv weights changed
+                if rebuilder is not None and changed:
+                    rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
+                self.active = dict(scales)
+        if rebuilder is not None:
+            rebuilder.kick()
+
+    def reset(self) -> None:
+        """Back to the base weights, bit-exact."""
+        self.fuse({})
+
+    # ---- inference ------------------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock.read():
+            if self._closed:
+                self._check_open()
+            return self.backend.run(inputs)
+
+    # ---- two-phase switching --------------------------------------------------------------------------------
+    def wait_full_speed(self, timeout: float | None = 10.0) -> bool:
+        """Block until runs go to a prepacked engine holding the current weights. True in "patchable" mode
+        when there is nothing to wait for; False on timeout or if the background build failed."""
+        if self.rebuilder is None:
+            return True
+        return self.rebuilder.wait(timeout)
+
+    @property
+    def full_speed(self) -> bool:
+        return self.rebuilder is None or self.rebuilder.ready
+
+    def stop_two_phase(self) -> None:
+        """Stop the background rebuilder and free the prepacked engine; runs continue on the patchable one
+        (least memory). The session stays open."""
+        self._check_open()
+        self._stop_two_phase()
+
+    def _stop_two_phase(self) -> None:
+        if self.rebuilder is not None:
+            self.rebuilder.close()
+            self.rebuilder = self._res.rebuilder = None
+            with self._lock.write():
+                self.backend.drop_prepacked()
+        self.mode = "patchable"
+
+    # ---- inspection -----------------------------------------------------------------------------------------
+    def weight(self, torch_name: str) -> np.ndarray:
+        """A copy of the live weight in torch layout (from its first placement)."""
+        self._check_open()
+        info = self.manifest.tensors[torch_name]
+        p = info.placements[self.backend.name][0]
+        return p.to_torch_layout(self.backend.buffers[p.name], info.shape).copy()
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.backend.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.backend.output_names
+
+
+def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
+              prepack: str = "auto") -> ShiraSession:
+    return ShiraSession(Path(base_dir), backend, threads, verify, prepack)

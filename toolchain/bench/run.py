@@ -1,0 +1,409 @@
+"""`shira-bench`: CPU latency of switching adapters and of inference after a switch, side by side in one run.
+
+Every number is a median with min and max over repeated samples taken in this process, so each ratio compares
+pairs measured under the same conditions. Scenarios (per built-in model):
+  switch     SHiRA in-place switch on ONNX Runtime and on ExecuTorch (and the bare patch kernel under it),
+             against PEFT LoRA unmerge+merge, PEFT LoRA merge_and_unload, PEFT SHiRA unmerge+merge (torch),
+             re-creating the ONNX Runtime session from the exported files, and reloading the ExecuTorch method
+  inference  the prepacked base sessions (ONNX Runtime: every weight an initializer, fully prepacked;
+             ExecuTorch: model_prepacked.pte) against the patchable engines after a switch, the two-phase engines
+             once at prepacked speed, LoRA left unfused (an export with LoRA branches) and ONNX Runtime's own LoRA
+             adapters (`.onnx_adapter`, `RunOptions.add_active_adapter`); the LM at sequence 1 (decode) and 128
+             (prefill), the image net at 64x64 and 256x256
+  two_phase  per runtime: the switch as the caller sees it, the time until the prepacked engine is installed,
+             and the extra memory it holds
+  fusion     fusing 2-4 SHiRA adapters in place, time against the number of adapters
+  size       the packed blob against the PEFT SHiRA and PEFT LoRA checkpoints with as many trainable values
+  scaling    Llama-shaped random models from ~10M to ~1B parameters (bench_scaling.py)
+Outputs: bench.json (every raw sample, the machine, versions), bench.md, bench.png.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from shira_format import manifest as manifest_format
+from shira_format.atomic import atomic_path, write_text
+
+from ..export import export_model
+from ..model_source import resolve
+from ..pack import pack_adapter
+from ..train import TrainConfig, train
+from .measure import machine, peft_switcher, sample, sample_rounds, stats
+
+PAPER = ("Paper anchors (SHiRA, NeurIPS 2024): SHiRA vs LoRA switch 4.68x faster on SDXL and 5.71x on LLaMA2-7B end "
+         "to end on CPU, up to 16x in a micro-benchmark; unfused LoRA up to +30% inference latency.")
+
+
+def _prepacked_base_session(base_dir: Path, threads: int):
+    """The plain export: the same graph with every patchable weight embedded again as an initializer."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from shira_format.safetensors_file import read_file
+
+    m = onnx.load(str(base_dir / "model.onnx"))
+    st = read_file(base_dir / "weights.safetensors")
+    keep = [i for i in m.graph.input if i.name not in st.tensors]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    m.graph.initializer.extend(numpy_helper.from_array(np.array(st.array(n)), n) for n in st.tensors)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # load-time warnings only
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _lora_sessions(lora_dirs: dict, subject, work: Path, threads: int):
+    """LoRA left unfused, two ways, from one export of the model with LoRA branches:
+    (1) every LoRA weight embedded (`lora_unfused_ort`), (2) the LoRA weights as graph inputs fed by ONNX
+    Runtime's own adapter files (`.onnx_adapter`), one per LoRA checkpoint: `ort_lora_adapter`.
+    -> (constant session, adapter session, {name: LoraAdapter}, adapter file size)"""
+    import onnxruntime as ort
+    from peft import PeftModel
+    from shira_format import manifest as manifest_mod
+
+    from ..model_source import ExportSubject
+
+    first = next(iter(lora_dirs.values()))
+    inner = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(first)).base_model.model.eval()
+    sub = ExportSubject(subject.source, inner, subject.example_inputs, subject.output_names,
+                        subject.dynamic_axes, subject.family)
+    export_model(sub, work / "lora-export", targets=r"lora_[AB]\.", formats=("onnx",), log=lambda *a: None)
+    man = manifest_mod.load(work / "lora-export")
+    adapters, size = {}, 0
+    for name, ck in lora_dirs.items():
+        lm = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck)).base_model.model
+        params = dict(lm.named_parameters())
+        fmt = ort.AdapterFormat()
+        fmt.set_adapter_version(1)
+        fmt.set_model_version(1)
+        values = {}
+        for tname, info in man.tensors.items():
+            w = params[tname].detach().numpy()
+            for p in info.placements["onnxruntime"]:
+                values[p.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(w.T if p.layout == "transpose2d" else w))
+        fmt.set_parameters(values)
+        path = work / f"{name}.onnx_adapter"
+        fmt.export_adapter(str(path))
+        size = path.stat().st_size
+        adapters[name] = ort.LoraAdapter()
+        adapters[name].Load(str(path))
+    # ORT's adapters override "overridable initializers": graph inputs that also have an initializer (the
+    # defaults here are LoRA checkpoint `first`, read from weights.safetensors as external data)
+    import onnx
+
+    proto = onnx.load(str(work / "lora-export" / "model_prepacked.onnx"), load_external_data=False)
+    for init in proto.graph.initializer:
+        if init.name in {p.name for info in man.tensors.values() for p in info.placements["onnxruntime"]}:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    onnx.save_model(proto, str(work / "lora-export" / "model_overridable.onnx"))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # "Initializer ... appears in graph inputs": by design, overridable initializers
+    with_inputs = ort.InferenceSession(str(work / "lora-export" / "model_overridable.onnx"), opts,
+                                       providers=["CPUExecutionProvider"])
+    return _prepacked_base_session(work / "lora-export", threads), with_inputs, adapters, size
+
+
+def _prepacked_program(base_dir: Path, threads: int):
+    """model_prepacked.pte as it was exported: XNNPACK packs every weight at load (ExecuTorch's prepacked base)."""
+    from shira_runtime.backends.executorch import PatchableProgram
+
+    return PatchableProgram((base_dir / "model_prepacked.pte").read_bytes(), "model_prepacked.pte", threads)
+
+
+def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) -> dict:
+    import onnxruntime as ort
+    from peft import PeftModel
+    from shira_runtime import ShiraSession
+
+    torch.set_num_threads(threads)
+    subject = resolve(name)
+    base_dir = work / name / "base"
+    export_model(subject, base_dir, log=lambda *a: None)
+    lm = subject.family == "causal-lm"
+    task = "upper" if lm else "sepia"
+    ck = {}
+    for key, lora, seed in (("shira-a", False, 0), ("shira-b", False, 1), ("shira-c", False, 2), ("shira-d", False, 3),
+                            ("lora-a", True, 0), ("lora-b", True, 1)):
+        ck[key] = work / name / key
+        train(subject, TrainConfig(task=task, mask="rand", r=1, steps=3, seed=seed, lora=lora), ck[key],
+              log=lambda *a: None, progress=False)
+    shira_keys = ("shira-a", "shira-b", "shira-c", "shira-d")
+    blobs = {k: pack_adapter(ck[k], base_dir, work / name / f"{k}.shira").out for k in shira_keys}
+    res = {"model": name, "parameters": sum(p.numel() for p in subject.model.parameters()), "switch": {},
+           "fusion": {}, "inference": {}, "size": {}}
+
+    # ---- switch ----
+    sessions = {b: ShiraSession(base_dir, backend=b, threads=threads, prepack="off") for b in ("onnxruntime", "executorch")}
+    for b, s in sessions.items():
+        for k, p in blobs.items():
+            s.load(p, name=k)
+        flip = iter(["shira-a", "shira-b"] * (repeats + 10))
+        res["switch"][f"shira_{b}"] = stats(sample(lambda s=s: s.switch(next(flip)), repeats))
+        if b == "onnxruntime":  # the patch kernel alone, on the same buffers: what the session adds is the rest
+            terms = {k: {buf: [(i, d, 1.0)] for buf, (i, d) in s._mapped[k].items()} for k in ("shira-a", "shira-b")}
+            flip = iter(["shira-a", "shira-b"] * (repeats + 10))
+            res["switch"]["patch_kernel_onnxruntime"] = stats(sample(
+                lambda s=s: s.patcher.commit(s.patcher.plan(terms[next(flip)])), repeats))
+            s.switch("shira-a")
+        # fusing k adapters (equal scales), each sample starting from a single other adapter
+        for k in range(2, len(shira_keys) + 1):
+            mix = {a: 1.0 / k for a in shira_keys[:k]}
+            res["fusion"][f"shira_{b}_{k}"] = stats(sample(lambda s=s, mix=mix: s.fuse(mix), repeats,
+                                                           setup=lambda s=s: s.switch("shira-d")))
+    lora = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck["lora-a"]), adapter_name="a")
+    lora.load_adapter(str(ck["lora-b"]), adapter_name="b")
+    res["switch"]["peft_lora_unmerge_merge"] = stats(sample(peft_switcher(lora), repeats))
+    holder = {}
+    res["switch"]["peft_lora_merge_and_unload"] = stats(sample(
+        lambda: holder["m"].merge_and_unload(), repeats,
+        setup=lambda: holder.__setitem__("m", PeftModel.from_pretrained(copy.deepcopy(subject.model),
+                                                                         str(ck["lora-a"])))))
+    shira = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck["shira-a"]), adapter_name="a")
+    shira.load_adapter(str(ck["shira-b"]), adapter_name="b")
+    res["switch"]["peft_shira_unmerge_merge"] = stats(sample(peft_switcher(shira), repeats))
+    res["switch"]["ort_session_recreate"] = stats(sample(  # a bare session: no second, prepacked engine
+        lambda: ShiraSession(base_dir, threads=threads, prepack="off"), max(3, repeats // 4)))
+    res["switch"]["et_method_reload"] = stats(sample(sessions["executorch"].backend.program.reload, max(3, repeats // 4)))
+
+    # ---- two-phase switching: visible switch, time to prepacked speed, extra memory ----
+    two = {b: ShiraSession(base_dir, backend=b, threads=threads, prepack="background") for b in sessions}
+    res["two_phase"] = {}
+    for b, s in two.items():
+        for k in ("shira-a", "shira-b"):
+            s.load(blobs[k], name=k)
+        flip = iter(["shira-a", "shira-b"] * (repeats + 10))
+        n0 = len(s.rebuilder.history)
+        visible = sample(lambda s=s: s.switch(next(flip)), repeats, setup=lambda s=s: s.wait_full_speed(60))
+        s.wait_full_speed(60)
+        full = [h["to_full_speed_s"] for h in s.rebuilder.history[n0:] if h["to_full_speed_s"] is not None]
+        res["two_phase"][b] = {"visible_switch": stats(visible), "to_full_speed": stats(full),
+                               "extra_bytes": s.rebuilder.history[-1]["extra_bytes"],
+                               "auto_calibration": ShiraSession(base_dir, backend=b, threads=threads).calibration}
+        s.switch("shira-a")
+        s.wait_full_speed(60)
+
+    # ---- inference after a switch ----
+    const = _prepacked_base_session(base_dir, threads)
+    static = _prepacked_program(base_dir, threads)
+    lora_const, lora_inputs, ort_adapters, res["size"]["onnx_adapter"] = _lora_sessions(
+        {"a": ck["lora-a"], "b": ck["lora-b"]}, subject, work / name, threads)
+    et_dynamic = manifest_format.load(base_dir).files_of("executorch").dynamic_shapes
+    run_opts = ort.RunOptions()
+    run_opts.add_active_adapter(ort_adapters["a"])
+    for s in sessions.values():
+        s.switch("shira-a")
+    shapes = {"decode": (1, 1), "prefill": (1, 128)} if lm else {"64x64": 64, "256x256": 256}
+    for label, shp in shapes.items():
+        if lm:
+            x = {"input_ids": np.arange(shp[1], dtype=np.int64)[None] % 256}
+        else:
+            x = {"image": np.random.default_rng(0).random((1, 3, shp, shp), dtype=np.float32)}
+        fns = {"prepacked_base_ort": lambda: const.run(None, x),
+               "shira_patchable_ort": lambda: sessions["onnxruntime"].run(x),
+               "shira_two_phase_ort": lambda: two["onnxruntime"].run(x),
+               "lora_unfused_ort": lambda: lora_const.run(None, x),
+               "ort_lora_adapter": lambda: lora_inputs.run(None, x, run_opts)}
+        if et_dynamic or shp == 64:  # a static .pte only takes the sample's shape (64x64 for style-net)
+            fns.update({  # numpy in and out for the plain program too, as the session does
+                "prepacked_base_et": lambda: [o.numpy().copy() for o in
+                                                static.execute([torch.from_numpy(v) for v in x.values()])],
+                "shira_patchable_et": lambda: sessions["executorch"].run(x),
+                "shira_two_phase_et": lambda: two["executorch"].run(x)})
+        row = {k: stats(v) for k, v in sample_rounds(fns, repeats).items()}
+        res["inference"][label] = row
+    for s in two.values():
+        s.close()
+
+    # ---- size ----
+    def du(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix in (".json", ".safetensors")
+                   and f.name != "train_report.json")
+
+    res["size"].update({"blob_f16": blobs["shira-a"].stat().st_size, "peft_shira": du(ck["shira-a"]),
+                        "peft_lora": du(ck["lora-a"])})
+    log(f"  {name}: SHiRA switch {res['switch']['shira_onnxruntime']['median_ms']:.2f} ms (ORT), "
+        f"LoRA unmerge+merge {res['switch']['peft_lora_unmerge_merge']['median_ms']:.2f} ms, session re-create "
+        f"{res['switch']['ort_session_recreate']['median_ms']:.1f} ms")
+    return res
+
+
+def _ref(row: dict, key: str) -> float:
+    """The prepacked baseline of the same runtime as `key`."""
+    base = "prepacked_base_et" if key.endswith("_et") else "prepacked_base_ort"
+    return row[base]["median_ms"]
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = ["# shira-bench", "", f"`{report['command']}` on {m['cpu']} ({m['cores']} cores), {report['threads']} "
+             f"thread(s); torch {m['torch']}, onnxruntime {m['onnxruntime']}. Medians (min-max) of "
+             f"{report['repeats']} samples, all in one process ({report.get('seconds', 0):.0f} s in all).", "",
+             "## Switch latency", "",
+             "| model | method | median ms | min-max ms | vs SHiRA (ORT) |", "|---|---|---|---|---|"]
+    for r in report["models"]:
+        ref = r["switch"]["shira_onnxruntime"]["median_ms"]
+        for k, s in r["switch"].items():
+            lines.append(f"| {r['model']} | {k} | {s['median_ms']:.3f} | {s['min_ms']:.3f}-{s['max_ms']:.3f} | "
+                         f"{s['median_ms'] / ref:.1f}x |")
+    lines += ["", "`patch_kernel_onnxruntime` is the bare WeightPatcher plan+commit on the same buffers; the rest "
+              "of `shira_onnxruntime` is the session's validation and locking.", "",
+              "## Fusing k adapters in place (equal scales, from one other adapter active)", "",
+              "| model | runtime | k | median ms | min-max ms |", "|---|---|---|---|---|"]
+    for r in report["models"]:
+        for key, s in r.get("fusion", {}).items():
+            _, runtime, k = key.split("_")
+            lines.append(f"| {r['model']} | {runtime} | {k} | {s['median_ms']:.3f} | {s['min_ms']:.3f}-{s['max_ms']:.3f} |")
+    lines += ["", "## Inference after a switch", "",
+              "Each ratio is against the prepacked base of the same runtime (ONNX Runtime: every weight an "
+              "initializer, prepacked; ExecuTorch: `model_prepacked.pte`). `patchable`: the in-place engine right after "
+              "a switch; `two_phase`: the same session once its prepacked engine is installed (issue 7).", "",
+              "| model | shape | method | median ms | vs prepacked base |", "|---|---|---|---|---|"]
+    for r in report["models"]:
+        for shape, row in r["inference"].items():
+            for k, s in row.items():
+                lines.append(f"| {r['model']} | {shape} | {k} | {s['median_ms']:.3f} | {s['median_ms'] / _ref(row, k):.2f}x |")
+    if any("two_phase" in r for r in report["models"]):
+        lines += ["", "## Two-phase switching", "",
+                  "| model | runtime | switch seen by the caller, ms | to prepacked speed, ms | extra memory | auto mode picks |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["models"]:
+            for b, t in r.get("two_phase", {}).items():
+                cal = t["auto_calibration"]
+                pick = ("two-phase" if cal["ratio"] > 1.02 else "patchable") + f" (patchable/prepacked {cal['ratio']:.2f}x)"
+                lines.append(f"| {r['model']} | {b} | {t['visible_switch']['median_ms']:.3f} | "
+                             f"{t['to_full_speed']['median_ms']:.1f} ({t['to_full_speed']['min_ms']:.1f}-"
+                             f"{t['to_full_speed']['max_ms']:.1f}) | {t['extra_bytes'] / 1e6:.2f} MB | {pick} |")
+    lines += ["", "## Adapter size on disk (same number of trainable values)", "",
+              "| model | packed blob (f16) | PEFT SHiRA checkpoint | PEFT LoRA checkpoint | ORT `.onnx_adapter` (LoRA) |",
+              "|---|---|---|---|---|"]
+    for r in report["models"]:
+        s = r["size"]
+        lines.append(f"| {r['model']} | {s['blob_f16']:,} B | {s['peft_shira']:,} B | {s['peft_lora']:,} B | "
+                     f"{s.get('onnx_adapter', 0):,} B |")
+    sc = report.get("scaling")
+    if sc:
+        lines += ["", f"## Scaling: switch time against model size (1% of every block Linear; copy bandwidth "
+                  f"{sc['copy_bandwidth_gbps']:.1f} GB/s)", "",
+                  "| model | dtype | parameters | SHiRA switch ms | PEFT LoRA switch ms (rank) | LoRA / SHiRA | "
+                  "bandwidth floor ms | dense copy ms |", "|---|---|---|---|---|---|---|---|"]
+        for row in sc["rows"]:
+            sh, lo = row["shira_switch"]["median_ms"], row["lora_switch"]["median_ms"]
+            lines.append(f"| {row['size']} | {row['dtype']} | {row['parameters'] / 1e6:,.0f}M | {sh:.2f} | "
+                         f"{lo:.1f} (r={row['lora_rank']}) | {lo / sh:.1f}x | {row['bound_ms']:.2f} | "
+                         f"{row['dense_copy_ms']:.1f} |")
+    lines += ["", PAPER, "", targets_summary(report), ""]
+    return "\n".join(lines)
+
+
+def targets_summary(report: dict) -> str:
+    """The issue's targets, checked against this run and stated plainly (met or not)."""
+    out = ["## Against the targets", ""]
+    sc = report.get("scaling")
+    if sc:
+        big = max(sc["rows"], key=lambda r: (r["parameters"], r["dtype"] == "float32"))
+        x = big["lora_switch"]["median_ms"] / big["shira_switch"]["median_ms"]
+        out.append(f"- Switch vs PEFT LoRA switch on the largest model ({big['size']}, {big['dtype']}): {x:.1f}x "
+                   f"(target >= 30x): {'met' if x >= 30 else 'NOT met'}.")
+    for r in report["models"]:
+        sw = r["switch"]
+        x = sw["ort_session_recreate"]["median_ms"] / sw["shira_onnxruntime"]["median_ms"]
+        out.append(f"- {r['model']}: switch vs ONNX Runtime session re-creation {x:.0f}x (target >= 25x): "
+                   f"{'met' if x >= 25 else 'NOT met'}.")
+        for shape, row in r["inference"].items():
+            for k in ("shira_patchable_ort", "shira_two_phase_ort", "shira_patchable_et", "shira_two_phase_et"):
+                if k in row:
+                    q = row[k]["median_ms"] / _ref(row, k)
+                    out.append(f"- {r['model']} {shape} {k}: {q:.2f}x the prepacked base session (target <= 1.02x): "
+                               f"{'met' if q <= 1.02 else 'NOT met'}.")
+    return "\n".join(out)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(report["models"])
+    fig, axes = plt.subplots(2, max(n, 2), figsize=(6.5 * max(n, 2), 8.5), squeeze=False)
+    for ax, r in zip(axes[0], report["models"]):
+        names = list(r["switch"])
+        med = [r["switch"][k]["median_ms"] for k in names]
+        lo = [m - r["switch"][k]["min_ms"] for k, m in zip(names, med)]
+        hi = [r["switch"][k]["max_ms"] - m for k, m in zip(names, med)]
+        ax.barh(names, med, xerr=[lo, hi], color=["tab:green" if k.startswith(("shira", "patch")) else "tab:gray"
+                                                  for k in names])
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short ranges
+        ax.set_xlabel("switch latency, ms (log)")
+        ax.set_title(f"{r['model']} ({r['parameters']:,} params)")
+    ax = axes[1][0]
+    if report.get("scaling"):
+        from .scaling import plot_scaling
+
+        plot_scaling(report["scaling"], ax)
+    ax = axes[1][1]
+    labels, ratios, colors = [], [], []
+    for r in report["models"]:
+        for shape, row in r["inference"].items():
+            for k, s in row.items():
+                if k.startswith("constant"):
+                    continue
+                labels.append(f"{r['model']} {shape} {k}")
+                ratios.append(s["median_ms"] / _ref(row, k))
+                colors.append("tab:green" if "two_phase" in k else "tab:olive" if "patchable" in k else "tab:gray")
+    ax.barh(labels, ratios, color=colors)
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.axvline(1.02, color="red", lw=0.8, ls="--", label="target 1.02x")
+    ax.tick_params(axis="y", labelsize=6)
+    ax.set_xlabel("inference time / prepacked base session of the same runtime")
+    ax.set_title("Inference after a switch")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def run_bench(out_dir, quick: bool = True, threads: int = 2, log=print) -> dict:
+    import tempfile
+
+    from .scaling import run_scaling
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    repeats = 20 if quick else 60
+    t0 = time.time()
+    from tqdm import tqdm
+
+    from .scaling import QUICK_SIZES, SIZES
+
+    names = ("tiny-llama", "style-net")
+    bar = tqdm(total=len(names) + 2 * len(QUICK_SIZES if quick else SIZES), desc="shira-bench", unit="step",
+               disable=None)  # disable=None: a bar on a terminal, nothing in a log file
+
+    def step_log(msg):
+        tqdm.write(msg) if not bar.disable else log(msg)
+        if msg.startswith("  "):  # one line per finished model or model size
+            bar.update()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [bench_model(n, Path(tmp), repeats, threads, step_log) for n in names]
+    scaling = run_scaling(quick, 5 if quick else 7, threads, step_log)
+    bar.close()
+    report = {"command": f"shira-bench {'--quick ' if quick else ''}--out {out_dir} --threads {threads}",
+              "machine": machine(), "threads": threads, "repeats": repeats, "quick": quick, "models": models,
+              "scaling": scaling, "seconds": time.time() - t0}
+    write_text(out_dir / "bench.json", json.dumps(report, indent=1))
+    write_text(out_dir / "bench.md", markdown(report))
+    plot(report, out_dir / "bench.png")
+    log(f"bench -> {out_dir} ({report['seconds']:.0f}s)")
+    return report

@@ -1,0 +1,408 @@
+"""`shira-export model`: export a base model ONCE, with a manifest that says where every patchable weight lives.
+
+Pipeline: torch.onnx.export (dynamo) -> locate each targeted torch weight among the graph's initializers by
+value (as-is, or transposed: the exporter pre-transposes MatMul weights and renames them `val_N`) -> turn
+those initializers into graph inputs whose bytes go to weights.safetensors (the runtime owns and patches
+them) -> keep every other weight embedded, so ORT prepacks it -> verify against torch -> write the manifest.
+
+A weight whose bytes the exporter merged with another tensor (tied weights, identical all-zero tensors) is
+excluded: patching one buffer would silently patch both. Excluded weights are listed in the manifest with
+the reason, and packing an adapter that touches one fails with that reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from shira_format import manifest as manifest_format
+
+from ..model_source import ExportSubject
+
+PATCHABLE_KINDS = {torch.nn.Linear: "linear", torch.nn.Conv1d: "conv1d", torch.nn.Conv2d: "conv2d"}
+ONNX_EXTERNAL_DATA_ABOVE = 1_800_000_000  # protobuf cannot hold 2 GB in one message
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def tensor_sha256(t: torch.Tensor | np.ndarray) -> str:
+    arr = t.detach().cpu().contiguous().numpy() if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the state dict (name, dtype, shape, bytes), sorted by name."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        arr = t.detach().cpu().contiguous()
+        h.update(f"{name}|{arr.dtype}|{list(arr.shape)}\n".encode())
+        h.update(arr.view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def _module_kind(mod: torch.nn.Module) -> str | None:
+    kind = PATCHABLE_KINDS.get(type(mod))
+    if kind is None and type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers"):
+        kind = "linear-fan-in-fan-out"  # GPT-2 style Conv1D: a Linear whose weight is stored [in, out]
+    return kind
+
+
+def check_targets(targets: str | None) -> None:
+    """Refuse a --targets value that is not a regular expression, before any work starts."""
+    if targets is None:
+        return
+    try:
+        re.compile(targets)
+    except re.error as e:
+        raise ExportError(f"--targets {targets!r}: not a valid regular expression: {e}") from None
+
+
+def patchable_weights(model: torch.nn.Module, targets: str | None) -> dict[str, tuple[str, str]]:
+    """torch parameter name -> (module name, kind) for Linear/Conv weights matching the `targets` regex."""
+    check_targets(targets)
+    out = {}
+    for mname, mod in model.named_modules():
+        kind = _module_kind(mod)
+        pname = f"{mname}.weight"
+        if kind and (targets is None or re.search(targets, pname)):
+            out[pname] = (mname, kind)
+    return out
+
+
+def _torch_export(subject: ExportSubject) -> onnx.ModelProto:
+    emod = subject.export_module()
+    names = list(subject.example_inputs)
+    args = tuple(subject.example_inputs.values())
+    dyn = None
+    if subject.dynamic_axes:
+        dyn = tuple({ax: torch.export.Dim(d, min=lo, max=hi) for ax, (d, lo, hi) in subject.dynamic_axes.get(n, {}).items()}
+                    or None for n in names)
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):
+            prog = torch.onnx.export(emod, args, dynamo=True, input_names=names, output_names=subject.output_names,
+                                     dynamic_shapes=dyn, verbose=False)
+    except Exception as e:
+        raise ExportError(f"torch.onnx.export failed: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
+    return prog.model_proto
+
+
+def _value_key(arr: np.ndarray) -> tuple:
+    return arr.shape, arr.dtype.str, hashlib.sha1(np.ascontiguousarray(arr).tobytes()).digest()
+
+
+def locate_weights(proto: onnx.ModelProto, model: torch.nn.Module, targets: dict[str, tuple[str, str]]):
+    """Find each target's initializer(s) by value. Returns (placements, excluded, shared_groups)."""
+    init_arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    inits_by_key = defaultdict(list)
+    for name, arr in init_arrays.items():
+        inits_by_key[_value_key(arr)].append(name)
+
+    # every tensor of the model, by value, in both orientations: which torch tensors each initializer holds
+    holders = defaultdict(set)  # initializer -> torch tensor names whose value it equals
+    by_storage = defaultdict(list)
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        by_storage[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))].append(name)
+        arr = t.detach().cpu().contiguous().numpy()
+        for key in {_value_key(arr), _value_key(arr.T)} if arr.ndim == 2 else {_value_key(arr)}:
+            for init in inits_by_key.get(key, ()):
+                holders[init].add(name)
+    tied = {n: names for names in by_storage.values() if len(names) > 1 for n in names}
+
+    placements, excluded, shared = {}, {}, []
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for pname in targets:
+        w = params[pname].detach().cpu().contiguous().numpy()
+        if pname in tied:
+            excluded[pname] = f"shares storage with {sorted(set(tied[pname]) - {pname})} in torch (tied weights)"
+            shared.append(sorted(tied[pname]))
+            continue
+        found = [(n, "identity") for n in inits_by_key.get(_value_key(w), ())]
+        if w.ndim == 2:
+            found += [(n, "transpose2d") for n in inits_by_key.get(_value_key(w.T), ())]
+        if not found:
+            excluded[pname] = "not found as an initializer of the exported graph (folded or fused by the exporter)"
+            continue
+        others = sorted(set().union(*(holders[n] for n, _ in found)) - {pname})
+        if others or len({n for n, _ in found}) < len(found):
+            excluded[pname] = f"the exporter stores it in one buffer with {others or 'itself transposed'}"
+            shared.append(sorted({pname, *others}))
+            continue
+        placements[pname] = [(n, layout, tuple(init_arrays[n].shape)) for n, layout in found]
+    return placements, excluded, shared, init_arrays
+
+
+def _to_graph_inputs(proto: onnx.ModelProto, names: set[str]) -> None:
+    keep = [i for i in proto.graph.initializer if i.name not in names]
+    moved = [i for i in proto.graph.initializer if i.name in names]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    existing = {i.name for i in proto.graph.input}
+    for init in moved:
+        if init.name not in existing:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+
+
+def _io_spec(values, skip=frozenset()) -> list[dict]:
+    out = []
+    for v in values:
+        if v.name in skip:
+            continue
+        tt = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in tt.shape.dim]
+        out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, "shape": shape})
+    return out
+
+
+def tool_versions() -> dict:
+    import onnxruntime
+    import transformers
+
+    from .. import __version__
+
+    try:
+        import peft
+
+        peft_v = peft.__version__
+    except ImportError:
+        peft_v = None
+    return {"shira": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__, "peft": peft_v}
+
+
+FORMATS = {"onnx": "onnxruntime", "pte": "executorch"}
+
+
+def _combine_exclusions(per_backend: dict[str, dict[str, str]], located: dict[str, dict], wanted) -> dict[str, str]:
+    """A weight is patchable only if every exported backend can patch it; otherwise say why, per backend."""
+    excluded = {}
+    for pname in wanted:
+        why = [f"{b}: {ex[pname]}" for b, ex in per_backend.items() if pname in ex]
+        why += [f"{b}: not located" for b, loc in located.items() if pname not in loc and pname not in per_backend[b]]
+        if why:
+            excluded[pname] = "; ".join(why)
+    return excluded
+
+
+def export_model(subject: ExportSubject, out_dir, targets: str | None = None, formats=("onnx", "pte"),
+                 log=print) -> dict:
+    """Export `subject` once per format into out_dir, with one manifest for all of them. Returns the manifest.
+
+    Files: model.onnx + weights.safetensors (onnx), model.pte (pte), sample.npz, manifest.json (written last).
+    """
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    formats = tuple(dict.fromkeys(formats))
+    if not formats or set(formats) - set(FORMATS):
+        raise ExportError(f"formats must be among {sorted(FORMATS)}, got {list(formats)}")
+    model = subject.model.eval()
+    t0 = time.perf_counter()
+    wanted = patchable_weights(model, targets)
+    if not wanted:
+        raise ExportError(f"--targets {targets!r} matches no Linear/Conv weight of {subject.source}")
+    log(f"exporting {subject.source}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{len(wanted)} candidate patchable weights, formats: {', '.join(formats)}")
+
+    located, per_backend_excluded, shared = {}, {}, []
+    if "onnx" in formats:
+        proto = _torch_export(subject)
+        pl, ex, sh, init_arrays = locate_weights(proto, model, wanted)
+        located["onnxruntime"], per_backend_excluded["onnxruntime"] = pl, ex
+        shared += sh
+        log(f"  onnx: {len(proto.graph.node)} nodes, {len(pl)} weights located")
+    if "pte" in formats:
+        from . import executorch as et
+
+        pte, dynamic, lowering = et.lower(subject, log)
+        pl, ex, sh = et.locate_in_program(pte, model, wanted)
+        reload, ex2 = et.probe_reload(pte, pl, subject.example_inputs)
+        ex.update(ex2)
+        pl = {k: v for k, v in pl.items() if k not in ex2}
+        located["executorch"], per_backend_excluded["executorch"] = pl, ex
+        shared += sh
+        n_reload = sum(reload.values())
+        log(f"  pte: {len(pte):,} bytes, {lowering['delegates']} XNNPACK delegate calls, {len(pl)} weights "
+            f"located ({n_reload} need a method reload when patched: conv)")
+        static_pte, _, _ = et.lower(subject, lambda *a: None, static=True)
+        static_pl, static_ex, _ = et.locate_in_program(static_pte, model, wanted)
+    excluded = _combine_exclusions(per_backend_excluded, located, wanted)
+    for pname, why in excluded.items():
+        log(f"  not patchable: {pname}: {why}")
+    patchable = [p for p in wanted if p not in excluded]
+    if not patchable:
+        raise ExportError("no targeted weight could be made patchable (see the reasons above)")
+
+    static_missing = [p for p in patchable if p not in static_pl] if "pte" in formats else []
+    params = dict(model.named_parameters())
+    tensors = {}
+    for pname in patchable:
+        mname, kind = wanted[pname]
+        w = params[pname]
+        placements, prepacked_placements = {}, {}
+        if "onnxruntime" in located:
+            placements["onnxruntime"] = [{"name": n, "shape": list(shp), "layout": lay}
+                                         for n, lay, shp in located["onnxruntime"][pname]]
+        if "executorch" in located:
+            placements["executorch"] = [{"name": f"model.pte@{off}", "shape": list(shp), "layout": lay,
+                                         "offset": off, "reload": reload[(pname, off)]}
+                                        for off, lay, shp in located["executorch"][pname]]
+            if not static_missing:
+                prepacked_placements["executorch"] = [
+                    {"name": f"model_prepacked.pte@{off}", "shape": list(shp), "layout": lay, "offset": off,
+                     "reload": True} for off, lay, shp in static_pl[pname]]
+        tensors[pname] = {"module": mname, "kind": kind, "shape": list(w.shape),
+                          "dtype": str(w.dtype).removeprefix("torch."), "sha256": tensor_sha256(w),
+                          "placements": placements}
+        if prepacked_placements:
+            tensors[pname]["prepacked_placements"] = prepacked_placements
+    with torch.no_grad():
+        ref = subject.export_module()(*subject.example_inputs.values())
+    ref_outputs = {subject.output_names[0]: ref.detach().numpy()}
+    artifacts = {}
+    files = ["sample.npz"]
+    if "onnx" in formats:
+        moved = {pl["name"] for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
+        _to_graph_inputs(proto, moved)
+        artifacts["onnxruntime"] = {"patchable": "model.onnx", "weights": "weights.safetensors",
+                                    "prepacked": "model_prepacked.onnx"}
+        io_inputs, io_outputs = _io_spec(proto.graph.input, skip=moved), _io_spec(proto.graph.output)
+    if "pte" in formats:
+        artifacts["executorch"] = {"patchable": "model.pte", "method": "forward", "dynamic_shapes": dynamic,
+                                   "lowering": lowering}
+        if static_missing:
+            m0 = static_missing[0]
+            log(f"  model_prepacked.pte not written: {len(static_missing)} weight(s) not located in it, e.g. {m0}: "
+                f"{static_ex.get(m0, 'not found')}")
+        else:
+            artifacts["executorch"]["prepacked"] = "model_prepacked.pte"
+        if "onnx" not in formats:
+            io_inputs = [{"name": k, "dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
+                         for k, v in subject.example_inputs.items()]
+            io_outputs = [{"name": k, "dtype": "float32", "shape": list(v.shape)} for k, v in ref_outputs.items()]
+    manifest = {
+        "format": manifest_format.FORMAT, "format_version": manifest_format.FORMAT_VERSION,
+        "created_by": tool_versions(),
+        "model": {"source": subject.source, "class": type(model).__name__,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "base_fingerprint": base_fingerprint(model),
+        "inputs": io_inputs,
+        "outputs": io_outputs,
+        "artifacts": artifacts,
+        "sample": "sample.npz",
+        "tensors": tensors,
+        "excluded": excluded,
+        "untargeted": sorted(set(patchable_weights(model, None)) - set(wanted)),
+        "shared_storage": shared,
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        if "onnx" in formats:
+            save_file({n: np.ascontiguousarray(init_arrays[n]) for n in sorted(moved)},
+                      str(staging / "weights.safetensors"))
+            big = proto.ByteSize() > ONNX_EXTERNAL_DATA_ABOVE
+            onnx.save_model(proto, str(staging / "model.onnx"), save_as_external_data=big,
+                            all_tensors_to_one_file=True, location="model.onnx.data")
+            _write_prepacked_twin(staging, moved)
+            files += (["model.onnx.data"] if big else []) + ["weights.safetensors", "model.onnx",
+                                                              "model_prepacked.onnx"]
+        if "pte" in formats:
+            (staging / "model.pte").write_bytes(pte)
+            files.append("model.pte")
+            if "prepacked" in artifacts["executorch"]:
+                (staging / "model_prepacked.pte").write_bytes(static_pte)
+                files.append("model_prepacked.pte")
+        np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
+                 **{f"output:{k}": v for k, v in ref_outputs.items()})
+        add_checksums(staging, manifest)
+        manifest_format.write(manifest, staging / "manifest.json")
+        errors = {b: verify_export(staging, b, subject, ref_outputs) for b in artifacts}
+        manifest["export_check"] = {"sample": "sample.npz", "max_abs_error": errors}
+        for b, e in errors.items():
+            log(f"  verified with {b}: max |{b} - torch| = {e:.3g}")
+        for f in files:
+            os.chmod(staging / f, 0o644)
+            os.replace(staging / f, out_dir / f)
+        manifest_format.write(manifest, out_dir / "manifest.json")  # last: readers see all or nothing new
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    n_patch = sum(int(np.prod(t["shape"])) for t in tensors.values())
+    log(f"  {len(tensors)} patchable tensors ({n_patch:,} weights) -> {out_dir} in {time.perf_counter() - t0:.1f}s")
+    return manifest
+
+
+def add_checksums(base_dir: Path, manifest: dict) -> None:
+    """Record every placement's CRC-32 (its manifest record + its stored bytes): the runtime checks them at
+    load, so a changed file, a moved offset or an edited layout is refused instead of patched wrongly."""
+    from shira_format.manifest import Placement
+    from shira_format.safetensors_file import read_file
+    from shira_runtime.integrity import placement_crc32
+
+    arts = manifest["artifacts"]
+    weights = read_file(base_dir / arts["onnxruntime"]["weights"]) if "onnxruntime" in arts else None
+    programs = {}  # (placements key, runtime) -> the file's bytes, for placements addressed by offset
+    if "executorch" in arts:
+        programs[("placements", "executorch")] = (base_dir / arts["executorch"]["patchable"]).read_bytes()
+        if arts["executorch"].get("prepacked"):
+            programs[("prepacked_placements", "executorch")] = (base_dir / arts["executorch"]["prepacked"]).read_bytes()
+    for tname, t in manifest["tensors"].items():
+        for key in ("placements", "prepacked_placements"):
+            for runtime, plist in t.get(key, {}).items():
+                for pl in plist:
+                    p = Placement(pl["name"], tuple(pl["shape"]), pl["layout"], pl.get("offset"))
+                    if runtime == "onnxruntime":
+                        stored = weights.raw(p.name)
+                    else:
+                        stored = memoryview(programs[(key, runtime)])[p.offset : p.offset + 4 * int(np.prod(p.shape))]
+                    pl["crc32"] = placement_crc32(tname, t["shape"], p, stored)
+
+
+def _write_prepacked_twin(staging: Path, moved: set[str]) -> None:
+    """model_prepacked.onnx: model.onnx with the patchable weights declared as initializers again, so ORT
+    prepacks them, their data given as ONNX external data at their byte ranges inside weights.safetensors.
+
+    Opened from disk it is the base model, fully prepacked. The runtime instead hands ORT the live (patched)
+    bytes of weights.safetensors from memory (`add_external_initializers_from_files_in_memory`), so every
+    graph pass and every kernel reads the same, current values: no stale private copies (docs/MANIFEST.md)."""
+    from shira_format.safetensors_file import read_file
+
+    st = read_file(staging / "weights.safetensors")
+    proto = onnx.load(str(staging / "model.onnx"), load_external_data=False)
+    inputs = {i.name: i for i in proto.graph.input}
+    keep = [i for i in proto.graph.input if i.name not in moved]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    for name in sorted(moved):
+        tt, e = inputs[name].type.tensor_type, st.tensors[name]
+        t = onnx.TensorProto(name=name, data_type=tt.elem_type, dims=[d.dim_value for d in tt.shape.dim])
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", "weights.safetensors"), ("offset", str(st.data_start + e.start)),
+                     ("length", str(e.end - e.start))):
+            t.external_data.add(key=k, value=v)
+        proto.graph.initializer.append(t)
+    onnx.save_model(proto, str(staging / "model_prepacked.onnx"))
+
+
+def verify_export(base_dir: Path, backend: str, subject: ExportSubject, ref_outputs: dict[str, np.ndarray]) -> float:
+    """Run the exported base through the real runtime and compare with torch on the sample input."""
+    from shira_runtime import ShiraSession
+
+    # prepack="off": check the engine that patches are written to, without building a second one
+    with ShiraSession(base_dir, backend=backend, verify="full", prepack="off") as sess:
+        outs = sess.run({k: v.numpy() for k, v in subject.example_inputs.items()})
+    return max(float(np.max(np.abs(outs[k] - ref_outputs[k]))) for k in ref_outputs)

@@ -1,0 +1,11 @@
+"""`shira-train`: SHiRA adapters (and the LoRA baseline) on the built-in tasks or a user's text.
+
+  config.py   TrainConfig            layers.py  ShiraConv (PEFT's SHiRA covers Linear only)
+  masks.py    the paper's five masks loop.py    the one training loop
+  tasks.py    the one task registry  trainer.py build the adapted model, train, save a PEFT checkpoint
+  peft_shira.py  adapters made by PEFT itself, and PEFT's merged model as a reference
+"""
+from .config import TrainConfig
+from .trainer import build_adapted, calibration_scores, train
+
+__all__ = ["TrainConfig", "build_adapted", "calibration_scores", "train"]
