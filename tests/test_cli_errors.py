@@ -44,6 +44,7 @@ def broken_base(llama, tmp_path):
     return make
 
 
+@pytest.mark.slow
 def test_export_bad_regex(capsys, monkeypatch, tmp_path):
     code, _, err = run_cli(cli.export_main, ["model", "tiny-llama", "--out", str(tmp_path / "o"), "--targets", "("],
                            capsys, monkeypatch)

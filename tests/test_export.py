@@ -61,6 +61,7 @@ def test_index_maps_agree_with_numpy_layouts():
         np.testing.assert_array_equal(stored[mapped], a.reshape(-1))
 
 
+@pytest.mark.slow
 def test_targets_regex_limits_patchable_weights(tmp_path):
     subject = resolve("tiny-llama")
     man = export_model(subject, tmp_path, targets=r"self_attn\.(q|v)_proj", formats=("onnx",), **QUIET)
@@ -76,6 +77,7 @@ def test_targets_regex_limits_patchable_weights(tmp_path):
         export_model(subject, tmp_path / "none", targets="^nothing$", **QUIET)
 
 
+@pytest.mark.slow
 def test_identical_weights_merged_by_the_exporter_are_not_patchable(tmp_path):
     man = export_model(resolve("tests.factories:twin_zeros"), tmp_path, **QUIET)
     assert set(man["tensors"]) == {"c.weight"}
@@ -83,6 +85,7 @@ def test_identical_weights_merged_by_the_exporter_are_not_patchable(tmp_path):
     assert ["a.weight", "b.weight"] in man["shared_storage"]
 
 
+@pytest.mark.slow
 def test_weight_whose_layouts_look_alike_is_refused_as_ambiguous(tmp_path):
     """A constant-valued weight has the same bytes in every layout: the .pte cannot say which one it holds."""
     import torch
@@ -98,6 +101,7 @@ def test_weight_whose_layouts_look_alike_is_refused_as_ambiguous(tmp_path):
     assert "executorch: the .pte stores it in one buffer with itself" in man["excluded"]["0.weight"]
 
 
+@pytest.mark.slow
 def test_tied_weights_are_not_patchable(tmp_path):
     man = export_model(resolve("tests.factories:tied"), tmp_path, **QUIET)
     assert "head.weight" in man["tensors"]
@@ -106,6 +110,7 @@ def test_tied_weights_are_not_patchable(tmp_path):
     assert "executorch" in man["excluded"]["enc.weight"] and "onnxruntime" in man["excluded"]["enc.weight"]
 
 
+@pytest.mark.slow
 def test_pack_names_the_exclusion_reason(tmp_path):
     from shira_toolchain.pack import PackError, pack_peft_shira
 
@@ -117,6 +122,7 @@ def test_pack_names_the_exclusion_reason(tmp_path):
         pack_peft_shira(ckpt, tmp_path / "b", tmp_path / "x.shira")
 
 
+@pytest.mark.slow
 def test_factory_with_weights_and_input_option(tmp_path):
     import torch
     from safetensors.torch import save_file
@@ -136,6 +142,7 @@ def test_factory_with_weights_and_input_option(tmp_path):
         resolve("tests.factories:missing")
 
 
+@pytest.mark.slow
 def test_local_hugging_face_directory(tmp_path):
     from shira_models import tiny_llama
 

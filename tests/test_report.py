@@ -1,6 +1,7 @@
 """`shira report styles` at a few steps: every section is present and every number is computed, not copied."""
-import pytest
 import json
+
+import pytest
 
 import numpy as np
 import torch
@@ -8,6 +9,7 @@ import torch
 from shira_demos.report import interference, style_report
 
 
+@pytest.mark.slow
 def test_style_report_structure(tmp_path):
     r = style_report(tmp_path, steps=3, styles=("sepia", "blue-fire", "pencil"), methods=("wm", "rand", "lora"),
                      n_eval=2, log=lambda *a: None)

@@ -1,3 +1,4 @@
+import pytest
 """Outputs equal PEFT's merged torch model after every switch and fusion, on the same loaded session."""
 import numpy as np
 
@@ -71,6 +72,7 @@ def test_fusion_sums_overlapping_deltas(stylenet, tmp_path, backend):
                                peft_shira.reference_output("image", ref, stylenet.inputs), atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fan_in_fan_out_checkpoint_addresses_the_stored_transpose(tmp_path):
     """fan_in_fan_out: rows/cols address the logical [out, in] delta of a weight stored [in, out]."""
     from shira_toolchain.export import export_model

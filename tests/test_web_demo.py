@@ -7,6 +7,8 @@ import threading
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # exports the style net and drives Chromium
+
 
 def _chrome():
     from selenium import webdriver
