@@ -2,4 +2,4 @@
 
 May import torch, transformers and peft. The device runtime (`shira_runtime`) never imports this package.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

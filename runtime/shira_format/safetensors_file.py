@@ -3,6 +3,9 @@
 Both the base weights file and the adapter blobs are safetensors files. The runtime parses them itself (no
 torch, no safetensors wheel) so that it can validate every offset against the real file size and refuse a
 truncated or edited file with a one-line error instead of crashing or reading garbage.
+
+Why a hand-written reader when the safetensors library writes our files: the runtime needs writable zero-copy
+views of one owned buffer (the live weights ARE that buffer), and the strict JSON rules of FORMAT.md §1.
 """
 from __future__ import annotations
 

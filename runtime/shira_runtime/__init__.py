@@ -8,4 +8,4 @@ from shira_format.errors import AdapterError, ManifestError, ShiraError
 from .session import ShiraSession, open_base
 
 __all__ = ["Adapter", "AdapterError", "ManifestError", "ShiraError", "ShiraSession", "open_base", "read_adapter"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

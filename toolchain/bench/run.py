@@ -262,7 +262,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['model']} | {runtime} | {k} | {s['median_ms']:.3f} | {s['min_ms']:.3f}-{s['max_ms']:.3f} |")
     lines += ["", "## Inference after a switch", "",
               "Each ratio is against the prepacked base of the same runtime (ONNX Runtime: every weight an "
-              "initializer, prepacked; ExecuTorch: `model_prepacked.pte`). `patchable`: the in-place engine right after "
+              "initializer, prepacked; ExecuTorch: `model_prepacked.pte`). `patchable`: the patchable engine right after "
               "a switch; `two_phase`: the same session once its prepacked engine is installed (issue 7).", "",
               "| model | shape | method | median ms | vs prepacked base |", "|---|---|---|---|---|"]
     for r in report["models"]:
