@@ -39,13 +39,11 @@ def fits(layout: str, stored: tuple[int, ...], torch_shape: tuple[int, ...]) -> 
 
 
 def forms(arr: np.ndarray) -> dict[str, np.ndarray]:
-    """Every layout a torch weight may be stored in -> that stored form (views): what an exporter searches for."""
-    out = {"identity": arr}
-    if arr.ndim == 2:
-        out["transpose2d"] = arr.T
-    if arr.ndim >= 3:
-        out["channels_last"] = np.moveaxis(arr, 1, -1)
-    return out
+    """Every layout a torch weight may be stored in -> that stored form (views): what an exporter searches for.
+    Engines transpose only 2-D weights and move channels only of 3-D+ ones."""
+    names = ("identity", "transpose2d") if arr.ndim == 2 else ("identity", "channels_last") if arr.ndim >= 3 \
+        else ("identity",)
+    return {name: to_stored(name, arr) for name in names}
 
 
 def to_stored(layout: str, arr: np.ndarray) -> np.ndarray:
