@@ -1,7 +1,6 @@
 """A small byte-level decoder LM built from transformers' Llama classes (the shape of real LLM adapters).
 
-Byte-level (vocab 256) so that it needs no tokenizer files. The `LogitsOnly` wrapper gives export a plain
-`input_ids -> logits` graph with no KV cache.
+Byte-level (vocab 256) so that it needs no tokenizer files.
 """
 from __future__ import annotations
 
@@ -29,17 +28,6 @@ def config():
         tie_word_embeddings=False,
         attn_implementation="eager",  # sdpa/flex paths export less predictably
     )
-
-
-class LogitsOnly(torch.nn.Module):
-    """`input_ids -> logits` with no KV cache: the graph that gets exported."""
-
-    def __init__(self, lm: torch.nn.Module):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
 def build(trained: bool = True) -> torch.nn.Module:

@@ -244,3 +244,34 @@ def test_patch_case_for_other_runtimes_regenerates_identically():
     assert [s["scales"] for s in case["steps"]] == [{}] + PATCH_STEPS
     assert case["steps"][0]["buffers"] == case["steps"][-1]["buffers"]  # reset is bit-exact
     assert len({json.dumps(s["buffers"]) for s in case["steps"]}) == len(PATCH_STEPS)  # every other state differs
+
+
+def test_runtime_patcher_reproduces_the_patch_case_bit_for_bit():
+    """The Python runtime's own path (Placement.stored_deltas for folded weights, layouts.sorted_for,
+    WeightPatcher) lands on the reference patcher's bits at every step, folded depthwise kernel included."""
+    from shira_format import layouts
+    from shira_format.manifest import Placement
+    from shira_runtime.patcher import WeightPatcher
+
+    case = json.loads((VECTORS / "patch" / "steps.json").read_text())
+    buffers = {n: np.array(bits, dtype=np.uint32).view(np.float32) for n, bits in case["steps"][0]["buffers"].items()}
+    places = {t: Placement(p["buffer"], (1,), p["layout"],
+                           channel_scale=tuple(p["channel_scale"]) if "channel_scale" in p else None)
+              for t, p in case["placements"].items()}
+    assert any(p.channel_scale for p in places.values())
+    shapes = {t: tuple(p["torch_shape"]) for t, p in case["placements"].items()}
+    mapped = {}
+    for name, fname in case["adapters"].items():
+        ad = read_adapter((VECTORS / "patch" / fname).read_bytes())
+        mapped[name] = {places[t.target].name: layouts.sorted_for(
+            places[t.target].layout, t.indices, places[t.target].stored_deltas(t.indices, t.values, shapes[t.target]),
+            shapes[t.target]) for t in ad.tensors.values()}
+    patcher = WeightPatcher(buffers)
+    for step in case["steps"][1:]:
+        terms = {}
+        for name, scale in step["scales"].items():
+            for buf, (idx, delta) in mapped[name].items():
+                terms.setdefault(buf, []).append((idx, delta, float(scale)))
+        patcher.commit(patcher.plan(terms))
+        for n, bits in step["buffers"].items():
+            assert buffers[n].view(np.uint32).tolist() == bits, (step["scales"], n)

@@ -15,6 +15,8 @@ import warnings
 
 import click
 
+from .hf_tasks import TASKS as HF_TASKS
+
 DEBUG_ENV = "SHIRA_DEBUG"
 
 
@@ -97,7 +99,10 @@ def export_group():
 @click.option("--format", "fmt", type=click.Choice(["onnx", "pte", "all"]), default="all", show_default=True,
               help="onnx: model.onnx for ONNX Runtime; pte: model.pte for ExecuTorch (XNNPACK); all: both. A weight "
                    "is patchable only if every exported format can patch it.")
-def export_model_cmd(model, out_dir, targets, weights, inputs, fmt):
+@click.option("--task", default=None, type=click.Choice(list(HF_TASKS)),
+              help="For a model directory: the class to load it as. Default: the class its config.json names "
+                   "(architectures). Weights missing or unexpected for that class are refused, never initialised.")
+def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
     quiet_third_party()
@@ -112,7 +117,7 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt):
         if "pte" in formats and not _has_executorch():
             raise ExportError(f"--format {fmt}: ExecuTorch is not installed (pip install 'shira-runtime[executorch]'); "
                               "--format onnx exports for ONNX Runtime alone")
-        export_model(resolve(model, weights, inputs), out_dir, targets, formats=formats, log=click.echo)
+        export_model(resolve(model, weights, inputs, task), out_dir, targets, formats=formats, log=click.echo)
     except (ExportError, ModelSourceError, ShiraError) as e:
         _fail(e)
 

@@ -3,7 +3,8 @@
 Adapters are written in torch coordinates (row-major flat indices into the torch-shaped weight); engines may
 store a weight transposed or channels-last. Forward maps go torch -> stored, inverse maps stored -> torch.
   identity       same row-major order as torch
-  transpose2d    a 2-D weight stored as W.T (ONNX MatMul's B)
+  transpose2d    W viewed as [O, rest] and stored transposed: a 2-D weight as W.T (ONNX MatMul's B), a conv
+                 kernel [O, I, kh, kw] as [I*kh*kw, O] (XNNPACK's depthwise [C, 1, kh, kw] -> [1, kh, kw, C])
   channels_last  dim 1 moved last, e.g. a conv kernel [O, I, kh, kw] stored as [O, kh, kw, I] (XNNPACK)
 """
 from __future__ import annotations
@@ -40,9 +41,9 @@ def fits(layout: str, stored: tuple[int, ...], torch_shape: tuple[int, ...]) -> 
 
 def forms(arr: np.ndarray) -> dict[str, np.ndarray]:
     """Every layout a torch weight may be stored in -> that stored form (views): what an exporter searches for.
-    Engines transpose only 2-D weights and move channels only of 3-D+ ones."""
-    names = ("identity", "transpose2d") if arr.ndim == 2 else ("identity", "channels_last") if arr.ndim >= 3 \
-        else ("identity",)
+    Channels move only in 3-D+ weights; 1-D weights have one form."""
+    names = ("identity", "transpose2d") if arr.ndim == 2 else ("identity", "channels_last", "transpose2d") \
+        if arr.ndim >= 3 else ("identity",)
     return {name: to_stored(name, arr) for name in names}
 
 
@@ -59,7 +60,7 @@ def to_torch(layout: str, buf: np.ndarray, stored: tuple[int, ...], torch_shape:
     """Inverse on arrays: a stored buffer -> a view of it in torch layout (writes through)."""
     arr = buf.reshape(stored)
     if layout == "transpose2d":
-        return arr.T if len(torch_shape) == 2 else arr.T.reshape(torch_shape)  # >2-D: a copy
+        return arr.T if len(torch_shape) == 2 else arr.T.reshape(torch_shape)  # splits a dim: still a view
     if layout == "channels_last":
         return np.moveaxis(arr, -1, 1)
     return arr.reshape(torch_shape)

@@ -38,6 +38,24 @@ class Placement:
     offset: int | None = None  # byte offset inside the artifact file (ExecuTorch .pte), if addressed that way
     reload: bool = False  # True: the engine packs this weight at load, a change needs a method reload
     crc32: int | None = None  # integrity.placement_crc32 at export: record + stored bytes
+    # A folded weight (BatchNorm folded at export): stored = torch weight * channel_scale[c] per output channel
+    # c (torch dim 0); a delta is scaled the same way when patched. None: stored as it is.
+    channel_scale: tuple[float, ...] | None = None
+    folded_sha256: str | None = None  # of the stored (folded) weight in torch layout: what verify="full" checks
+
+    def scale_array(self) -> np.ndarray | None:
+        """channel_scale as float32 (every value was written from a float32), or None."""
+        return None if self.channel_scale is None else np.asarray(self.channel_scale, dtype=np.float32)
+
+    def stored_deltas(self, flat: np.ndarray, values: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
+        """Adapter values for entries `flat` of the torch weight -> what to add to this placement's stored
+        values: as they are, or for a folded weight times the scale of each entry's output channel (in binary64,
+        rounded once to float32; docs/MANIFEST.md, "Folded weights")."""
+        if self.channel_scale is None:
+            return values
+        per_channel = int(np.prod(torch_shape[1:]))
+        g = self.scale_array().astype(np.float64)[flat // per_channel]
+        return (values.astype(np.float64) * g).astype(np.float32)
 
     def map_indices(self, flat: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
         """Torch row-major flat indices -> flat indices into this placement's buffer."""
@@ -185,7 +203,18 @@ def _placement(p, tname: str, backend: str, torch_shape) -> Placement:
     crc = p.get("crc32")
     if crc is not None and not (is_int(crc) and 0 <= crc < 2**32):
         raise _Bad(f"{where} {name}: crc32 must be an integer in [0, 2^32)")
-    return Placement(name, shape, layout, offset, reload, crc)
+    scale, folded_sha = p.get("channel_scale"), p.get("folded_sha256")
+    if scale is not None:
+        if not isinstance(scale, list) or len(scale) != torch_shape[0] or not all(
+                type(v) in (int, float) and np.isfinite(v) and v != 0 and np.isfinite(np.float32(v)) for v in scale):
+            raise _Bad(f"{where} {name}: channel_scale must list {torch_shape[0]} finite non-zero numbers (one per "
+                       "output channel)")
+        if not isinstance(folded_sha256 := folded_sha, str) or not _HEX64.fullmatch(folded_sha256):
+            raise _Bad(f"{where} {name}: a folded placement needs folded_sha256 (64 lowercase hex digits)")
+        scale = tuple(float(v) for v in scale)
+    elif folded_sha is not None:
+        raise _Bad(f"{where} {name}: folded_sha256 without channel_scale")
+    return Placement(name, shape, layout, offset, reload, crc, scale, folded_sha)
 
 
 def _tensor(name: str, t) -> TensorInfo:

@@ -28,8 +28,12 @@ def placement_record(tensor: str, torch_shape, p) -> bytes:
 
 
 def placement_crc32(tensor: str, torch_shape, p, stored) -> int:
-    """CRC-32 of the placement's record, continued over its stored bytes (any buffer-protocol object)."""
-    return zlib.crc32(memoryview(stored).cast("B"), zlib.crc32(placement_record(tensor, torch_shape, p)))
+    """CRC-32 of the placement's record, continued over its channel_scale as float32 little-endian bytes if it
+    has one (a folded weight), then over its stored bytes (any buffer-protocol object)."""
+    crc = zlib.crc32(placement_record(tensor, torch_shape, p))
+    if p.channel_scale is not None:
+        crc = zlib.crc32(p.scale_array().astype("<f4").tobytes(), crc)
+    return zlib.crc32(memoryview(stored).cast("B"), crc)
 
 
 def _placements(info, runtime: str, prepacked: bool):
@@ -80,6 +84,6 @@ def check_sha256(manifest, backend: str, buffers: dict[str, np.ndarray], artifac
         for p in _placements(info, backend, prepacked):
             torch_layout = p.to_torch_layout(buffers[p.name].reshape(-1).view(np.float32), info.shape)
             digest = hashlib.sha256(np.ascontiguousarray(torch_layout).tobytes()).hexdigest()
-            if digest != info.sha256:
+            if digest != (p.folded_sha256 or info.sha256):
                 raise ManifestError(f"{artifact_file}: weight {info.name} ({p.name}) differs from the manifest's "
                                     "sha256: the file was modified")

@@ -182,7 +182,8 @@ class ShiraSession:
         for t in adapter.tensors.values():
             info = self.manifest.tensors[t.target]
             for p in info.placements.get(self.backend.name, ()):
-                mapped[p.name] = layouts.sorted_for(p.layout, t.indices, t.values, info.shape)
+                values = p.stored_deltas(t.indices, t.values, info.shape)  # scaled where BatchNorm was folded
+                mapped[p.name] = layouts.sorted_for(p.layout, t.indices, values, info.shape)
         with self._patch_mutex:
             self._check_open()
             if name in self.active:
@@ -269,7 +270,8 @@ class ShiraSession:
 
     # ---- inspection -----------------------------------------------------------------------------------------
     def weight(self, torch_name: str) -> np.ndarray:
-        """A copy of the live weight in torch layout (from its first placement)."""
+        """A copy of the live weight in torch layout (from its first placement). For a folded weight this is
+        the stored, folded weight (the torch weight times its channel_scale)."""
         self._check_open()
         info = self.manifest.tensors[torch_name]
         p = info.placements[self.backend.name][0]

@@ -390,7 +390,7 @@ class ReferencePatcher:
     def __init__(self, base_bits: dict[str, list[int]], placements: dict[str, dict]):
         self.base = {k: list(v) for k, v in base_bits.items()}
         self.live = {k: list(v) for k, v in base_bits.items()}
-        self.placements = placements  # target -> {"buffer", "layout", "torch_shape"}
+        self.placements = placements  # target -> {"buffer", "layout", "torch_shape"[, "channel_scale"]}
 
     def fuse(self, adapters: list[tuple[dict, float]]) -> None:
         """`adapters`: (read_blob() result, scale) in order. FORMAT.md §6: binary64 scaled sum in adapter order,
@@ -400,7 +400,12 @@ class ReferencePatcher:
         for blob, scale in adapters:
             for target, t in blob["tensors"].items():
                 p = self.placements[target]
+                per_channel = 1
+                for d in p["torch_shape"][1:]:
+                    per_channel *= d
                 for f, v in zip(t["indices"], t["values"]):
+                    if "channel_scale" in p:  # a folded weight: MANIFEST.md "Folded weights"
+                        v = _f32(v * _f32(p["channel_scale"][f // per_channel]))
                     key = (p["buffer"], buffer_index(f, p["layout"], p["torch_shape"]))
                     terms.setdefault(key, []).append(float(scale) * v)  # binary64 product of two exact values
         single = len(adapters) == 1 and adapters[0][1] == 1.0

@@ -133,28 +133,35 @@ PATCH_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"b": 2.0}, {"a": 
 
 
 def build_patch_case() -> dict[str, bytes]:
-    """A patch sequence for a second runtime: two base buffers (one stored transposed, one channels-last), two
-    adapters, and the exact float32 bits of every buffer after each fuse() of the Python WeightPatcher."""
+    """A patch sequence for a second runtime: three base buffers (one stored transposed, one channels-last, one a
+    depthwise kernel folded with a BatchNorm and stored [1, kh, kw, C]), two adapters, and the exact float32 bits
+    of every buffer after each fuse() of the reference patcher."""
     from shira_format.manifest import Placement
 
     rng = np.random.default_rng(7)
-    fc, conv = (12, 10), (4, 3, 3, 3)
+    fc, conv, dw = (12, 10), (4, 3, 3, 3), (4, 1, 3, 3)
     torch_base = {"fc.weight": rng.normal(0, 0.5, fc).astype(np.float32),
-                  "conv.weight": rng.normal(0, 0.5, conv).astype(np.float32)}
+                  "conv.weight": rng.normal(0, 0.5, conv).astype(np.float32),
+                  "dw.weight": rng.normal(0, 0.5, dw).astype(np.float32)}
+    scale = (rng.uniform(0.5, 2.0, 4).astype(np.float32)).tolist()
     places = {"fc.weight": Placement("fc_T", (10, 12), "transpose2d"),
-              "conv.weight": Placement("conv_OHWI", (4, 3, 3, 3), "channels_last")}
+              "conv.weight": Placement("conv_OHWI", (4, 3, 3, 3), "channels_last"),
+              "dw.weight": Placement("dw_HWC", (9, 4), "transpose2d", channel_scale=tuple(scale))}
     store = {p.name: np.ascontiguousarray(layouts.to_stored(p.layout, torch_base[t])).reshape(-1)
              for t, p in places.items()}
     shared = np.sort(rng.choice(120, 20, replace=False))
     adapters = {
         "a": encode_adapter("a", FINGERPRINT, [SparseTensor("fc.weight", fc, shared, _vals(20, 11)),
                                             SparseTensor("conv.weight", conv, np.sort(rng.choice(108, 9, replace=False)),
-                                                        _vals(9, 12))], "f16", "elias-fano"),
+                                                        _vals(9, 12)),
+                                            SparseTensor("dw.weight", dw, np.array([0, 5, 9, 20, 35]), _vals(5, 14))],
+                              "f16", "elias-fano"),
         "b": encode_adapter("b", FINGERPRINT, [SparseTensor("fc.weight", fc, np.union1d(shared[::2], [0, 119]),
                                                         _vals(12, 13) * 40)], "f32", "flat-u32"),
     }
     placements = {t: {"buffer": p.name, "layout": p.layout, "torch_shape": list(torch_base[t].shape)}
                   for t, p in places.items()}
+    placements["dw.weight"]["channel_scale"] = scale
     decoded = {name: read_blob(blob) for name, blob in adapters.items()}
     patcher = ReferencePatcher({n: b.view(np.uint32).tolist() for n, b in store.items()}, placements)
     steps = [{"scales": {}, "buffers": patcher.live}]

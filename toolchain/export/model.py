@@ -29,6 +29,7 @@ from onnx import numpy_helper
 from shira_format import manifest as manifest_format
 
 from ..model_source import ExportSubject
+from .fold import fold_batchnorm
 
 PATCHABLE_KINDS = {torch.nn.Linear: "linear", torch.nn.Conv1d: "conv1d", torch.nn.Conv2d: "conv2d"}
 ONNX_EXTERNAL_DATA_ABOVE = 1_800_000_000  # protobuf cannot hold 2 GB in one message
@@ -49,7 +50,7 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         arr = t.detach().cpu().contiguous()
         h.update(f"{name}|{arr.dtype}|{list(arr.shape)}\n".encode())
-        h.update(arr.view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
+        h.update(arr.reshape(-1).view(torch.uint8).numpy().tobytes() if arr.numel() else b"")  # any rank
     return "sha256:" + h.hexdigest()
 
 
@@ -86,18 +87,33 @@ def _torch_export(subject: ExportSubject) -> onnx.ModelProto:
     emod = subject.export_module()
     names = list(subject.example_inputs)
     args = tuple(subject.example_inputs.values())
-    dyn = None
-    if subject.dynamic_axes:
-        dyn = tuple({ax: torch.export.Dim(d, min=lo, max=hi) for ax, (d, lo, hi) in subject.dynamic_axes.get(n, {}).items()}
-                    or None for n in names)
+    dyn = subject.dynamic_shapes()
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter):
             prog = torch.onnx.export(emod, args, dynamo=True, input_names=names, output_names=subject.output_names,
                                      dynamic_shapes=dyn, verbose=False)
     except Exception as e:
-        raise ExportError(f"torch.onnx.export failed: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"torch.onnx.export failed: {exporter_cause(e)}") from e
     return prog.model_proto
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def exporter_cause(e: BaseException, limit: int = 600) -> str:
+    """The part of an exporter's error that says why: torch.onnx wraps the real error in a page of advice whose
+    first line says nothing; the cause is its "Exception summary" (else the innermost error's last lines)."""
+    while e.__cause__ is not None and not str(e).count("## Exception summary"):
+        e = e.__cause__
+    text = _ANSI.sub("", str(e))
+    if "## Exception summary" in text:
+        body = text.split("## Exception summary", 1)[1].strip().split("\n\n")[0]
+    else:
+        body = "\n".join([ln for ln in text.splitlines() if ln.strip()][-3:])
+    body = " ".join(ln.strip() for ln in body.splitlines() if ln.strip())
+    name = type(e).__name__
+    return f"{name}: {body[:limit]}" + ("..." if len(body) > limit else "")
 
 
 def _value_key(arr: np.ndarray) -> tuple:
@@ -131,8 +147,8 @@ def locate_weights(proto: onnx.ModelProto, model: torch.nn.Module, targets: dict
             shared.append(sorted(tied[pname]))
             continue
         found = [(n, "identity") for n in inits_by_key.get(_value_key(w), ())]
-        if w.ndim == 2:
-            found += [(n, "transpose2d") for n in inits_by_key.get(_value_key(w.T), ())]
+        if w.ndim == 2:  # an initializer equal in both layouts ([N, 1] weights) is one placement, as identity
+            found += [(n, "transpose2d") for n in inits_by_key.get(_value_key(w.T), ()) if (n, "identity") not in found]
         if not found:
             excluded[pname] = "not found as an initializer of the exported graph (folded or fused by the exporter)"
             continue
@@ -143,6 +159,31 @@ def locate_weights(proto: onnx.ModelProto, model: torch.nn.Module, targets: dict
             continue
         placements[pname] = [(n, layout, tuple(init_arrays[n].shape)) for n, layout in found]
     return placements, excluded, shared, init_arrays
+
+
+def weight_reach(subject: ExportSubject, names: list[str]) -> dict[str, str]:
+    """For each of `names`: "unused" if no exported output depends on it (no gradient: exporters drop it, so it is
+    "not found"), "zero-gradient" if the outputs depend on it but not on the sample (a probe write changes
+    nothing), else "reached". Saying which spares the user a hunt."""
+    if not names:
+        return {}
+    params = dict(subject.model.named_parameters())
+    chosen = [params[n] for n in names]
+    was = [p.requires_grad for p in chosen]
+    try:
+        for p in chosen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            out = subject.export_module()(*subject.example_inputs.values())
+            outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.is_floating_point() and o.requires_grad]
+            if not outs:
+                return dict.fromkeys(names, "unused")
+            grads = torch.autograd.grad([o.sum() for o in outs], chosen, allow_unused=True)
+    finally:
+        for p, w in zip(chosen, was):
+            p.requires_grad_(w)
+    return {n: "unused" if g is None else "zero-gradient" if not torch.any(g != 0) else "reached"
+            for n, g in zip(names, grads)}
 
 
 def _to_graph_inputs(proto: onnx.ModelProto, names: set[str]) -> None:
@@ -217,19 +258,23 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     log(f"exporting {subject.source}: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(wanted)} candidate patchable weights, formats: {', '.join(formats)}")
 
+    esubject, folds = fold_batchnorm(subject, wanted)  # exporters get the folded copy; names stay the model's
+    if folds:
+        log(f"  folded {len(folds)} BatchNorm layers into the weights before them (recorded as channel_scale)")
+    emodel = esubject.model
     located, per_backend_excluded, shared = {}, {}, []
     if "onnx" in formats:
-        proto = _torch_export(subject)
-        pl, ex, sh, init_arrays = locate_weights(proto, model, wanted)
+        proto = _torch_export(esubject)
+        pl, ex, sh, init_arrays = locate_weights(proto, emodel, wanted)
         located["onnxruntime"], per_backend_excluded["onnxruntime"] = pl, ex
         shared += sh
         log(f"  onnx: {len(proto.graph.node)} nodes, {len(pl)} weights located")
     if "pte" in formats:
         from . import executorch as et
 
-        pte, dynamic, lowering = et.lower(subject, log)
-        pl, ex, sh = et.locate_in_program(pte, model, wanted)
-        reload, ex2 = et.probe_reload(pte, pl, subject.example_inputs)
+        pte, dynamic, lowering = et.lower(esubject, log)
+        pl, ex, sh = et.locate_in_program(pte, emodel, wanted)
+        reload, ex2 = et.probe_reload(pte, pl, esubject.example_inputs)
         ex.update(ex2)
         pl = {k: v for k, v in pl.items() if k not in ex2}
         located["executorch"], per_backend_excluded["executorch"] = pl, ex
@@ -237,9 +282,16 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         n_reload = sum(reload.values())
         log(f"  pte: {len(pte):,} bytes, {lowering['delegates']} XNNPACK delegate calls, {len(pl)} weights "
             f"located ({n_reload} need a method reload when patched: conv)")
-        static_pte, _, _ = et.lower(subject, lambda *a: None, static=True)
-        static_pl, static_ex, _ = et.locate_in_program(static_pte, model, wanted)
+        static_pte, _, _ = et.lower(esubject, lambda *a: None, static=True)
+        static_pl, static_ex, _ = et.locate_in_program(static_pte, emodel, wanted)
     excluded = _combine_exclusions(per_backend_excluded, located, wanted)
+    reach = weight_reach(subject, [p for p in excluded if "not found" in excluded[p] or "changed no output" in excluded[p]])
+    for pname, how in reach.items():  # the true reason, where torch agrees the weight does not matter
+        if how == "unused":
+            excluded[pname] = "not used by the exported outputs (e.g. a pooler when only last_hidden_state is exported)"
+        elif how == "zero-gradient":
+            excluded[pname] = ("the sample input does not reach it (its gradient is zero in torch too, e.g. "
+                               "saturated activations): export with a sample that exercises it")
     for pname, why in excluded.items():
         log(f"  not patchable: {pname}: {why}")
     patchable = [p for p in wanted if p not in excluded]
@@ -247,23 +299,26 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         raise ExportError("no targeted weight could be made patchable (see the reasons above)")
 
     static_missing = [p for p in patchable if p not in static_pl] if "pte" in formats else []
-    params = dict(model.named_parameters())
+    params, eparams = dict(model.named_parameters()), dict(emodel.named_parameters())
     tensors = {}
     for pname in patchable:
         mname, kind = wanted[pname]
         w = params[pname]
+        fold = {}
+        if pname in folds:
+            fold = {"channel_scale": [float(v) for v in folds[pname]], "folded_sha256": tensor_sha256(eparams[pname])}
         placements, prepacked_placements = {}, {}
         if "onnxruntime" in located:
-            placements["onnxruntime"] = [{"name": n, "shape": list(shp), "layout": lay}
+            placements["onnxruntime"] = [{"name": n, "shape": list(shp), "layout": lay, **fold}
                                          for n, lay, shp in located["onnxruntime"][pname]]
         if "executorch" in located:
             placements["executorch"] = [{"name": f"model.pte@{off}", "shape": list(shp), "layout": lay,
-                                         "offset": off, "reload": reload[(pname, off)]}
+                                         "offset": off, "reload": reload[(pname, off)], **fold}
                                         for off, lay, shp in located["executorch"][pname]]
             if not static_missing:
                 prepacked_placements["executorch"] = [
                     {"name": f"model_prepacked.pte@{off}", "shape": list(shp), "layout": lay, "offset": off,
-                     "reload": True} for off, lay, shp in static_pl[pname]]
+                     "reload": True, **fold} for off, lay, shp in static_pl[pname]]
         tensors[pname] = {"module": mname, "kind": kind, "shape": list(w.shape),
                           "dtype": str(w.dtype).removeprefix("torch."), "sha256": tensor_sha256(w),
                           "placements": placements}
@@ -271,7 +326,8 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
             tensors[pname]["prepacked_placements"] = prepacked_placements
     with torch.no_grad():
         ref = subject.export_module()(*subject.example_inputs.values())
-    ref_outputs = {subject.output_names[0]: ref.detach().numpy()}
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    ref_outputs = {n: r.detach().numpy() for n, r in zip(subject.output_names, ref)}
     artifacts = {}
     files = ["sample.npz"]
     if "onnx" in formats:
@@ -364,7 +420,9 @@ def add_checksums(base_dir: Path, manifest: dict) -> None:
         for key in ("placements", "prepacked_placements"):
             for runtime, plist in t.get(key, {}).items():
                 for pl in plist:
-                    p = Placement(pl["name"], tuple(pl["shape"]), pl["layout"], pl.get("offset"))
+                    scale = pl.get("channel_scale")
+                    p = Placement(pl["name"], tuple(pl["shape"]), pl["layout"], pl.get("offset"),
+                                  channel_scale=None if scale is None else tuple(scale))
                     if runtime == "onnxruntime":
                         stored = weights.raw(p.name)
                     else:

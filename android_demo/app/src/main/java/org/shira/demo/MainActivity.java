@@ -97,7 +97,13 @@ public class MainActivity extends Activity {
                 FloatBuffer fb = slice.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
                 buffers.put(name, fb);
                 weightTensors.put(name, OnnxTensor.createTensor(env, fb, longs((List<?>) p.get("shape"))));
-                ps.add(new WeightPatcher.Placement(name, (String) p.get("layout"), torchShape));
+                float[] scale = null; // a folded weight (BatchNorm folded at export): MANIFEST.md "Folded weights"
+                if (p.get("channel_scale") != null) {
+                    List<?> cs = (List<?>) p.get("channel_scale");
+                    scale = new float[cs.size()];
+                    for (int i = 0; i < scale.length; i++) scale[i] = (float) ((Number) cs.get(i)).doubleValue();
+                }
+                ps.add(new WeightPatcher.Placement(name, (String) p.get("layout"), torchShape, scale));
             }
             placements.put((String) t.getKey(), ps);
         }

@@ -20,11 +20,26 @@ public final class WeightPatcher {
         public final String buffer;
         public final String layout; // identity | transpose2d | channels_last
         public final long[] torchShape;
+        /** Folded weight (MANIFEST.md "Folded weights"): stored = torch weight * channelScale[c], c = output
+         *  channel (torch dim 0); null when stored as it is. */
+        public final float[] channelScale;
 
-        public Placement(String buffer, String layout, long[] torchShape) {
+        public Placement(String buffer, String layout, long[] torchShape) { this(buffer, layout, torchShape, null); }
+
+        public Placement(String buffer, String layout, long[] torchShape, float[] channelScale) {
             if (!layout.equals("identity") && !layout.equals("transpose2d") && !layout.equals("channels_last"))
                 throw new IllegalArgumentException("unknown layout " + layout);
-            this.buffer = buffer; this.layout = layout; this.torchShape = torchShape;
+            if (channelScale != null && channelScale.length != torchShape[0])
+                throw new IllegalArgumentException("channel_scale has " + channelScale.length + " values for "
+                        + torchShape[0] + " output channels");
+            this.buffer = buffer; this.layout = layout; this.torchShape = torchShape; this.channelScale = channelScale;
+        }
+
+        /** An adapter value for torch entry f -> the delta for the stored weight: binary64 product, rounded once. */
+        float storedDelta(long f, float v) {
+            if (channelScale == null) return v;
+            long perChannel = Codings.numel(torchShape) / torchShape[0];
+            return (float) ((double) v * (double) channelScale[(int) (f / perChannel)]);
         }
 
         long map(long f) {
@@ -71,7 +86,7 @@ public final class WeightPatcher {
                 if (!p.layout.equals("identity")) Arrays.sort(order, (a, b) -> Long.compare(m[(int) (long) a], m[(int) (long) b]));
                 int[] mi = new int[m.length];
                 float[] dv = new float[m.length];
-                for (int i = 0; i < m.length; i++) { int o = (int) (long) order[i]; mi[i] = (int) m[o]; dv[i] = t.values[o]; }
+                for (int i = 0; i < m.length; i++) { int o = (int) (long) order[i]; mi[i] = (int) m[o]; dv[i] = p.storedDelta(t.indices[o], t.values[o]); }
                 mapped.put(p.buffer, new Mapped(mi, dv));
             }
         }

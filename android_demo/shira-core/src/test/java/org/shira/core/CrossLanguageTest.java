@@ -132,7 +132,13 @@ public class CrossLanguageTest {
             long[] shape = new long[sh.size()];
             for (int i = 0; i < shape.length; i++) shape[i] = (Long) sh.get(i);
             List<WeightPatcher.Placement> l = new ArrayList<>();
-            l.add(new WeightPatcher.Placement((String) p.get("buffer"), (String) p.get("layout"), shape));
+            float[] scale = null;
+            if (p.get("channel_scale") != null) {
+                List<?> cs = (List<?>) p.get("channel_scale");
+                scale = new float[cs.size()];
+                for (int i = 0; i < scale.length; i++) scale[i] = (float) ((Number) cs.get(i)).doubleValue();
+            }
+            l.add(new WeightPatcher.Placement((String) p.get("buffer"), (String) p.get("layout"), shape, scale));
             placements.put((String) e.getKey(), l);
         }
         WeightPatcher patcher = new WeightPatcher(buffers, placements);
@@ -163,6 +169,8 @@ public class CrossLanguageTest {
         Map<String, List<WeightPatcher.Placement>> placements = new LinkedHashMap<>();
         placements.put("fc.weight", Arrays.asList(new WeightPatcher.Placement("fc_T", "transpose2d", new long[]{12, 10})));
         placements.put("conv.weight", Arrays.asList(new WeightPatcher.Placement("conv_OHWI", "channels_last", new long[]{4, 3, 3, 3})));
+        placements.put("dw.weight", Arrays.asList(new WeightPatcher.Placement("dw_HWC", "transpose2d", new long[]{4, 1, 3, 3},
+                new float[]{1f, 1f, 1f, 1f})));
         WeightPatcher patcher = new WeightPatcher(buffers, placements);
         File f = new File(dir, "a.shira");
         patcher.load("a", AdapterBlob.read(Files.readAllBytes(f.toPath()), "a.shira", null, null));
