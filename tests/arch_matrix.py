@@ -52,6 +52,10 @@ def make_adapter(model: torch.nn.Module, manifest: dict, out_dir: Path) -> tuple
     if linear:
         torch.manual_seed(0)
         peft_model = get_peft_model(copy.deepcopy(model), ShiraConfig(r=1, target_modules=linear, init_weights=False))
+        with torch.no_grad():  # init_weights=False draws N(0, 1): 50x a weight's size here; trained values are not
+            for mod in peft_model.modules():
+                for w in getattr(mod, "shira_weight", {}).values():
+                    w.mul_(0.05)
         peft_model.save_pretrained(str(out_dir))
         merged = peft_model.merge_and_unload().eval()
         tensors = load_file(str(out_dir / "adapter_model.safetensors"))

@@ -1,5 +1,7 @@
 """The format package on its own (no export, no engine): layouts both ways, the blob writer's determinism and
 round trip, and the manifest's writer refusing what its reader refuses."""
+import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -100,7 +102,38 @@ def test_manifest_writer_round_trips_and_refuses_what_readers_refuse(tmp_path):
 
 def test_an_older_manifest_is_refused_with_the_way_out(tmp_path):
     old = _manifest()
-    old["format_version"] = manifest_format.FORMAT_VERSION - 1
+    old["format_version"] = min(manifest_format.READS) - 1
     (tmp_path / "manifest.json").write_text(json.dumps(old))
     with pytest.raises(ManifestError, match="older shira-export.*export the base again"):
         manifest_format.load(tmp_path)
+
+
+def test_folded_placements_are_checked_and_need_version_3(tmp_path):
+    from shira_runtime.integrity import placement_crc32
+
+    good = _manifest()
+    place = good["tensors"]["fc.weight"]["placements"]["onnxruntime"][0]
+    place.update(channel_scale=[0.5, 2.0, 1.25], folded_sha256="1" * 64)
+    manifest_format.write(good, tmp_path / "manifest.json")
+    p = manifest_format.load(tmp_path).tensors["fc.weight"].placements["onnxruntime"][0]
+    # the stored delta is the torch delta times the scale of its output channel (row of the [3, 4] weight)
+    assert p.stored_deltas(np.array([0, 5, 11]), np.ones(3, np.float32), (3, 4)).tolist() == [0.5, 2.0, 1.25]
+    # the scale is part of the checksum: editing it is caught like editing the bytes
+    stored = np.zeros(12, np.float32)
+    edited = dataclasses.replace(p, channel_scale=(0.5, 2.0, 1.0))
+    assert placement_crc32("fc.weight", (3, 4), p, stored) != placement_crc32("fc.weight", (3, 4), edited, stored)
+    cases = {"one per output channel": dict(channel_scale=[1.0, 2.0]),
+             "finite non-zero": dict(channel_scale=[1.0, 0.0, 2.0]),
+             "needs folded_sha256": dict(folded_sha256=None)}
+    for match, edit in cases.items():
+        bad = copy.deepcopy(good)
+        bad_place = bad["tensors"]["fc.weight"]["placements"]["onnxruntime"][0]
+        bad_place.update(edit)
+        bad_place = {k: v for k, v in bad_place.items() if v is not None}
+        bad["tensors"]["fc.weight"]["placements"]["onnxruntime"][0] = bad_place
+        with pytest.raises(ManifestError, match=match):
+            manifest_format.write(bad, tmp_path / "bad.json")
+    v2 = copy.deepcopy(good)
+    v2["format_version"] = 2
+    with pytest.raises(ManifestError, match="needs manifest version 3"):
+        manifest_format.write(v2, tmp_path / "bad.json")

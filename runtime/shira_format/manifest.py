@@ -19,7 +19,8 @@ from .errors import ManifestError, printable
 from .layouts import LAYOUTS
 
 FORMAT = "shira-manifest"
-FORMAT_VERSION = 2  # 1: shira-ondevice 0.1 (artifacts keyed model/program/prepacked_model/static_program)
+FORMAT_VERSION = 3  # what export writes. 3 added folded placements (channel_scale), which a version-2 reader
+READS = (2, 3)  # would patch wrongly; 1: shira-ondevice 0.1 (artifacts keyed model/program/...), refused
 RUNTIMES = ("onnxruntime", "executorch")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_DIM = 2**31 - 1
@@ -77,6 +78,8 @@ class TensorInfo:
     placements: dict[str, tuple[Placement, ...]]  # runtime -> its copies in the patchable engine's file
     # runtime -> its copies in the prepacked engine's file, where the runtime writes weights by offset (executorch)
     prepacked_placements: dict[str, tuple[Placement, ...]] = field(default_factory=dict)
+    # informative, for shira-pack: the BatchNorm folded into this weight at export ({"module", "eps"})
+    folded_batchnorm: dict | None = None
 
     @property
     def numel(self) -> int:
@@ -237,8 +240,12 @@ def _tensor(name: str, t) -> TensorInfo:
                 raise _Bad(f"{where}: {key} of {rt} must be a non-empty list")
             by_runtime[rt] = tuple(_placement(p, name, rt, shape) for p in plist)
         found.append(by_runtime)
+    fbn = t.get("folded_batchnorm")
+    if fbn is not None and not (isinstance(fbn, dict) and isinstance(fbn.get("module"), str)
+                                and type(fbn.get("eps")) in (int, float)):
+        raise _Bad(f"{where}: folded_batchnorm must be {{\"module\": name, \"eps\": number}}")
     return TensorInfo(name, _str(t.get("module"), f"{where} module"), _str(t.get("kind"), f"{where} kind"), shape,
-                      dtype, sha, found[0], found[1])
+                      dtype, sha, found[0], found[1], fbn)
 
 
 def _io(x, where: str) -> list[dict]:
@@ -280,12 +287,12 @@ def parse(raw, path: Path) -> Manifest:
         if raw.get("format") != FORMAT:
             raise _Bad(f"not a SHiRA manifest (format={str(raw.get('format'))[:40]!r})")
         version = raw.get("format_version")
-        if is_int(version) and version < FORMAT_VERSION:
+        if is_int(version) and version < min(READS):
             raise _Bad(f"manifest version {version} was written by an older shira-export; this runtime reads "
-                       f"version {FORMAT_VERSION}: export the base again")
-        if version != FORMAT_VERSION or not is_int(version):
-            raise _Bad(f"unsupported manifest version {str(version)[:20]!r}; this runtime reads version "
-                       f"{FORMAT_VERSION}")
+                       f"versions {', '.join(map(str, READS))}: export the base again")
+        if version not in READS or not is_int(version):
+            raise _Bad(f"unsupported manifest version {str(version)[:20]!r}; this runtime reads versions "
+                       f"{', '.join(map(str, READS))}")
         fp = raw.get("base_fingerprint")
         if not isinstance(fp, str) or not FINGERPRINT.fullmatch(fp):
             raise _Bad("base_fingerprint must be 'sha256:' and 64 lowercase hex digits")
@@ -294,6 +301,9 @@ def parse(raw, path: Path) -> Manifest:
         tensors = {name: _tensor(name, t) for name, t in _dict(raw.get("tensors"), "tensors").items()}
         if not tensors:
             raise _Bad("lists no patchable tensor")
+        if version < 3 and any(p.channel_scale is not None for t in tensors.values()
+                               for ps in (*t.placements.values(), *t.prepacked_placements.values()) for p in ps):
+            raise _Bad("channel_scale (a folded weight) needs manifest version 3")
         seen: dict[tuple[str, str], str] = {}
         for info in tensors.values():
             for engine, ps in [*info.placements.items(), *((f"{rt} prepacked", v) for rt, v in info.prepacked_placements.items())]:

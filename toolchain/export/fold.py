@@ -50,9 +50,21 @@ def foldable_pairs(subject: ExportSubject, targets) -> dict[str, str]:
     return pairs
 
 
-def fold_batchnorm(subject: ExportSubject, targets) -> tuple[ExportSubject, dict[str, np.ndarray]]:
-    """-> (a subject whose model is a folded deep copy, {weight name: g as float32 [out_channels]}).
-    The original model is left as it is: its names and fingerprint go into the manifest."""
+def folded(gamma, beta, mean, var, eps: float, bias=None) -> tuple[np.ndarray, np.ndarray]:
+    """(g, the folded bias) as float32 numpy arrays, each op rounded once. The one definition: export folds with
+    it and `shira-pack` recomputes it from a fine-tune's BatchNorm to tell whether that changed (torch's
+    vectorised kernels may round differently, so torch is not used for it)."""
+    f32 = np.float32
+    gamma, beta, mean, var = (np.asarray(a, f32) for a in (gamma, beta, mean, var))
+    g = (gamma / np.sqrt(var + f32(eps))).astype(f32)
+    b = np.zeros_like(var) if bias is None else np.asarray(bias, f32)
+    return g, ((b - mean) * g + beta).astype(f32)
+
+
+def fold_batchnorm(subject: ExportSubject, targets) -> tuple[ExportSubject, dict[str, tuple[np.ndarray, dict]]]:
+    """-> (a subject whose model is a folded deep copy, {weight name: (g as float32 [out_channels],
+    {"module": the BatchNorm's name, "eps": its eps})}). The original model is left as it is: its names and
+    fingerprint go into the manifest."""
     pairs = foldable_pairs(subject, targets)
     if not pairs:
         return subject, {}
@@ -62,15 +74,14 @@ def fold_batchnorm(subject: ExportSubject, targets) -> tuple[ExportSubject, dict
         for wname, bn_name in pairs.items():
             layer = model.get_submodule(wname.removesuffix(".weight"))
             bn = model.get_submodule(bn_name)
-            var, mean = bn.running_var.float(), bn.running_mean.float()
-            gamma = bn.weight.float() if bn.affine else torch.ones_like(var)
-            beta = bn.bias.float() if bn.affine else torch.zeros_like(var)
-            g = gamma / torch.sqrt(var + bn.eps)
+            var, mean = bn.running_var.detach().float().numpy(), bn.running_mean.detach().float().numpy()
+            gamma = bn.weight.detach().float().numpy() if bn.affine else np.ones_like(var)
+            beta = bn.bias.detach().float().numpy() if bn.affine else np.zeros_like(var)
+            g, bias = folded(gamma, beta, mean, var, bn.eps, None if layer.bias is None else layer.bias.detach().numpy())
             w = layer.weight
-            layer.weight.copy_(w * g.view(-1, *([1] * (w.ndim - 1))))
-            b = layer.bias if layer.bias is not None else torch.zeros_like(var)
-            layer.bias = torch.nn.Parameter((b - mean) * g + beta)
+            layer.weight.copy_(w * torch.from_numpy(g).view(-1, *([1] * (w.ndim - 1))))
+            layer.bias = torch.nn.Parameter(torch.from_numpy(bias))
             parent, _, leaf = bn_name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, torch.nn.Identity())
-            scales[wname] = g.numpy().astype(np.float32)
+            scales[wname] = (g, {"module": bn_name, "eps": float(bn.eps)})
     return dataclasses.replace(subject, model=model.eval()), scales

@@ -306,7 +306,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         w = params[pname]
         fold = {}
         if pname in folds:
-            fold = {"channel_scale": [float(v) for v in folds[pname]], "folded_sha256": tensor_sha256(eparams[pname])}
+            fold = {"channel_scale": [float(v) for v in folds[pname][0]], "folded_sha256": tensor_sha256(eparams[pname])}
         placements, prepacked_placements = {}, {}
         if "onnxruntime" in located:
             placements["onnxruntime"] = [{"name": n, "shape": list(shp), "layout": lay, **fold}
@@ -324,6 +324,8 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
                           "placements": placements}
         if prepacked_placements:
             tensors[pname]["prepacked_placements"] = prepacked_placements
+        if pname in folds:
+            tensors[pname]["folded_batchnorm"] = folds[pname][1]
     with torch.no_grad():
         ref = subject.export_module()(*subject.example_inputs.values())
     ref = ref if isinstance(ref, tuple) else (ref,)

@@ -210,14 +210,71 @@ def base_weights(manifest, targets) -> dict[str, np.ndarray]:
     return {t: np.ascontiguousarray(torch_layout(manifest, runtime, buffers, t)) for t in targets}
 
 
+def _channel_scale(manifest, target: str) -> np.ndarray | None:
+    p = next(iter(manifest.tensors[target].placements.values()))[0]
+    return p.scale_array()
+
+
+def folded_delta(ft: np.ndarray, stored: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """A fine-tuned weight against a folded base (stored = fl32(W * g), MANIFEST.md "Folded weights"): fold the
+    fine-tune the same way, subtract, unfold. An entry the fine-tune left alone folds to the very same float32,
+    so its delta is exactly 0 and stays out of the adapter."""
+    gb = g.reshape(-1, *([1] * (ft.ndim - 1)))
+    d = (ft.astype(np.float32) * gb).astype(np.float32) - stored
+    return (d.astype(np.float64) / gb).astype(np.float32)
+
+
+def changed_batchnorm(manifest, state: dict[str, np.ndarray], targets) -> tuple[list[str], set[str]]:
+    """The fine-tune's BatchNorms that were folded into base weights: -> (those whose folded scale or bias
+    differs from the base's: the adapter cannot carry that change, names of every such BatchNorm parameter).
+    The folded bias is a plain initializer of model.onnx, looked up by value."""
+    from ..export.fold import folded
+    changed, names = [], set()
+    biases = None
+    for t in targets:
+        fbn = manifest.tensors[t].folded_batchnorm
+        if not fbn:
+            continue
+        m = fbn["module"]
+        keys = {k: f"{m}.{k}" for k in ("weight", "bias", "running_mean", "running_var")}
+        names |= set(keys.values()) | {f"{m}.num_batches_tracked"}
+        if not all(k in state for k in keys.values()):
+            continue  # the fine-tune does not carry this BatchNorm: nothing changed it
+        conv_bias = state.get(t.removesuffix(".weight") + ".bias")
+        g, bias = folded(*(np.asarray(state[keys[k]], np.float32) for k in ("weight", "bias", "running_mean",
+                                                                                  "running_var")), fbn["eps"], conv_bias)
+        if biases is None:
+            biases = _initializer_digests(manifest)
+        if not np.array_equal(g, _channel_scale(manifest, t)) or (biases is not None and _digest(bias) not in biases):
+            changed.append(m)
+    return changed, names
+
+
 def changed_unpatchable(manifest, state: dict[str, np.ndarray], names: list[str]) -> list[str] | None:
     """Which of `names` (fine-tune weights the base cannot patch) differ from the base. The base keeps them as
     ONNX initializers, possibly transposed (MatMul weights) and renamed, so each is looked up by value.
     None when the base has no ONNX artifact to compare with."""
     if "onnxruntime" not in manifest.runtimes:
         return None
+    seen = _initializer_digests(manifest)
+    changed = []
+    for n in names:
+        a = np.asarray(state[n], dtype=np.float32)
+        if _digest(a) not in seen and (a.ndim != 2 or _digest(a.T) not in seen):
+            changed.append(n)
+    return changed
+
+
+def _digest(a: np.ndarray) -> bytes:
     import hashlib
 
+    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes()).digest()
+
+
+def _initializer_digests(manifest) -> set[bytes] | None:
+    """SHA-1s of every float initializer of the base's model.onnx (None without an ONNX artifact)."""
+    if "onnxruntime" not in manifest.runtimes:
+        return None
     import onnx
     from onnx import numpy_helper
 
@@ -226,15 +283,7 @@ def changed_unpatchable(manifest, state: dict[str, np.ndarray], names: list[str]
         proto = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many types
         raise PackError(f"{path}: cannot read the base model: {str(e)[:200]}") from None
-    digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).digest()  # noqa: E731
-    seen = {digest(numpy_helper.to_array(t).astype(np.float32, copy=False)) for t in proto.graph.initializer
-            if t.data_type == onnx.TensorProto.FLOAT}
-    changed = []
-    for n in names:
-        a = np.asarray(state[n], dtype=np.float32)
-        if digest(a) not in seen and (a.ndim != 2 or digest(a.T) not in seen):
-            changed.append(n)
-    return changed
+    return {_digest(numpy_helper.to_array(t)) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
 
 
 def sparsify(target: str, shape, delta: np.ndarray, density: float | None) -> tuple[SparseTensor, float, float]:
@@ -298,7 +347,8 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
         if tuple(ft.shape) != manifest.tensors[t].shape:
             raise PackError(f"{src}: tensor {t}: shape {list(ft.shape)} does not match the base's "
                             f"{list(manifest.tensors[t].shape)}")
-        d = ft.astype(np.float32) - base[t]
+        g = _channel_scale(manifest, t)
+        d = ft.astype(np.float32) - base[t] if g is None else folded_delta(ft, base[t], g)
         if not np.all(np.isfinite(d)):
             raise PackError(f"{src}: tensor {t}: non-finite values")
         sd, l, tt = sparsify(t, ft.shape, d, density)
@@ -307,9 +357,10 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
         lost, total = lost + l, total + tt
     if not deltas:
         raise PackError(f"{src}: identical to the base: nothing to pack")
-    others = sorted(k for k in state if k not in manifest.tensors and k.endswith(".weight"))
+    bn_changed, bn_names = changed_batchnorm(manifest, state, present)
+    others = sorted(k for k in state if k not in manifest.tensors and k.endswith(".weight") and k not in bn_names)
     changed = changed_unpatchable(manifest, state, others)
-    ignored = others if changed is None else changed
+    ignored = (others if changed is None else changed) + [f"{m} (BatchNorm folded into the base)" for m in bn_changed]
     return deltas, float(np.sqrt(lost / total)) if total else 0.0, ignored, changed is not None
 
 
