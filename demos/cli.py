@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 from shira_toolchain.cli import (
+    _fail,
     export_group,
     pack_group,
     quiet_third_party,
@@ -101,8 +102,47 @@ def report_cost_cmd(out_dir, steps):
 
 
 
-main_group.add_command(pack_group, "pack")
-main_group.add_command(train_cmd, "train")
+@main_group.command("generate")
+@click.argument("base", type=click.Path(exists=True, file_okay=False))
+@click.option("--adapter", "adapters", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A packed adapter to switch on before generating (repeat to fuse several at scale 1).")
+@click.option("--prompt", default=None, help="Text, tokenized with BASE/tokenizer.json (copied there by export "
+              "when the model directory has one), or as bytes for a byte-level model (vocab 256).")
+@click.option("--prompt-ids", default=None, help="The prompt as token ids, e.g. 1,15,27 (no tokenizer needed).")
+@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--top-k", default=0, show_default=True, help="0 or 1: greedy; k > 1: sample among the k likeliest.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the top-k sampler.")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+def generate_cmd(base, adapters, prompt, prompt_ids, max_new_tokens, top_k, temperature, seed, threads):
+    """Generate text on BASE (exported with --kv-cache) with ADAPTERs patched in place, on ONNX Runtime; prints
+    the text (or the ids) and the prompt time and decode speed."""
+    from shira_format.errors import ShiraError
+    from shira_runtime import ShiraSession
+    from shira_runtime.generate import generate
+
+    from .tokens import TokenizerError, load_tokenizer
+
+    try:
+        if (prompt is None) == (prompt_ids is None):
+            raise ShiraError("give exactly one of --prompt and --prompt-ids")
+        with ShiraSession(base, threads=threads, prepack="off") as sess:
+            tok = load_tokenizer(Path(base), sess.manifest) if prompt is not None else None
+            if prompt is not None:
+                ids = tok.encode(prompt)
+            else:
+                try:
+                    ids = [int(x) for x in prompt_ids.split(",") if x.strip()]
+                except ValueError:
+                    raise ShiraError(f"--prompt-ids {prompt_ids!r}: expected integers joined by commas") from None
+            names = [sess.load(a) for a in adapters]
+            sess.fuse(dict.fromkeys(names, 1.0))
+            out = generate(sess, ids, max_new_tokens, top_k, temperature, seed)
+        click.echo(tok.decode(out.tokens) if tok is not None else ",".join(map(str, out.tokens)))
+        click.echo(f"{len(out.tokens)} tokens: prompt ({out.prompt_tokens} tokens) {out.prompt_s * 1e3:.1f} ms, "
+                   f"then {out.tokens_per_s:.1f} tokens/s", err=True)
+    except (ShiraError, TokenizerError) as e:
+        _fail(e)
 
 
 main_group.add_command(export_group, "export")

@@ -102,7 +102,11 @@ def export_group():
 @click.option("--task", default=None, type=click.Choice(list(HF_TASKS)),
               help="For a model directory: the class to load it as. Default: the class its config.json names "
                    "(architectures). Weights missing or unexpected for that class are refused, never initialised.")
-def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task):
+@click.option("--kv-cache", is_flag=True,
+              help="Causal LMs: export with the key/value cache as inputs (past.<i>.key/value) and outputs "
+                   "(present.<i>.key/value), as on-device generation runs (`shira generate`). ONNX Runtime only "
+                   "in this version.")
+def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cache):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
     quiet_third_party()
@@ -117,7 +121,15 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task):
         if "pte" in formats and not _has_executorch():
             raise ExportError(f"--format {fmt}: ExecuTorch is not installed (pip install 'shira-runtime[executorch]'); "
                               "--format onnx exports for ONNX Runtime alone")
-        export_model(resolve(model, weights, inputs, task), out_dir, targets, formats=formats, log=click.echo)
+        if kv_cache and "pte" in formats:
+            raise ExportError("--kv-cache: ONNX Runtime only in this version (add --format onnx); ExecuTorch's "
+                              "static-size cache is not implemented yet")
+        subject = resolve(model, weights, inputs, task)
+        if kv_cache:
+            from .export.kv_cache import with_kv_cache
+
+            subject = with_kv_cache(subject)
+        export_model(subject, out_dir, targets, formats=formats, log=click.echo)
     except (ExportError, ModelSourceError, ShiraError) as e:
         _fail(e)
 

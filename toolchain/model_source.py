@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -36,9 +37,14 @@ class ExportSubject:
     call_extra: dict = field(default_factory=dict)  # fixed keyword arguments of every call (use_cache=False)
     by_keyword: bool = True  # inputs passed as keywords (HF models); False: positionally (factories)
     output_fields: list[str] | None = None  # the ModelOutput fields behind output_names, where they differ
+    # another traced form of the model (export.kv_cache): model -> the module the exporters trace
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    generation: dict | None = None  # the manifest's `generation` entry, for a causal LM exported with its cache
 
     def export_module(self) -> torch.nn.Module:
         """What the exporters trace: positional tensors in, the named output tensors out."""
+        if self.wrap is not None:
+            return self.wrap(self.model).eval()
         return NamedOutputs(self.model, list(self.example_inputs) if self.by_keyword else [],
                             self.output_fields or self.output_names, self.call_extra).eval()
 

@@ -112,6 +112,7 @@ class Manifest:
     model: dict = field(default_factory=dict)  # source, class, parameters (informative)
     excluded: dict[str, str] = field(default_factory=dict)  # targeted weight -> why it is not patchable
     untargeted: tuple[str, ...] = ()  # Linear/Conv weights left out by --targets
+    generation: dict | None = None  # a causal LM exported with its KV cache as inputs/outputs (MANIFEST.md)
 
     @property
     def root(self) -> Path:
@@ -319,9 +320,19 @@ def parse(raw, path: Path) -> Manifest:
             missing = [rt for rt in runtimes if rt not in info.placements]
             if missing:
                 raise _Bad(f"tensor {info.name}: no placement for {', '.join(missing)}")
+        gen = raw.get("generation")
+        if gen is not None:
+            gen = _dict(gen, "generation")
+            if gen.get("cache") != "inputs-outputs" or not all(is_int(gen.get(k)) and gen[k] > 0 for k in
+                                                                 ("layers", "kv_heads", "head_dim", "max_positions")):
+                raise _Bad("generation: needs cache 'inputs-outputs' and positive integers layers, kv_heads, "
+                           "head_dim, max_positions")
+            for key in ("past", "present"):
+                if not isinstance(gen.get(key), str) or "{layer}" not in gen[key] or "{kv}" not in gen[key]:
+                    raise _Bad(f"generation.{key}: a name pattern with {{layer}} and {{kv}}")
         return Manifest(path, fp, runtimes, tensors, _io(raw.get("inputs"), "inputs"), _io(raw.get("outputs"), "outputs"),
                         sample, _dict(raw.get("model", {}), "model"), {str(k): str(v) for k, v in excluded.items()},
-                        tuple(untargeted))
+                        tuple(untargeted), gen)
     except _Bad as e:
         raise ManifestError(f"{path}: {printable(str(e))}") from None
 

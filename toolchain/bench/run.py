@@ -10,6 +10,7 @@ pairs measured under the same conditions. Scenarios (per built-in model):
              once at prepacked speed, LoRA left unfused (an export with LoRA branches) and ONNX Runtime's own LoRA
              adapters (`.onnx_adapter`, `RunOptions.add_active_adapter`); the LM at sequence 1 (decode) and 128
              (prefill), the image net at 64x64 and 256x256
+  generation one new token at context 128 with the KV cache (`--kv-cache` export) against recomputing the prefix
   two_phase  per runtime: the switch as the caller sees it, the time until the prepacked engine is installed,
              and the extra memory it holds
   fusion     fusing 2-4 SHiRA adapters in place, time against the number of adapters
@@ -220,6 +221,8 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
         res["inference"][label] = row
     for s in two.values():
         s.close()
+    if lm:
+        res["generation"] = _decode_with_cache(subject, base_dir, work / name, blobs["shira-a"], repeats, threads)
 
     # ---- size ----
     def du(p: Path) -> int:
@@ -269,6 +272,7 @@ def markdown(report: dict) -> str:
         for shape, row in r["inference"].items():
             for k, s in row.items():
                 lines.append(f"| {r['model']} | {shape} | {k} | {s['median_ms']:.3f} | {s['median_ms'] / _ref(row, k):.2f}x |")
+    lines += generation_lines(report)
     if any("two_phase" in r for r in report["models"]):
         lines += ["", "## Two-phase switching", "",
                   "| model | runtime | switch seen by the caller, ms | to prepacked speed, ms | extra memory | auto mode picks |",
@@ -300,6 +304,20 @@ def markdown(report: dict) -> str:
                          f"{row['dense_copy_ms']:.1f} |")
     lines += ["", PAPER, "", targets_summary(report), ""]
     return "\n".join(lines)
+
+
+def generation_lines(report: dict) -> list[str]:
+    gens = [r for r in report["models"] if "generation" in r]
+    if not gens:
+        return []
+    lines = ["", "## Generating one token (adapter switched in, ONNX Runtime)", "",
+             "| model | context | with the KV cache (`--kv-cache`) ms | recomputing the prefix ms | speed-up |",
+             "|---|---|---|---|---|"]
+    for r in gens:
+        g = r["generation"]
+        w, c = g["with_kv_cache"]["median_ms"], g["recompute_prefix"]["median_ms"]
+        lines.append(f"| {r['model']} | {g['context']} | {w:.3f} | {c:.3f} | {c / w:.1f}x |")
+    return lines
 
 
 def targets_summary(report: dict) -> str:
@@ -371,6 +389,35 @@ def plot(report: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def _decode_with_cache(subject, base_dir: Path, work: Path, blob: Path, repeats: int, threads: int,
+                       context: int = 128) -> dict:
+    """One new token at `context` tokens, with an adapter switched in: the base exported with its KV cache
+    (`--kv-cache`, one step feeding the cache back) against the plain export, which recomputes the whole
+    prefix for every token (what generating on `input_ids -> logits` costs)."""
+    from shira_runtime import ShiraSession
+
+    from ..export.kv_cache import with_kv_cache
+
+    kv_dir = work / "base-kv"
+    export_model(with_kv_cache(subject), kv_dir, formats=("onnx",), log=lambda *a: None)
+    out = {"context": context}
+    with ShiraSession(kv_dir, threads=threads, prepack="off") as kv, \
+            ShiraSession(base_dir, threads=threads, prepack="off") as plain:
+        for s in (kv, plain):
+            s.load(blob, name="a")
+            s.switch("a")
+        gen = kv.manifest.generation
+        past = {gen["past"].format(layer=i, kv=k): np.random.default_rng(i).standard_normal(
+            (1, gen["kv_heads"], context, gen["head_dim"])).astype(np.float32)
+            for i in range(gen["layers"]) for k in ("key", "value")}
+        step = {"input_ids": np.array([[7]], dtype=np.int64), **past}
+        full = {"input_ids": (np.arange(context, dtype=np.int64)[None] % 256)}
+        rows = sample_rounds({"with_kv_cache": lambda: kv.run(step), "recompute_prefix": lambda: plain.run(full)},
+                             repeats)
+    out.update({k: stats(v) for k, v in rows.items()})
+    return out
 
 
 def run_bench(out_dir, quick: bool = True, threads: int = 2, log=print) -> dict:

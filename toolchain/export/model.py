@@ -364,6 +364,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         "tensors": tensors,
         "excluded": excluded,
         "untargeted": sorted(set(patchable_weights(model, None)) - set(wanted)),
+        **({"generation": subject.generation} if subject.generation else {}),
         "shared_storage": shared,
     }
 
@@ -385,6 +386,10 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
             if "prepacked" in artifacts["executorch"]:
                 (staging / "model_prepacked.pte").write_bytes(static_pte)
                 files.append("model_prepacked.pte")
+        tokenizer = Path(subject.source) / "tokenizer.json"  # a model directory's: `shira generate` reads it
+        if tokenizer.is_file():
+            shutil.copyfile(tokenizer, staging / "tokenizer.json")
+            files.append("tokenizer.json")
         np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
                  **{f"output:{k}": v for k, v in ref_outputs.items()})
         add_checksums(staging, manifest)
