@@ -74,3 +74,32 @@ def tiny_mlp():
 
 def raises():
     raise RuntimeError("the factory failed")
+
+
+class LayoutTraps(nn.Module):
+    """Every layout the .pte search used to refuse falsely: a depthwise conv (XNNPACK stores [C,1,kh,kw] as
+    [1,kh,kw,C]), a 1x1 conv and a Linear(N, 1) (two layouts, the same bytes and the same map), and a Linear
+    whose input feature 0 is zero on the sample (a probe writing only column 0 sees nothing). Returns a dict,
+    as a ModelOutput does: the export names each output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(16, 8)
+        self.score = nn.Linear(8, 1)
+
+    def example_inputs(self):
+        g = torch.Generator().manual_seed(0)
+        v = torch.rand(1, 16, generator=g)
+        v[:, 0] = 0.0
+        return {"image": torch.rand(1, 8, 8, 8, generator=g), "v": v}
+
+    def forward(self, image, v):
+        feats = self.pw(torch.relu(self.dw(image)))
+        return {"features": feats, "score": self.score(torch.relu(self.fc(v)))}
+
+
+def layout_traps():
+    return LayoutTraps()

@@ -1,7 +1,6 @@
 """The architecture matrix (tests/arch_matrix.py): real Hugging Face and diffusers architectures through export,
 pack, switch and reset on both runtimes. A representative subset runs by default (a conv net with BatchNorm and
-depthwise convs, a GPT-2 with Conv1D and tied embeddings, an encoder with a pooler it does not export); the
-rest are `long`."""
+depthwise convs, a GPT-2 with Conv1D and tied embeddings); the rest are `long`."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +8,7 @@ from shira_models.architectures import ARCHITECTURES
 
 from .arch_matrix import check_architecture
 
-DEFAULT = ("mobilenetv2", "gpt2", "bert")
+DEFAULT = ("mobilenetv2", "gpt2")
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
 """Export: manifest contents, layouts, --targets, shared storage, the three MODEL forms."""
+import copy
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from shira_runtime import ShiraSession
 from shira_format.manifest import load as load_manifest
@@ -162,3 +164,32 @@ def test_reexport_replaces_files_atomically(stylenet, tmp_path):
     export_model(resolve("style-net"), tmp_path / "b", **QUIET)
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]  # no temp leftovers
     assert load_manifest(tmp_path / "b").base_fingerprint == load_manifest(stylenet.base_dir).base_fingerprint
+
+
+@pytest.mark.slow
+def test_depthwise_1x1_and_column_vectors_are_patchable_on_both_runtimes(tmp_path):
+    """No false refusals (issue: depthwise kernels, 1x1 / [N,1] look-alike layouts, a zero input feature), and a
+    model returning a dict exports one named output per tensor, each checked on both runtimes."""
+    from shira_runtime import ShiraSession
+    from shira_format.adapter import SparseTensor, encode_adapter
+
+    subject = resolve("tests.factories:layout_traps")
+    assert subject.output_names == ["features", "score"]
+    man = export_model(subject, tmp_path, **QUIET)
+    assert set(man["tensors"]) == {"dw.weight", "pw.weight", "fc.weight", "score.weight"}, man["excluded"]
+    assert [p["layout"] for p in man["tensors"]["dw.weight"]["placements"]["executorch"]] == ["transpose2d"]
+    deltas = [SparseTensor(t, tuple(info["shape"]), np.array([0, int(np.prod(info["shape"])) - 1]),
+                           np.array([0.25, -0.5], np.float32)) for t, info in man["tensors"].items()]
+    blob = encode_adapter("a", man["base_fingerprint"], deltas, "f32", "flat-u32")
+    patched = copy.deepcopy(subject.model)
+    with torch.no_grad():
+        for d in deltas:
+            dict(patched.named_parameters())[d.target].view(-1)[torch.from_numpy(d.indices)] += torch.from_numpy(d.values)
+        ref = patched(*subject.example_inputs.values())
+    for backend in ("onnxruntime", "executorch"):
+        with ShiraSession(tmp_path, backend=backend, prepack="off") as s:
+            s.load(blob)
+            s.switch("a")
+            out = s.run({k: v.numpy() for k, v in subject.example_inputs.items()})
+            for name in ("features", "score"):
+                np.testing.assert_allclose(out[name], ref[name].numpy(), atol=1e-5, err_msg=f"{backend} {name}")

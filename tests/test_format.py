@@ -137,3 +137,12 @@ def test_folded_placements_are_checked_and_need_version_3(tmp_path):
     v2["format_version"] = 2
     with pytest.raises(ManifestError, match="needs manifest version 3"):
         manifest_format.write(v2, tmp_path / "bad.json")
+
+
+def test_layouts_are_the_same_map_only_where_every_entry_agrees():
+    assert layouts.same_map("identity", "channels_last", (8, 4, 1, 1))  # 1x1 conv
+    assert layouts.same_map("identity", "transpose2d", (5, 1))
+    assert not layouts.same_map("identity", "transpose2d", (4, 4))  # a constant 4x4 has equal bytes, not maps
+    assert not layouts.same_map("identity", "channels_last", (8, 4, 3, 3))
+    assert layouts.same_map("identity", "transpose2d", (1, 1, 3, 3)) and not layouts.same_map(
+        "identity", "transpose2d", (4, 1, 3, 3))  # a depthwise kernel is transposed unless it has one channel

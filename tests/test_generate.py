@@ -89,6 +89,7 @@ def test_generate_refuses_a_base_without_its_cache(tmp_path):
     assert np.load(tmp_path / "base" / "sample.npz")["input:input_ids"].shape[0] == 1
 
 
+@pytest.mark.long
 def test_bench_decode_rows_compare_the_cache_with_recomputing(cached_llama, tmp_path):
     import json
 

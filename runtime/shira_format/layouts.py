@@ -47,6 +47,14 @@ def forms(arr: np.ndarray) -> dict[str, np.ndarray]:
     return {name: to_stored(name, arr) for name in names}
 
 
+def same_map(a: str, b: str, torch_shape: tuple[int, ...]) -> bool:
+    """Whether two layouts put every entry of a weight of `torch_shape` at the same place (a 1x1 conv in
+    identity and channels_last, a [N, 1] weight and its transpose): then either describes the buffer. Equal
+    bytes alone do not show it (a constant weight looks the same in every layout)."""
+    flat = np.arange(_prod(torch_shape), dtype=np.int64)
+    return bool(np.array_equal(to_stored_indices(a, flat, torch_shape), to_stored_indices(b, flat, torch_shape)))
+
+
 def to_stored(layout: str, arr: np.ndarray) -> np.ndarray:
     """Forward on arrays: a torch-layout weight -> its stored form (a view; np.ascontiguousarray for bytes)."""
     if layout == "transpose2d":

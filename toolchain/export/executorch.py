@@ -90,12 +90,12 @@ def locate_in_program(pte: bytes, model: torch.nn.Module, targets) -> tuple[dict
         if t.ndim < 2 or t.dtype != torch.float32:
             continue
         arr = t.detach().cpu().contiguous().numpy()
-        hits, seen = [], set()
+        hits, seen = [], {}
         for layout, form in layouts.forms(arr).items():
             for off in _find_all(pte, np.ascontiguousarray(form).tobytes()):
-                if off in seen:  # two layouts with identical bytes (1x1 conv, [N, 1]): one placement, either layout
-                    continue
-                seen.add(off)
+                if off in seen and layouts.same_map(seen[off], layout, arr.shape):
+                    continue  # a 1x1 conv, a [N, 1] weight: one placement, and either layout is right
+                seen.setdefault(off, layout)
                 hits.append((off, layout, tuple(form.shape)))
                 holders[off].add(name)
         found[name] = hits
@@ -106,8 +106,8 @@ def locate_in_program(pte: bytes, model: torch.nn.Module, targets) -> tuple[dict
             excluded[pname] = "not found in the .pte (folded, fused or quantized by lowering)"
             continue
         others = sorted(set().union(*(holders[o] for o, _, _ in hits)) - {pname})
-        if others:
-            excluded[pname] = f"the .pte stores it in one buffer with {others}"
+        if others or len({o for o, _, _ in hits}) < len(hits):
+            excluded[pname] = f"the .pte stores it in one buffer with {others or 'itself in another layout'}"
             shared.append(sorted({pname, *others}))
             continue
         placements[pname] = hits

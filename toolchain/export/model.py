@@ -1,6 +1,7 @@
 """`shira-export model`: export a base model ONCE, with a manifest that says where every patchable weight lives.
 
-Pipeline: torch.onnx.export (dynamo) -> locate each targeted torch weight among the graph's initializers by
+Pipeline: fold BatchNorm into the weights before it (fold.py, recorded per placement) -> torch.onnx.export
+(dynamo) -> locate each targeted torch weight among the graph's initializers by
 value (as-is, or transposed: the exporter pre-transposes MatMul weights and renames them `val_N`) -> turn
 those initializers into graph inputs whose bytes go to weights.safetensors (the runtime owns and patches
 them) -> keep every other weight embedded, so ORT prepacks it -> verify against torch -> write the manifest.
@@ -26,6 +27,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from shira_format import layouts
 from shira_format import manifest as manifest_format
 
 from ..model_source import ExportSubject
@@ -147,8 +149,9 @@ def locate_weights(proto: onnx.ModelProto, model: torch.nn.Module, targets: dict
             shared.append(sorted(tied[pname]))
             continue
         found = [(n, "identity") for n in inits_by_key.get(_value_key(w), ())]
-        if w.ndim == 2:  # an initializer equal in both layouts ([N, 1] weights) is one placement, as identity
-            found += [(n, "transpose2d") for n in inits_by_key.get(_value_key(w.T), ()) if (n, "identity") not in found]
+        if w.ndim == 2:  # an initializer equal in both layouts is one placement only where the maps agree
+            found += [(n, "transpose2d") for n in inits_by_key.get(_value_key(w.T), ())
+                      if (n, "identity") not in found or not layouts.same_map("identity", "transpose2d", w.shape)]
         if not found:
             excluded[pname] = "not found as an initializer of the exported graph (folded or fused by the exporter)"
             continue
