@@ -113,10 +113,12 @@ def report_cost_cmd(out_dir, steps):
 @click.option("--top-k", default=0, show_default=True, help="0 or 1: greedy; k > 1: sample among the k likeliest.")
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Seed of the top-k sampler.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "executorch"]), default="onnxruntime",
+              show_default=True)
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
-def generate_cmd(base, adapters, prompt, prompt_ids, max_new_tokens, top_k, temperature, seed, threads):
-    """Generate text on BASE (exported with --kv-cache) with ADAPTERs patched in place, on ONNX Runtime; prints
-    the text (or the ids) and the prompt time and decode speed."""
+def generate_cmd(base, adapters, prompt, prompt_ids, max_new_tokens, top_k, temperature, seed, backend, threads):
+    """Generate text on BASE (exported with --kv-cache) with ADAPTERs patched in place; prints the text (or the
+    ids) and the prompt time and decode speed."""
     from shira_format.errors import ShiraError
     from shira_runtime import ShiraSession
     from shira_runtime.generate import generate
@@ -126,7 +128,7 @@ def generate_cmd(base, adapters, prompt, prompt_ids, max_new_tokens, top_k, temp
     try:
         if (prompt is None) == (prompt_ids is None):
             raise ShiraError("give exactly one of --prompt and --prompt-ids")
-        with ShiraSession(base, threads=threads, prepack="off") as sess:
+        with ShiraSession(base, backend=backend, threads=threads, prepack="off") as sess:
             tok = load_tokenizer(Path(base), sess.manifest) if prompt is not None else None
             if prompt is not None:
                 ids = tok.encode(prompt)

@@ -154,7 +154,10 @@ def write_models_md(rows: list[dict], path: Path, command: str) -> None:
         err = " / ".join(f"{r['rel_error'][b]:.1e}" for b in ("onnxruntime", "executorch"))
         lines.append(f"| {r['architecture']} | {r['class']} ({r['task']}) | {r['parameters']:,} | {r['patchable']} "
                      f"| {r['folded']} | {why} | {err} | {r['export_s']} |")
-    lines += ["", "A weight is not patchable only for a true reason: it shares storage with another (tied "
+    lines += ["", "`export s`: wall time of both exports, with their probes and checks (other work shared the cores). "
+              "The error is relative to the largest output value; most of it is each engine's own float32 "
+              "arithmetic, present before any adapter (MobileNetV2's 52 ReLU6 layers give the largest).",
+              "", "A weight is not patchable only for a true reason: it shares storage with another (tied "
               "embeddings; patching one buffer would patch both), or no exported output uses it. The default "
               "test run checks a representative subset (`pytest -m 'not long' tests/test_architectures.py`); "
               "`pytest -m long tests/test_architectures.py` runs all of them.", ""]

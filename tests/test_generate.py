@@ -70,8 +70,6 @@ def test_generate_cli_and_its_refusals(cached_llama, tmp_path):
     assert "tokens/s" in r.stderr
     r = CliRunner().invoke(main_group, ["generate", str(d / "base"), "--prompt", "hi"])
     assert r.exit_code != 0 and "no tokenizer.json" in r.output and "--prompt-ids" in r.output
-    r = CliRunner().invoke(main_group, ["export", "model", str(d / "hf"), "--out", str(tmp_path / "x"), "--kv-cache"])
-    assert r.exit_code != 0 and "ONNX Runtime only" in r.output
 
 
 def test_generate_refuses_a_base_without_its_cache(tmp_path):
@@ -87,6 +85,24 @@ def test_generate_refuses_a_base_without_its_cache(tmp_path):
     with ShiraSession(tmp_path / "base", prepack="off") as sess, pytest.raises(ShiraError, match="--kv-cache"):
         generate(sess, [1, 2, 3])
     assert np.load(tmp_path / "base" / "sample.npz")["input:input_ids"].shape[0] == 1
+
+
+@pytest.mark.long
+def test_executorch_generates_the_same_tokens_from_the_same_export(tmp_path):
+    from shira_models.architectures import save
+    from shira_runtime import ShiraSession
+    from shira_runtime.generate import generate
+    from shira_toolchain.export import export_model
+    from shira_toolchain.export.kv_cache import with_kv_cache
+    from shira_toolchain.model_source import resolve
+
+    subject = resolve(str(save("llama", tmp_path / "hf")))
+    export_model(with_kv_cache(subject), tmp_path / "base", log=lambda *a: None)
+    prompt = [5, 77, 301, 12, 9]
+    want = _hf_greedy(subject.model, prompt, 10)
+    for backend in ("onnxruntime", "executorch"):
+        with ShiraSession(tmp_path / "base", backend=backend, prepack="off") as sess:
+            assert generate(sess, prompt, max_new_tokens=10).tokens == want, backend
 
 
 @pytest.mark.long

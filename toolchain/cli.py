@@ -104,8 +104,7 @@ def export_group():
                    "(architectures). Weights missing or unexpected for that class are refused, never initialised.")
 @click.option("--kv-cache", is_flag=True,
               help="Causal LMs: export with the key/value cache as inputs (past.<i>.key/value) and outputs "
-                   "(present.<i>.key/value), as on-device generation runs (`shira generate`). ONNX Runtime only "
-                   "in this version.")
+                   "(present.<i>.key/value), as on-device generation runs (`shira generate`), on both runtimes.")
 def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cache):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
@@ -121,9 +120,6 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cac
         if "pte" in formats and not _has_executorch():
             raise ExportError(f"--format {fmt}: ExecuTorch is not installed (pip install 'shira-runtime[executorch]'); "
                               "--format onnx exports for ONNX Runtime alone")
-        if kv_cache and "pte" in formats:
-            raise ExportError("--kv-cache: ONNX Runtime only in this version (add --format onnx); ExecuTorch's "
-                              "static-size cache is not implemented yet")
         subject = resolve(model, weights, inputs, task)
         if kv_cache:
             from .export.kv_cache import with_kv_cache

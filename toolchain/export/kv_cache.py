@@ -10,6 +10,11 @@ feeds the previous step's present tensors back as past. That keeps one graph for
 zero-length dimension (torch.export cannot trace one), at the cost of one wasted slot. Positions are derived
 from the cache length (position of the first new token = past - 1), so the caller passes only token ids.
 The manifest's `generation` entry says all this to the runtime (docs/MANIFEST.md, "Generation").
+
+Both runtimes take the same graph: XNNPACK lowers it with dynamic `seq` and `past` dimensions (its linears
+read the patchable weights at every execute, so a switch reaches the next token). ExecuTorch's Llama example
+keeps a static-size cache inside the program instead; transformers' exportable static-cache wrapper does not
+trace with torch 2.13 here, and the dynamic cache needs no second protocol, so that is the one exported.
 """
 from __future__ import annotations
 
