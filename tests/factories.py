@@ -103,3 +103,13 @@ class LayoutTraps(nn.Module):
 
 def layout_traps():
     return LayoutTraps()
+
+
+class HalfMLP(nn.Sequential):
+    def example_inputs(self):
+        return {"x": torch.rand(2, 16, generator=torch.Generator().manual_seed(0)).half()}
+
+
+def half_mlp():
+    torch.manual_seed(0)
+    return HalfMLP(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).half()

@@ -193,3 +193,9 @@ def test_depthwise_1x1_and_column_vectors_are_patchable_on_both_runtimes(tmp_pat
             out = s.run({k: v.numpy() for k, v in subject.example_inputs.items()})
             for name in ("features", "score"):
                 np.testing.assert_allclose(out[name], ref[name].numpy(), atol=1e-5, err_msg=f"{backend} {name}")
+
+
+def test_float16_weights_are_refused_before_the_export(tmp_path):
+    with pytest.raises(ExportError, match=r"0\.weight is float16.*model\.float\(\)"):
+        export_model(resolve("tests.factories:half_mlp"), tmp_path, **QUIET)
+    assert not (tmp_path / "manifest.json").exists()

@@ -258,6 +258,12 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     wanted = patchable_weights(model, targets)
     if not wanted:
         raise ExportError(f"--targets {targets!r} matches no Linear/Conv weight of {subject.source}")
+    params = dict(model.named_parameters())
+    low = [p for p in wanted if params[p].dtype != torch.float32]
+    if low:  # refused before minutes of export, not by the manifest writer after them
+        raise ExportError(f"{subject.source}: weight {low[0]} is {str(params[low[0]].dtype).removeprefix('torch.')}; "
+                          "patchable weights are float32: export the model in float32 (model.float()); "
+                          "low-precision bases are patched in their own domain by the quantized route")
     log(f"exporting {subject.source}: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(wanted)} candidate patchable weights, formats: {', '.join(formats)}")
 
