@@ -258,7 +258,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     wanted = patchable_weights(model, targets)
     if not wanted:
         raise ExportError(f"--targets {targets!r} matches no Linear/Conv weight of {subject.source}")
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights keep both names
     low = [p for p in wanted if params[p].dtype != torch.float32]
     if low:  # refused before minutes of export, not by the manifest writer after them
         raise ExportError(f"{subject.source}: weight {low[0]} is {str(params[low[0]].dtype).removeprefix('torch.')}; "
