@@ -11,6 +11,7 @@ merged in torch, then reset and compare every weight buffer with the base, bit f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -111,18 +112,20 @@ def check_architecture(name: str, work: Path, log=lambda *a: None) -> dict:
            "excluded": {k: v.split(": ", 1)[-1] if "; " not in v else v for k, v in manifest["excluded"].items()},
            "folded": sum("channel_scale" in t["placements"]["onnxruntime"][0] for t in manifest["tensors"].values()),
            "export_s": round(t_export, 1), "rel_error": {}}
+    from shira_format import manifest as manifest_format
+
+    inputs = manifest_format.load(base).sample_inputs()
+    with torch.no_grad():  # the merged model, traced the way the export traced the base
+        ref = dataclasses.replace(subject, model=merged).export_module()(
+            *[torch.from_numpy(inputs[k]) for k in subject.example_inputs])
+    ref = ref if isinstance(ref, tuple) else (ref,)
     for backend in ("onnxruntime", "executorch"):
         with ShiraSession(base, backend=backend, prepack="off") as sess:
-            inputs = sess.manifest.sample_inputs()
             before = {n: b.copy() for n, b in sess.backend.buffers.items()}
             out0 = sess.run(inputs)
             sess.load(blob)
             sess.switch("a")
             out = sess.run(inputs)
-            with torch.no_grad():
-                ref = subject.__class__(**{**subject.__dict__, "model": merged}).export_module()(
-                    *[torch.from_numpy(inputs[k]) for k in subject.example_inputs])
-            ref = ref if isinstance(ref, tuple) else (ref,)
             rel = max(float(np.max(np.abs(out[n] - r.numpy())) / max(float(np.max(np.abs(r.numpy()))), 1e-12))
                       for n, r in zip(subject.output_names, ref))
             moved = max(float(np.max(np.abs(out[n] - out0[n]))) for n in out)

@@ -247,9 +247,7 @@ def test_patch_case_for_other_runtimes_regenerates_identically():
 
 
 def test_runtime_patcher_reproduces_the_patch_case_bit_for_bit():
-    """The Python runtime's own path (Placement.stored_deltas for folded weights, layouts.sorted_for,
-    WeightPatcher) lands on the reference patcher's bits at every step, folded depthwise kernel included."""
-    from shira_format import layouts
+    """The Python runtime's own path (Placement.patch_terms, which scales folded weights, and WeightPatcher) lands on the reference patcher's bits at every step, folded depthwise kernel included."""
     from shira_format.manifest import Placement
     from shira_runtime.patcher import WeightPatcher
 
@@ -263,9 +261,8 @@ def test_runtime_patcher_reproduces_the_patch_case_bit_for_bit():
     mapped = {}
     for name, fname in case["adapters"].items():
         ad = read_adapter((VECTORS / "patch" / fname).read_bytes())
-        mapped[name] = {places[t.target].name: layouts.sorted_for(
-            places[t.target].layout, t.indices, places[t.target].stored_deltas(t.indices, t.values, shapes[t.target]),
-            shapes[t.target]) for t in ad.tensors.values()}
+        mapped[name] = {places[t.target].name: places[t.target].patch_terms(t.indices, t.values, shapes[t.target])
+                        for t in ad.tensors.values()}
     patcher = WeightPatcher(buffers)
     for step in case["steps"][1:]:
         terms = {}

@@ -58,6 +58,12 @@ class Placement:
         g = self.scale_array().astype(np.float64)[flat // per_channel]
         return (values.astype(np.float64) * g).astype(np.float32)
 
+    def patch_terms(self, flat: np.ndarray, values: np.ndarray, torch_shape: tuple[int, ...]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """An adapter tensor in torch coordinates -> (stored indices ascending, stored deltas in that order): what
+        a patcher scatters into this placement."""
+        return layouts.sorted_for(self.layout, flat, self.stored_deltas(flat, values, torch_shape), torch_shape)
+
     def map_indices(self, flat: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
         """Torch row-major flat indices -> flat indices into this placement's buffer."""
         return layouts.to_stored_indices(self.layout, flat, torch_shape)

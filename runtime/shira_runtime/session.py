@@ -26,7 +26,6 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-from shira_format import layouts
 from shira_format import manifest as manifest_mod
 from shira_format.adapter import Adapter, read_adapter
 from shira_format.errors import AdapterError, ManifestError, ShiraError, first_line
@@ -182,8 +181,7 @@ class ShiraSession:
         for t in adapter.tensors.values():
             info = self.manifest.tensors[t.target]
             for p in info.placements.get(self.backend.name, ()):
-                values = p.stored_deltas(t.indices, t.values, info.shape)  # scaled where BatchNorm was folded
-                mapped[p.name] = layouts.sorted_for(p.layout, t.indices, values, info.shape)
+                mapped[p.name] = p.patch_terms(t.indices, t.values, info.shape)  # scaled where BN was folded
         with self._patch_mutex:
             self._check_open()
             if name in self.active:

@@ -308,7 +308,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         raise ExportError("no targeted weight could be made patchable (see the reasons above)")
 
     static_missing = [p for p in patchable if p not in static_pl] if "pte" in formats else []
-    params, eparams = dict(model.named_parameters()), dict(emodel.named_parameters())
+    eparams = dict(emodel.named_parameters())
     tensors = {}
     for pname in patchable:
         mname, kind = wanted[pname]

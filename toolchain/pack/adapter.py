@@ -224,13 +224,15 @@ def folded_delta(ft: np.ndarray, stored: np.ndarray, g: np.ndarray) -> np.ndarra
     return (d.astype(np.float64) / gb).astype(np.float32)
 
 
-def changed_batchnorm(manifest, state: dict[str, np.ndarray], targets) -> tuple[list[str], set[str]]:
+def changed_batchnorm(manifest, state: dict[str, np.ndarray], targets, seen: set[bytes] | None
+                      ) -> tuple[list[str], set[str]]:
     """The fine-tune's BatchNorms that were folded into base weights: -> (those whose folded scale or bias
     differs from the base's: the adapter cannot carry that change, names of every such BatchNorm parameter).
-    The folded bias is a plain initializer of model.onnx, looked up by value."""
+    The folded bias is a plain initializer of model.onnx, looked up by value in `seen` (_initializer_digests;
+    None without an ONNX artifact: then only the scale is compared)."""
     from ..export.fold import folded
+
     changed, names = [], set()
-    biases = None
     for t in targets:
         fbn = manifest.tensors[t].folded_batchnorm
         if not fbn:
@@ -243,20 +245,17 @@ def changed_batchnorm(manifest, state: dict[str, np.ndarray], targets) -> tuple[
         conv_bias = state.get(t.removesuffix(".weight") + ".bias")
         g, bias = folded(*(np.asarray(state[keys[k]], np.float32) for k in ("weight", "bias", "running_mean",
                                                                                   "running_var")), fbn["eps"], conv_bias)
-        if biases is None:
-            biases = _initializer_digests(manifest)
-        if not np.array_equal(g, _channel_scale(manifest, t)) or (biases is not None and _digest(bias) not in biases):
+        if not np.array_equal(g, _channel_scale(manifest, t)) or (seen is not None and _digest(bias) not in seen):
             changed.append(m)
     return changed, names
 
 
-def changed_unpatchable(manifest, state: dict[str, np.ndarray], names: list[str]) -> list[str] | None:
+def changed_unpatchable(state: dict[str, np.ndarray], names: list[str], seen: set[bytes] | None) -> list[str] | None:
     """Which of `names` (fine-tune weights the base cannot patch) differ from the base. The base keeps them as
-    ONNX initializers, possibly transposed (MatMul weights) and renamed, so each is looked up by value.
-    None when the base has no ONNX artifact to compare with."""
-    if "onnxruntime" not in manifest.runtimes:
+    ONNX initializers, possibly transposed (MatMul weights) and renamed, so each is looked up by value in `seen`
+    (_initializer_digests). None when the base has no ONNX artifact to compare with."""
+    if seen is None:
         return None
-    seen = _initializer_digests(manifest)
     changed = []
     for n in names:
         a = np.asarray(state[n], dtype=np.float32)
@@ -357,9 +356,10 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
         lost, total = lost + l, total + tt
     if not deltas:
         raise PackError(f"{src}: identical to the base: nothing to pack")
-    bn_changed, bn_names = changed_batchnorm(manifest, state, present)
+    seen = _initializer_digests(manifest)  # model.onnx read once, for both checks
+    bn_changed, bn_names = changed_batchnorm(manifest, state, present, seen)
     others = sorted(k for k in state if k not in manifest.tensors and k.endswith(".weight") and k not in bn_names)
-    changed = changed_unpatchable(manifest, state, others)
+    changed = changed_unpatchable(state, others, seen)
     ignored = (others if changed is None else changed) + [f"{m} (BatchNorm folded into the base)" for m in bn_changed]
     return deltas, float(np.sqrt(lost / total)) if total else 0.0, ignored, changed is not None
 
