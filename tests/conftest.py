@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ import numpy as np
 import pytest
 
 warnings.filterwarnings("ignore")
+if "SHIRA_CACHE_DIR" not in os.environ:  # in-place bakes go to a throwaway cache, never the user's
+    import tempfile
+
+    os.environ["SHIRA_CACHE_DIR"] = tempfile.mkdtemp(prefix="shira-test-cache-")
 logging.getLogger("torchao").setLevel(logging.ERROR)
 
 

@@ -36,17 +36,18 @@ def placement_crc32(tensor: str, torch_shape, p, stored) -> int:
     return zlib.crc32(memoryview(stored).cast("B"), crc)
 
 
-def _placements(info, runtime: str, prepacked: bool):
-    return (info.prepacked_placements if prepacked else info.placements).get(runtime, ())
+def _placements(info, runtime: str, prepacked: bool, only=None):
+    places = (info.prepacked_placements if prepacked else info.placements).get(runtime, ())
+    return places if only is None else [p for p in places if p.name in only]
 
 
 def check_placements(manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file, threads=None,
-                     prepacked: bool = False) -> None:
+                     prepacked: bool = False, only=None) -> None:
     """Refuse the base if any placement of `backend` (of its prepacked engine's file with `prepacked`) differs
     from its export-time checksum.
 
     `buffers`: placement name -> the stored bytes the engine reads (any shape; C-contiguous)."""
-    jobs = [(info, p) for info in manifest.tensors.values() for p in _placements(info, backend, prepacked)]
+    jobs = [(info, p) for info in manifest.tensors.values() for p in _placements(info, backend, prepacked, only)]
     missing = [p.name for _, p in jobs if p.crc32 is None]
     if missing:
         raise ManifestError(f"{manifest.path}: placement {missing[0]} ({backend}) has no crc32: written by an older "
@@ -70,18 +71,20 @@ def check_placements(manifest, backend: str, buffers: dict[str, np.ndarray], art
 
 
 def verify_placements(mode: str, manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file,
-                      threads=None, prepacked: bool = False) -> None:
-    """What `ShiraSession(verify=mode)` checks: "fast" the CRC-32s, "full" those and the SHA-256s, "off" nothing."""
+                      threads=None, prepacked: bool = False, only=None) -> None:
+    """What `ShiraSession(verify=mode)` checks: "fast" the CRC-32s, "full" those and the SHA-256s, "off" nothing.
+    `only`: check just these placement names (`buffers` need hold no others)."""
     if mode != "off":
-        check_placements(manifest, backend, buffers, artifact_file, threads, prepacked)
+        check_placements(manifest, backend, buffers, artifact_file, threads, prepacked, only)
     if mode == "full":
-        check_sha256(manifest, backend, buffers, artifact_file, prepacked)
+        check_sha256(manifest, backend, buffers, artifact_file, prepacked, only)
 
 
-def check_sha256(manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file, prepacked: bool = False) -> None:
+def check_sha256(manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file, prepacked: bool = False,
+                 only=None) -> None:
     """The slow, thorough check: SHA-256 of every weight in torch layout against the manifest."""
     for info in manifest.tensors.values():
-        for p in _placements(info, backend, prepacked):
+        for p in _placements(info, backend, prepacked, only):
             torch_layout = p.to_torch_layout(buffers[p.name].reshape(-1).view(np.float32), info.shape)
             digest = hashlib.sha256(np.ascontiguousarray(torch_layout).tobytes()).hexdigest()
             if digest != (p.folded_sha256 or info.sha256):

@@ -12,13 +12,21 @@ Lifetime: `close()` stops the background thread and frees both engines; later ca
 session that is never closed is closed when it is garbage-collected or at interpreter exit (before native
 libraries are torn down: a background build of an ORT session still running at exit aborted the process).
 
-Prepacking modes (`prepack=`, see prepack.py): "off" runs only the patchable engine (least memory; every run
-bit-identical for a given state); "background" adds two-phase switching (patchable engine at once, a fully prepacked
-engine installed shortly after); "auto" (the default) measures both engines on the manifest's sample input at
-load and keeps two-phase only where the patchable engine is more than 2% slower.
+Modes (`prepack=`; `session.mode` says which one a session got, `session.mode_reason` why not in-place):
+  "inplace"     ONNX Runtime only: one engine on its own packed weights, baked once per CPU into a cached file
+                that the session patches in place (bake.py, backends/onnxruntime_inplace.py). Base speed at
+                once after every switch, the base's memory, no background work. Refused with the reason where
+                the base cannot be baked.
+  "off"         only the patchable engine (weights as graph inputs / non-static XNNPACK weights): least
+                memory, slower runs.
+  "background"  two-phase switching (prepack.py): the patchable engine at once, a fully prepacked engine
+                rebuilt in the background after each switch. Twice the memory; slow runs until the rebuild lands.
+  "auto"        (default) "inplace" where it works; otherwise measures both engines on the manifest's sample
+                input and keeps two-phase only where the patchable engine is more than 2% slower.
 """
 from __future__ import annotations
 
+import logging
 import statistics
 import threading
 import time
@@ -36,8 +44,23 @@ from .prepack import PrepackedRebuilder
 from .rwlock import RWLock
 
 BACKENDS = ("onnxruntime", "executorch")
-PREPACK_MODES = ("auto", "background", "off")
+PREPACK_MODES = ("auto", "inplace", "background", "off")
 AUTO_THRESHOLD = 1.02  # two-phase pays off when the patchable engine is slower than this ratio
+log = logging.getLogger("shira_runtime")
+
+
+def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
+    """The in-place engine, or (None, why not)."""
+    if name != "onnxruntime":
+        return None, ("ExecuTorch has no in-place route: XNNPACK packs its weights into private memory at "
+                      "method load (docs/INPLACE.md)")
+    from .bake import BakeError
+    from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
+
+    try:
+        return InPlaceOnnxRuntimeBackend(manifest, threads, verify, cache_dir, log=log.info), None
+    except BakeError as e:
+        return None, str(e)
 
 
 def _make_backend(name: str, manifest, threads, verify):
@@ -69,6 +92,8 @@ class _Resources:
             self.rebuilder.close()  # joins the builder thread: no engine is being built after this
             self.rebuilder = None
         if self.patcher is not None:
+            if getattr(self.backend, "restore_before_close", False):
+                self.patcher.commit(self.patcher.plan({}))  # the patches live in a cached file: put the base back
             self.patcher.close()
         if self.backend is not None:
             self.backend.close()
@@ -77,12 +102,14 @@ class _Resources:
 
 class ShiraSession:
     def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
-                 prepack: str = "auto"):
+                 prepack: str = "auto", cache_dir=None):
         """Open an exported base directory.
 
         `verify`: "fast" (default) checks every patchable weight, and its place and layout in the manifest,
         against the CRC-32 recorded at export; "full" also re-hashes each weight in torch layout (SHA-256);
-        "off" skips both. A damaged base raises ManifestError naming the file."""
+        "off" skips both. A damaged base raises ManifestError naming the file. In-place mode checks the
+        bytes the engine reads: every live copy in the baked file.
+        `cache_dir`: where in-place mode keeps its baked files (default $SHIRA_CACHE_DIR, else ~/.cache/shira)."""
         if prepack not in PREPACK_MODES:
             raise ValueError(f"prepack must be one of {', '.join(PREPACK_MODES)}, got {prepack!r}")
         if verify not in VERIFY_MODES:
@@ -95,24 +122,31 @@ class ShiraSession:
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.close)  # also runs at interpreter exit
         self.manifest = manifest_mod.load(base_dir)
+        self.mode_reason: str | None = None
         try:
-            self._res.backend = self.backend = _make_backend(backend, self.manifest, threads, verify)
-            self._open(threads, prepack)
+            inplace = None
+            if prepack in ("auto", "inplace"):
+                inplace, self.mode_reason = _make_inplace_backend(backend, self.manifest, threads, verify, cache_dir)
+                if inplace is None and prepack == "inplace":
+                    raise ShiraError(f"{self.manifest.root}: cannot patch in place: {self.mode_reason}")
+            self._res.backend = self.backend = inplace or _make_backend(backend, self.manifest, threads, verify)
+            self._open(threads, "inplace" if inplace else prepack)
         except BaseException:
             self._finalizer()
             raise
         self._closed = False
 
     def _open(self, threads, prepack) -> None:
-        self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads)
+        self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads,
+                                                         getattr(self.backend, "absmax", None))
         self.adapters: dict[str, Adapter] = {}
         # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.active: dict[str, float] = {}
         self.rebuilder: PrepackedRebuilder | None = None
         self.calibration: dict | None = None
-        self.mode = "patchable"
-        if prepack != "off" and self.backend.prepacked_available:
+        self.mode = "in-place" if prepack == "inplace" else "patchable"
+        if prepack not in ("off", "inplace") and self.backend.prepacked_available:
             self._start_two_phase(calibrate=prepack == "auto")
 
     def _start_two_phase(self, calibrate: bool) -> None:
@@ -182,6 +216,8 @@ class ShiraSession:
             info = self.manifest.tensors[t.target]
             for p in info.placements.get(self.backend.name, ()):
                 mapped[p.name] = p.patch_terms(t.indices, t.values, info.shape)  # scaled where BN was folded
+        if hasattr(self.backend, "to_buffers"):  # in place: each placement's copies in the baked file
+            mapped = self.backend.to_buffers(mapped)
         with self._patch_mutex:
             self._check_open()
             if name in self.active:
@@ -273,6 +309,8 @@ class ShiraSession:
         self._check_open()
         info = self.manifest.tensors[torch_name]
         p = info.placements[self.backend.name][0]
+        if hasattr(self.backend, "placement_values"):
+            return p.to_torch_layout(self.backend.placement_values(p.name), info.shape).copy()
         return p.to_torch_layout(self.backend.buffers[p.name], info.shape).copy()
 
     @property
@@ -285,5 +323,5 @@ class ShiraSession:
 
 
 def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
-              prepack: str = "auto") -> ShiraSession:
-    return ShiraSession(Path(base_dir), backend, threads, verify, prepack)
+              prepack: str = "auto", cache_dir=None) -> ShiraSession:
+    return ShiraSession(Path(base_dir), backend, threads, verify, prepack, cache_dir)

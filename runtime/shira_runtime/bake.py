@@ -1,0 +1,267 @@
+"""Baking: ONNX Runtime's own prepacked weights saved once to a file, with a map of where every weight lies in it.
+
+Why: ORT packs constant weights into private layouts at load (MLAS panels for MatMul/Gemm, NCHWc blocks for
+Conv), so patching the original buffer is invisible and keeping weights unpacked costs speed. ORT can instead
+*save* an optimized model whose initializers and packed copies live in one external data file
+(`session.save_external_prepacked_constant_initializers`); loading that model memory-maps the file and
+computes on the packed bytes where they lie. A weight written into the file through a shared mapping is seen
+by the very next run: one engine, full speed, no second copy (docs/INPLACE.md).
+
+What the runtime must learn is where each weight entry went. The packers only copy values, so the model is
+baked three times: once with the real weights, and twice with every patchable entry replaced by an exact
+float32 code of its position (pass "row": flat // 4096, pass "col": flat % 4096, each offset per tensor so
+that no two tensors are equal, or ORT would merge them and change the layout). Decoding the two coded files
+gives, for every region of the real file, which entry of which weight sits where. The map is then proven on
+the real file: every mapped entry must equal the stored weight bit for bit, or the placement is not baked.
+
+The bake is CPU- and ORT-specific (MLAS picks its kernels, hence its packing, at run time), so it is cached
+per CPU and ORT version (cache.py) and made on the device at first load, in a child process so that its
+memory peak is not kept by the app (`python -m shira_runtime.bake BASE_DIR OUT_DIR`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from shira_format import manifest as manifest_mod
+from shira_format.errors import ManifestError, first_line
+from shira_format.weights import open_weights, safetensors_views
+
+from .onnx_regions import read_regions
+
+CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight
+ROW_WIDTH = 4096  # flat index = row * ROW_WIDTH + col
+MIN_EXTERNAL_BYTES = 1024  # smaller initializers stay inside baked.onnx (0 breaks: ORT cannot read an external
+# ReduceMean axes); a patchable weight smaller than this is not baked, and the session says so
+BAKED_MODEL, BAKED_DATA, MAP_FILE = "baked.onnx", "baked.bin", "bake.json"
+FORMAT = 1
+EXIT_CANNOT, EXIT_DAMAGED = 3, 4  # the child's verdicts: this base cannot be baked / the export is damaged
+
+
+class BakeError(Exception):
+    """This base cannot be served in place on this runtime; the message says why (one line)."""
+
+
+def _options(threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def _bake_once(source: Path, out_dir: Path, threads, weights: tuple[str, bytes] | None = None) -> None:
+    """One ORT load of `source` that writes the optimized model and its data file (packed copies included)."""
+    import onnxruntime as ort
+
+    opts = _options(threads)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(out_dir / BAKED_MODEL)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", BAKED_DATA)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                  str(MIN_EXTERNAL_BYTES))
+    opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+    if weights is not None:  # the coded passes: ORT reads this in-memory file instead of the one on disk
+        opts.add_external_initializers_from_files_in_memory([weights[0]], [weights[1]], [len(weights[1])])
+    try:
+        ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types
+        raise BakeError(f"{source}: ONNX Runtime cannot bake it: {first_line(e)}") from None
+
+
+def _coded(st, placements: list, starts: dict[str, int], which: str) -> bytes:
+    """weights.safetensors with every patchable entry replaced by its position code for pass `which`."""
+    for i, p in enumerate(placements):
+        arr = st.array(p.name).reshape(-1)
+        flat = np.arange(arr.size, dtype=np.int64)
+        code = flat // ROW_WIDTH + starts[p.name] if which == "row" else flat % ROW_WIDTH + i * ROW_WIDTH
+        arr[:] = (code + CODE_BASE).astype(np.float32)
+    return bytes(st.buffer)
+
+
+def _region_view(data: np.ndarray, region) -> np.ndarray:
+    return data[region.offset: region.offset + region.length - region.length % 4].view(np.float32)
+
+
+def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) -> dict:
+    """Bake `manifest`'s base into `out_dir` and map every patchable placement into the baked data file.
+    Returns the map (also written to out_dir/bake.json); raises BakeError when a placement cannot be mapped."""
+    import onnxruntime as ort
+
+    files = manifest.files_of("onnxruntime")
+    if not files.prepacked:
+        raise BakeError(f"{manifest.path}: no model_prepacked.onnx to bake (exported by an older shira-export)")
+    source, weights_path = manifest.file(files.prepacked), manifest.file(files.weights)
+    placements = [p for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())]
+    owner = {p.name: info for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())}
+    starts, row = {}, 0
+    for p in placements:
+        starts[p.name] = row
+        row += -(-int(np.prod(p.shape)) // ROW_WIDTH)
+    if row >= CODE_BASE or len(placements) * ROW_WIDTH >= CODE_BASE:
+        raise BakeError(f"{manifest.path}: too many patchable weights to code positions in float32")
+
+    t0 = time.perf_counter()
+    from .integrity import verify_placements
+
+    stored = safetensors_views(manifest, open_weights(weights_path), weights_path)
+    verify_placements("fast", manifest, "onnxruntime", stored, weights_path, threads)  # a damaged export is no base
+    real_dir = out_dir
+    _bake_once(source, real_dir, threads)
+    log(f"baked the base in {time.perf_counter() - t0:.1f}s")
+    if not (real_dir / BAKED_DATA).exists():
+        raise BakeError(f"{manifest.path}: ONNX Runtime kept every weight inside the optimized model (all below "
+                        f"{MIN_EXTERNAL_BYTES} bytes); they cannot be patched in place")
+    regions, uses = read_regions((real_dir / BAKED_MODEL).read_bytes())
+    coded = {}
+    with tempfile.TemporaryDirectory(prefix="shira-bake-", dir=out_dir) as tmp:
+        for which in ("row", "col"):
+            t1 = time.perf_counter()
+            st = open_weights(weights_path, writable=True)
+            blob = _coded(st, placements, starts, which)
+            del st
+            d = Path(tmp) / which
+            d.mkdir()
+            _bake_once(source, d, threads, (files.weights, blob))
+            del blob
+            if read_regions((d / BAKED_MODEL).read_bytes())[0] != regions:
+                raise BakeError(f"{source}: ONNX Runtime lays the weights out differently when their values "
+                                "change; this base cannot be patched in place")
+            coded[which] = np.fromfile(d / BAKED_DATA, dtype=np.uint8)
+            log(f"baked the {which} positions in {time.perf_counter() - t1:.1f}s")
+        real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
+        found = _decode(regions, coded, placements, starts)
+        del coded
+
+    by_region = {}
+    for r in regions:
+        by_region.setdefault(r.initializer, []).append(r)
+    out = {"format": FORMAT, "onnxruntime": ort.__version__, "placements": {}}
+    maps_dir = out_dir / "maps"
+    maps_dir.mkdir(exist_ok=True)
+    for p in placements:
+        copies = []
+        for region, positions in found.get(p.name, []):
+            packed_elsewhere = any(r.kind == "prepacked" for r in by_region.get(region.initializer, []))
+            if region.kind == "data" and packed_elsewhere and uses.get(region.initializer, 0) <= 1:
+                continue  # the only consumer reads the packed copy: the plain one is never read again
+            view = _region_view(real, region)
+            want = stored[p.name].view(np.uint32)
+            if not np.array_equal(view.view(np.uint32)[positions], want):
+                raise BakeError(f"{manifest.path}: weight {owner[p.name].name} ({p.name}): ONNX Runtime transforms "
+                                f"its values when it optimizes ({region.initializer}); it cannot be patched in place")
+            copy = {"region": region.initializer, "kind": region.kind, "offset": region.offset,
+                    "length": region.length, "positions": describe(positions, p.shape)}
+            if copy["positions"] is None:  # no known form: the whole map, on disk, read through a mapping
+                fname = f"{len(os.listdir(maps_dir))}.npy"
+                np.save(maps_dir / fname, positions.astype(np.uint32 if region.length < 1 << 34 else np.int64))
+                copy["positions"] = f"maps/{fname}"
+            copies.append(copy)
+        if not copies:
+            raise BakeError(f"{manifest.path}: weight {owner[p.name].name} ({p.name}) is not in the baked data file "
+                            f"(below {MIN_EXTERNAL_BYTES} bytes, or folded into another constant); it cannot be "
+                            "patched in place")
+        out["placements"][p.name] = {"copies": copies,
+                                     "absmax": float(np.max(np.abs(stored[p.name]))) if stored[p.name].size else 0.0}
+    (out_dir / MAP_FILE).write_text(json.dumps(out, indent=1))
+    log(f"mapped {len(placements)} weights in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+# ---- position maps ------------------------------------------------------------------------------------------
+# A copy's map is kept as a formula where one fits exactly (checked on every entry), else as a .npy file.
+#   "contiguous"            the weight as stored: entry f at f
+#   {"form": "panels", ...} MLAS's SGEMM packing of B [K, N]: K cut into blocks of k_block rows; in each
+#                           block, N cut into panels of `panel` columns (the last padded to aligned_n), each
+#                           panel stored row by row: f = k*N + n lies at
+#                           kb*k_block*aligned_n + (n // panel)*Kb*panel + (k % k_block)*panel + n % panel,
+#                           kb = k // k_block, Kb = min(K - kb*k_block, k_block)
+
+def panel_positions(flat: np.ndarray, form: dict) -> np.ndarray:
+    k_total, n_total, kblock, panel, aligned = (form[x] for x in ("rows", "cols", "k_block", "panel", "aligned_n"))
+    k, n = np.divmod(flat.astype(np.int64), n_total)
+    kb, kk = np.divmod(k, kblock)
+    kb_rows = np.minimum(k_total - kb * kblock, kblock)
+    return kb * kblock * aligned + (n // panel) * kb_rows * panel + kk * panel + n % panel
+
+
+def describe(positions: np.ndarray, shape) -> str | dict | None:
+    """The formula that gives exactly `positions` (entry f of a weight of `shape` -> index in its region), if any."""
+    n = positions.size
+    if np.array_equal(positions, np.arange(n)):
+        return "contiguous"
+    if len(shape) != 2:
+        return None
+    rows, cols = int(shape[0]), int(shape[1])
+    probe = np.unique(np.concatenate([np.arange(min(n, 64)), np.arange(max(0, n - 64), n),
+                                      np.random.default_rng(0).integers(0, n, 4096)]))
+    for panel in (16, 8, 32, 4, 64):
+        for kblock in (256, 128, 512, 64, 1024, rows):
+            for align in sorted({panel, 16, 32, 64}):
+                form = {"form": "panels", "rows": rows, "cols": cols, "k_block": kblock, "panel": panel,
+                        "aligned_n": -(-cols // align) * align}
+                if np.array_equal(panel_positions(probe, form), positions[probe]) and \
+                        np.array_equal(panel_positions(np.arange(n), form), positions):
+                    return form
+    return None
+
+
+def _decode(regions, coded: dict[str, np.ndarray], placements, starts) -> dict[str, list]:
+    """placement name -> [(region, positions)]: positions[flat] = the float32 index of that entry in the region."""
+    sizes = np.array([int(np.prod(p.shape)) for p in placements], dtype=np.int64)
+    row_starts = np.array([starts[p.name] for p in placements], dtype=np.int64)
+    found: dict[str, list] = {}
+    for region in regions:
+        rows = _region_view(coded["row"], region)
+        cols = _region_view(coded["col"], region)
+        hit = np.flatnonzero((rows >= CODE_BASE) & (rows < 2 * CODE_BASE))
+        if not hit.size:
+            continue
+        r = rows[hit].astype(np.int64) - CODE_BASE
+        c = cols[hit].astype(np.int64) - CODE_BASE
+        t = np.searchsorted(row_starts, r, side="right") - 1
+        ok = (c >= 0) & (t == c // ROW_WIDTH)
+        if not ok.all():
+            raise BakeError(f"region {region.initializer}: the row and column passes disagree (ONNX Runtime "
+                            "mixes values when it optimizes); this base cannot be patched in place")
+        flat = (r - row_starts[t]) * ROW_WIDTH + c % ROW_WIDTH
+        for ti in np.unique(t):
+            sel = t == ti
+            f, e = flat[sel], hit[sel]
+            n = int(sizes[ti])
+            if f.size != n or f.max() >= n or np.bincount(f, minlength=n).max() != 1:
+                raise BakeError(f"region {region.initializer}: holds part of weight {placements[ti].name} "
+                                f"({f.size} of {n} entries); it cannot be patched in place")
+            positions = np.empty(n, dtype=np.int64)
+            positions[f] = e
+            found.setdefault(placements[ti].name, []).append((region, positions))
+    return found
+
+
+def main(argv=None) -> int:
+    """`python -m shira_runtime.bake BASE_DIR OUT_DIR [THREADS]`: what the runtime runs in a child process."""
+    argv = sys.argv[1:] if argv is None else argv
+    base, out = Path(argv[0]), Path(argv[1])
+    threads = int(argv[2]) if len(argv) > 2 and argv[2] != "0" else None
+    try:
+        manifest = manifest_mod.load(base)
+        learn_layout(manifest, out, threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except BakeError as e:
+        print(f"bake: {e}", file=sys.stderr)
+        return EXIT_CANNOT
+    except ManifestError as e:
+        print(f"bake: {e}", file=sys.stderr)
+        return EXIT_DAMAGED
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
