@@ -13,18 +13,24 @@ def test_bench_structure(tmp_path):
     r = bench_model("style-net", tmp_path, repeats=3, threads=1, log=lambda *a: None)
     assert {"shira_onnxruntime", "patch_kernel_onnxruntime", "shira_executorch", "peft_lora_unmerge_merge",
             "peft_lora_merge_and_unload", "peft_shira_unmerge_merge", "ort_session_recreate",
-            "et_method_reload"} == set(r["switch"])
+            "et_method_reload", "shira_inplace_onnxruntime"} == set(r["switch"])
     samples = (list(r["switch"].values()) + list(r["fusion"].values())
                + [v for row in r["inference"].values() for v in row.values()]
                + [t[k] for t in r["two_phase"].values() for k in ("visible_switch", "to_full_speed")])
     assert all(_is_sample(s) for s in samples)
     assert set(r["fusion"]) == {f"shira_{b}_{k}" for b in ("onnxruntime", "executorch") for k in (2, 3, 4)}
     assert set(r["inference"]) == {"64x64", "256x256"}
-    ort_rows = {"prepacked_base_ort", "shira_patchable_ort", "shira_two_phase_ort", "lora_unfused_ort", "ort_lora_adapter"}
+    ort_rows = {"prepacked_base_ort", "shira_patchable_ort", "shira_two_phase_ort", "shira_inplace_ort",
+                "lora_unfused_ort", "ort_lora_adapter"}
     assert set(r["inference"]["64x64"]) == ort_rows | {"prepacked_base_et", "shira_patchable_et", "shira_two_phase_et"}
     assert set(r["inference"]["256x256"]) == set(r["inference"]["64x64"])  # the style .pte keeps dynamic H/W
     for b, t in r["two_phase"].items():
-        assert t["extra_bytes"] > 0 and {"patchable_ms", "prepacked_ms", "ratio"} <= set(t["auto_calibration"])
+        assert t["extra_bytes"] > 0
+    # auto: in place on ONNX Runtime; ExecuTorch has no in-place route, so it calibrates two-phase against patchable
+    assert r["auto_mode"]["onnxruntime"]["mode"] == "in-place" and r["auto_mode"]["onnxruntime"]["reason"] is None
+    et = r["auto_mode"]["executorch"]
+    assert et["mode"] in ("two-phase", "patchable") and "ExecuTorch" in et["reason"]
+    assert {"patchable_ms", "prepacked_ms", "ratio"} <= set(et["calibration"])
     assert r["size"]["blob_f16"] < r["size"]["peft_shira"] and r["size"]["onnx_adapter"] > 0
 
     bw = copy_bandwidth(16 << 20, repeats=2)
@@ -39,5 +45,6 @@ def test_bench_structure(tmp_path):
     assert "| style-net | shira_onnxruntime |" in md and "vs prepacked base" in md
     assert "| style-net | onnxruntime | 4 |" in md and "| llama-10M | float16 |" in md
     assert "## Two-phase switching" in md and "## Against the targets" in md
+    assert "| style-net | shira_inplace_onnxruntime |" in md and "| onnxruntime | " in md and "in-place |" in md
     plot(report, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000

@@ -92,8 +92,6 @@ class _Resources:
             self.rebuilder.close()  # joins the builder thread: no engine is being built after this
             self.rebuilder = None
         if self.patcher is not None:
-            if getattr(self.backend, "restore_before_close", False):
-                self.patcher.commit(self.patcher.plan({}))  # the patches live in a cached file: put the base back
             self.patcher.close()
         if self.backend is not None:
             self.backend.close()

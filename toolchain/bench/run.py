@@ -2,17 +2,19 @@
 
 Every number is a median with min and max over repeated samples taken in this process, so each ratio compares
 pairs measured under the same conditions. Scenarios (per built-in model):
-  switch     SHiRA in-place switch on ONNX Runtime and on ExecuTorch (and the bare patch kernel under it),
+  switch     SHiRA switch on ONNX Runtime (patchable engine, and in place on ORT's own packed weights) and on
+             ExecuTorch (and the bare patch kernel under it),
              against PEFT LoRA unmerge+merge, PEFT LoRA merge_and_unload, PEFT SHiRA unmerge+merge (torch),
              re-creating the ONNX Runtime session from the exported files, and reloading the ExecuTorch method
   inference  the prepacked base sessions (ONNX Runtime: every weight an initializer, fully prepacked;
              ExecuTorch: model_prepacked.pte) against the patchable engines after a switch, the two-phase engines
-             once at prepacked speed, LoRA left unfused (an export with LoRA branches) and ONNX Runtime's own LoRA
+             once at prepacked speed, the in-place ORT session right after a switch, LoRA left unfused (an export with LoRA branches) and ONNX Runtime's own LoRA
              adapters (`.onnx_adapter`, `RunOptions.add_active_adapter`); the LM at sequence 1 (decode) and 128
              (prefill), the image net at 64x64 and 256x256
   generation one new token at context 128 with the KV cache (`--kv-cache` export) against recomputing the prefix
   two_phase  per runtime: the switch as the caller sees it, the time until the prepacked engine is installed,
              and the extra memory it holds
+  auto_mode  per runtime: what prepack="auto" picks for this model, and why
   fusion     fusing 2-4 SHiRA adapters in place, time against the number of adapters
   size       the packed blob against the PEFT SHiRA and PEFT LoRA checkpoints with as many trainable values
   scaling    Llama-shaped random models from ~10M to ~1B parameters (bench_scaling.py)
@@ -185,10 +187,21 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
         s.wait_full_speed(60)
         full = [h["to_full_speed_s"] for h in s.rebuilder.history[n0:] if h["to_full_speed_s"] is not None]
         res["two_phase"][b] = {"visible_switch": stats(visible), "to_full_speed": stats(full),
-                               "extra_bytes": s.rebuilder.history[-1]["extra_bytes"],
-                               "auto_calibration": ShiraSession(base_dir, backend=b, threads=threads).calibration}
+                               "extra_bytes": s.rebuilder.history[-1]["extra_bytes"]}
         s.switch("shira-a")
         s.wait_full_speed(60)
+    res["auto_mode"] = {}
+    for b in sessions:  # what prepack="auto" picks here, and why
+        with ShiraSession(base_dir, backend=b, threads=threads, cache_dir=work / "bake-cache") as auto:
+            res["auto_mode"][b] = {"mode": auto.mode, "reason": auto.mode_reason, "calibration": auto.calibration}
+
+    # ---- in place (ONNX Runtime): one engine on its own packed weights, patched where they lie ----
+    inplace = ShiraSession(base_dir, threads=threads, prepack="inplace", cache_dir=work / "bake-cache")
+    for k in ("shira-a", "shira-b"):
+        inplace.load(blobs[k], name=k)
+    flip = iter(["shira-a", "shira-b"] * (repeats + 10))
+    res["switch"]["shira_inplace_onnxruntime"] = stats(sample(lambda: inplace.switch(next(flip)), repeats))
+    inplace.switch("shira-a")
 
     # ---- inference after a switch ----
     const = _prepacked_base_session(base_dir, threads)
@@ -209,6 +222,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
         fns = {"prepacked_base_ort": lambda: const.run(None, x),
                "shira_patchable_ort": lambda: sessions["onnxruntime"].run(x),
                "shira_two_phase_ort": lambda: two["onnxruntime"].run(x),
+               "shira_inplace_ort": lambda: inplace.run(x),
                "lora_unfused_ort": lambda: lora_const.run(None, x),
                "ort_lora_adapter": lambda: lora_inputs.run(None, x, run_opts)}
         if et_dynamic or shp == 64:  # a static .pte only takes the sample's shape (64x64 for style-net)
@@ -219,7 +233,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
                 "shira_two_phase_et": lambda: two["executorch"].run(x)})
         row = {k: stats(v) for k, v in sample_rounds(fns, repeats).items()}
         res["inference"][label] = row
-    for s in two.values():
+    for s in (*two.values(), inplace):
         s.close()
     if lm:
         res["generation"] = _decode_with_cache(subject, base_dir, work / name, blobs["shira-a"], repeats, threads)
@@ -266,7 +280,8 @@ def markdown(report: dict) -> str:
     lines += ["", "## Inference after a switch", "",
               "Each ratio is against the prepacked base of the same runtime (ONNX Runtime: every weight an "
               "initializer, prepacked; ExecuTorch: `model_prepacked.pte`). `patchable`: the patchable engine right after "
-              "a switch; `two_phase`: the same session once its prepacked engine is installed (issue 7).", "",
+              "a switch; `two_phase`: the same session once its prepacked engine is installed (issue 7); `inplace`: "
+              "ORT's own packed weights patched where they lie, right after a switch (docs/INPLACE.md).", "",
               "| model | shape | method | median ms | vs prepacked base |", "|---|---|---|---|---|"]
     for r in report["models"]:
         for shape, row in r["inference"].items():
@@ -279,8 +294,7 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for r in report["models"]:
             for b, t in r.get("two_phase", {}).items():
-                cal = t["auto_calibration"]
-                pick = ("two-phase" if cal["ratio"] > 1.02 else "patchable") + f" (patchable/prepacked {cal['ratio']:.2f}x)"
+                pick = _auto_pick(r.get("auto_mode", {}).get(b))
                 lines.append(f"| {r['model']} | {b} | {t['visible_switch']['median_ms']:.3f} | "
                              f"{t['to_full_speed']['median_ms']:.1f} ({t['to_full_speed']['min_ms']:.1f}-"
                              f"{t['to_full_speed']['max_ms']:.1f}) | {t['extra_bytes'] / 1e6:.2f} MB | {pick} |")
@@ -304,6 +318,14 @@ def markdown(report: dict) -> str:
                          f"{row['dense_copy_ms']:.1f} |")
     lines += ["", PAPER, "", targets_summary(report), ""]
     return "\n".join(lines)
+
+
+def _auto_pick(auto: dict | None) -> str:
+    """What prepack="auto" chose, in words (older reports carry no choice)."""
+    if not auto:
+        return "-"
+    cal = auto.get("calibration")
+    return auto["mode"] + (f" (patchable/prepacked {cal['ratio']:.2f}x)" if cal else "")
 
 
 def generation_lines(report: dict) -> list[str]:
@@ -335,7 +357,8 @@ def targets_summary(report: dict) -> str:
         out.append(f"- {r['model']}: switch vs ONNX Runtime session re-creation {x:.0f}x (target >= 25x): "
                    f"{'met' if x >= 25 else 'NOT met'}.")
         for shape, row in r["inference"].items():
-            for k in ("shira_patchable_ort", "shira_two_phase_ort", "shira_patchable_et", "shira_two_phase_et"):
+            for k in ("shira_inplace_ort", "shira_patchable_ort", "shira_two_phase_ort", "shira_patchable_et",
+                      "shira_two_phase_et"):
                 if k in row:
                     q = row[k]["median_ms"] / _ref(row, k)
                     out.append(f"- {r['model']} {shape} {k}: {q:.2f}x the prepacked base session (target <= 1.02x): "
@@ -377,7 +400,8 @@ def plot(report: dict, path: Path) -> None:
                     continue
                 labels.append(f"{r['model']} {shape} {k}")
                 ratios.append(s["median_ms"] / _ref(row, k))
-                colors.append("tab:green" if "two_phase" in k else "tab:olive" if "patchable" in k else "tab:gray")
+                colors.append("tab:green" if ("two_phase" in k or "inplace" in k) else
+                              "tab:olive" if "patchable" in k else "tab:gray")
     ax.barh(labels, ratios, color=colors)
     ax.axvline(1.0, color="black", lw=0.8)
     ax.axvline(1.02, color="red", lw=0.8, ls="--", label="target 1.02x")

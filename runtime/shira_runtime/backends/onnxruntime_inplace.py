@@ -1,9 +1,17 @@
-"""ONNX Runtime, in place: one engine running on its own packed weights, which the runtime patches in the file.
+"""ONNX Runtime, in place: one engine running on its own packed weights, which the runtime patches where they lie.
 
 The base is baked once per CPU (bake.py, bake_cache.py): ORT's optimized model plus one data file holding
-every initializer and every packed copy. The engine memory-maps that file and reads the packed weights where
-they lie; this backend maps the same file writable and shared, so a write at a weight's packed position is
-seen by the next run. Nothing else holds the weights: no graph inputs, no second engine, no rebuild.
+every initializer and every packed copy. Loading the baked model, ORT maps each region it reads from that
+file into memory, privately and writable (`mmap(MAP_PRIVATE)`, visible as `rw-p` lines of /proc/self/maps),
+and computes on those bytes in place. This backend finds those mappings and writes the patched floats into
+them: the next run sees them. A written page becomes this process's own copy (copy-on-write), so:
+  - memory stays the base's: each page is held once, by ORT's mapping, written or not (RSS is not inflated by
+    a second mapping of the same pages, and nothing else holds the weights: no graph inputs, no second engine);
+  - the baked file is never written: no disk I/O per switch, nothing to repair after a crash, and any number
+    of sessions (in this process or others) share one bake, each with its own patches;
+  - every live copy must be found inside one of ORT's mappings, which proves at open that ORT reads it there
+    (a region ORT copied to the heap instead would make patches invisible: refused, the session falls back).
+Needs /proc/self/maps (Linux, Android); elsewhere the session falls back to two-phase switching and says so.
 
 Each placement has one or more live copies in the file (the packed copy a MatMul reads; a Conv's reordered
 weight; the plain copy where some other node also reads it). The patcher's buffers are those copies (flat
@@ -12,7 +20,10 @@ so a switch is a scatter into the file, nothing more.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -20,8 +31,36 @@ from shira_format.errors import ManifestError
 from shira_format.manifest import Manifest
 
 from ..bake import BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, panel_positions
-from ..bake_cache import acquire
+from ..bake_cache import acquire, discard
 from .onnxruntime import NAME, create_session
+
+
+_OPENING = threading.Lock()
+
+
+def engine_mappings(path) -> list[tuple[int, int, int]]:
+    """(start address, length, file offset) of every mapping of `path` in this process."""
+    target = os.stat(path)
+    out = []
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or not parts[5].strip():
+                continue
+            try:
+                inode = int(parts[4])
+            except ValueError:
+                continue
+            if inode != target.st_ino or os.path.realpath(parts[5].strip()) != os.path.realpath(path):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi - lo, int(parts[2], 16)))
+    return out
+
+
+def _view(address: int, nbytes: int) -> np.ndarray:
+    """A float32 array over memory ORT owns (valid while its session lives; dropped before it is freed)."""
+    return np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=np.float32)
 
 
 class _CacheDamaged(Exception):
@@ -54,50 +93,45 @@ class _Copy:
 class InPlaceOnnxRuntimeBackend:
     name = NAME
     prepacked_available = False  # nothing to rebuild: the engine IS the prepacked one
-    restore_before_close = True  # writes reach a file: a closing session puts the base back first
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast", cache_dir=None,
                  log=lambda msg: None):
         self.manifest = manifest
         self.session = None
-        self._data = None
+        self.buffers: dict[str, np.ndarray] = {}
         for attempt in (1, 2):
-            self.slot = acquire(manifest, cache_dir, threads, log)
+            self.bake_dir = acquire(manifest, cache_dir, threads, log)
             try:
                 self._open(threads, verify)
                 return
             except _CacheDamaged as e:  # the export checked out when it was baked: the cached copy went bad
-                self._data = None
-                self.buffers = {}
-                self.slot.discard()
-                self.slot = None
+                self.close()
+                discard(self.bake_dir)
                 if attempt == 2:
                     raise ManifestError(str(e)) from None
                 log(f"{e}; baking it again")
             except BaseException:
-                self.close(clean=True)  # nothing was written yet
+                self.close()
                 raise
 
     def _open(self, threads, verify) -> None:
-        slot = self.slot.path
+        slot = self.bake_dir
         spec = json.loads((slot / MAP_FILE).read_text())
         data_path = slot / BAKED_DATA
-        self._data = np.memmap(data_path, dtype=np.uint8, mode="r+")  # shared: writes reach the engine's mapping
-        self.buffers: dict[str, np.ndarray] = {}
+        file_size = data_path.stat().st_size
         self.absmax: dict[str, float] = {}
         self.copies: dict[str, list[_Copy]] = {}
         for info in self.manifest.tensors.values():
             for p in info.placements.get(NAME, ()):
                 entry = spec["placements"].get(p.name)
                 if entry is None:
-                    raise BakeError(f"{slot / MAP_FILE}: no map for {p.name}; the cache is stale")
+                    raise _CacheDamaged(f"{slot / MAP_FILE}: no map for {p.name}")
                 size = int(np.prod(p.shape))
                 copies = []
                 for c in entry["copies"]:
                     copy = _Copy(f"{p.name}@{c['offset']}", c, slot, size)
-                    if copy.offset + copy.buffer_elements * 4 > self._data.size:
-                        raise ManifestError(f"{data_path}: {p.name} lies outside the file (truncated?)")
-                    self.buffers[copy.key] = self._data[copy.offset: copy.offset + copy.buffer_elements * 4].view(np.float32)
+                    if copy.offset + copy.buffer_elements * 4 > file_size:
+                        raise _CacheDamaged(f"{data_path}: {p.name} lies outside the file (truncated?)")
                     self.absmax[copy.key] = float(entry["absmax"])
                     copies.append(copy)
                 self.copies[p.name] = copies
@@ -110,9 +144,21 @@ class InPlaceOnnxRuntimeBackend:
         # already optimized at bake time; optimizing again could only make private copies of the weights
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
-        self.session = create_session(slot / BAKED_MODEL, opts)
+        with _OPENING:  # this session's mappings are the ones its creation added (others' may lie beside them)
+            before = set(engine_mappings(data_path))
+            self.session = create_session(slot / BAKED_MODEL, opts)
+            maps = [m for m in engine_mappings(data_path) if m not in before]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        for pname, copies in self.copies.items():
+            for copy in copies:
+                nbytes = copy.buffer_elements * 4
+                where = [lo + copy.offset - off for lo, size, off in maps
+                         if off <= copy.offset and copy.offset + nbytes <= off + size]
+                if not where:
+                    raise BakeError(f"{data_path}: ONNX Runtime does not read {pname} ({copy.key}) from the baked "
+                                    "file's mapping (copied it instead?); patches would be invisible")
+                self.buffers[copy.key] = _view(where[0], nbytes)
 
     def _verify(self, mode: str, data_path) -> None:
         """Every live copy, read from the file (not through the mapping: the pages stay out of this process),
@@ -165,13 +211,7 @@ class InPlaceOnnxRuntimeBackend:
         outs = self.session.run(self.output_names, {n: inputs[n] for n in self.input_names})
         return dict(zip(self.output_names, outs))
 
-    def close(self, clean: bool = True) -> None:
-        """Free the engine, flush and unmap the file, release the slot (clean: the base values are back)."""
+    def close(self) -> None:
+        """Drop the views into ORT's memory (in place: the patcher holds this same dict), then free the engine."""
+        self.buffers.clear()
         self.session = None
-        self.buffers = {}
-        if self._data is not None:
-            self._data.flush()  # the mapping itself goes with its last view (the patcher's buffers)
-            self._data = None
-        if self.slot is not None:
-            self.slot.release(clean)
-            self.slot = None
