@@ -1,4 +1,4 @@
-"""In place: ONNX Runtime's own packed weights, baked once per CPU, patched in the file the engine maps."""
+"""In place: ONNX Runtime's own packed weights, baked once per CPU, patched where the engine maps them."""
 import json
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 
 from shira_format.errors import ShiraError
 from shira_runtime import ShiraSession
-from shira_runtime.bake import BAKED_DATA, MAP_FILE, panel_positions
+from shira_runtime.bake import BAKED_DATA, MAP_FILE, panel_positions, unpack_panels
 from shira_toolchain.train import peft_shira
 
 SCALE_PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {}, {"a": 1.0}]
@@ -86,6 +86,43 @@ os._exit(0)  # dies patched: no close, no finalizer
 """
 
 
+def _copied_kb(path) -> int:
+    """Pages of `path`'s mappings this process has copied (written) so far: their `Anonymous:` pages in
+    /proc/self/smaps (Private_Dirty would also count file pages not yet written back since the bake)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+                inside = len(head) >= 6 and head[5] == str(path)
+            elif inside and head[0] == "Anonymous:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.parametrize("populate", [True, False], ids=["madvise", "touch"])
+def test_an_adapters_pages_are_copied_when_it_loads_not_in_its_first_switch(llama, tmp_path, monkeypatch, populate):
+    """Copy-on-write happens in load() (MADV_POPULATE_WRITE, or a write-back per page where the kernel lacks
+    it), so the first switch is a plain scatter like every later one, and the outputs stay right."""
+    from shira_runtime.backends import onnxruntime_inplace
+
+    if not populate:
+        monkeypatch.setattr(onnxruntime_inplace, "_populate_write", lambda address, nbytes: False)
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as ref:
+        ref.load(llama.blobs["zen"], name="zen")
+        ref.switch("zen")
+        want = ref.run(llama.inputs)["logits"]
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
+        data = (s.backend.bake_dir / BAKED_DATA).resolve()
+        assert _copied_kb(data) == 0
+        s.load(llama.blobs["zen"], name="zen")
+        loaded = _copied_kb(data)
+        assert loaded > 0
+        s.switch("zen")
+        assert _copied_kb(data) == loaded  # the switch copied no page
+        np.testing.assert_array_equal(s.run(llama.inputs)["logits"], want)
+
+
 def test_a_session_killed_while_patched_leaves_the_bake_as_it_was(llama, tmp_path):
     with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
         base = s.run(llama.inputs)["logits"]
@@ -124,6 +161,19 @@ def test_mlas_panel_map_is_a_formula_checked_on_every_entry(llama, tmp_path):
     f = forms[0]
     pos = panel_positions(np.arange(f["rows"] * f["cols"]), f)
     assert np.unique(pos).size == pos.size  # a permutation into the padded panels
+
+
+@pytest.mark.parametrize("rows,cols,k_block,panel,align", [(1024, 2816, 256, 16, 16), (300, 37, 256, 16, 16),
+                                                           (70, 100, 64, 8, 32), (513, 17, 256, 16, 64)])
+def test_panels_read_out_by_reshaping_equal_the_gather_by_positions(rows, cols, k_block, panel, align):
+    """The fast read (verify at open, weight()) against the per-entry formula, with partial blocks and padding."""
+    form = {"form": "panels", "rows": rows, "cols": cols, "k_block": k_block, "panel": panel,
+            "aligned_n": -(-cols // align) * align}
+    w = np.random.default_rng(0).standard_normal(rows * cols).astype(np.float32)
+    region = np.full(rows * form["aligned_n"], np.nan, dtype=np.float32)
+    region[panel_positions(np.arange(w.size), form)] = w
+    np.testing.assert_array_equal(unpack_panels(region, form), w)
+    assert unpack_panels(region, {**form, "aligned_n": form["aligned_n"] + panel // 2}) is None  # straddles: gather
 
 
 def test_a_base_that_cannot_be_baked_falls_back_and_says_why(tmp_path):

@@ -68,6 +68,14 @@ def test_python_snippet_runs_verbatim_20_times_and_exits_cleanly(llama, tmp_path
     _snippet_runs(tmp_path, 20)
 
 
+def test_in_place_snippet_runs_verbatim_and_says_in_place(llama, tmp_path):
+    (tmp_path / "out").mkdir()
+    os.symlink(llama.base_dir, tmp_path / "out" / "llama")
+    r = subprocess.run([sys.executable, "-c", block("## In place on ONNX Runtime", "python")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "in-place None", r.stderr[-2000:]
+
+
 @pytest.mark.long
 def test_tool_lines_then_snippet_then_training_run_in_a_fresh_directory(tmp_path):
     for line in shell_lines(block("## The tools", "sh")):

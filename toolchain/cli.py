@@ -267,12 +267,21 @@ def train_main():
                    "x86-64 dev machine). --full (default): 60 samples, scaling sweep up to ~1.1B parameters "
                    "(4-5.5 min on the same 2-core machine).")
 @click.option("--threads", default=2, show_default=True, help="Threads for ONNX Runtime, ExecuTorch and torch.")
-def bench_cmd(out_dir, quick, threads):
+@click.option("--real-size", is_flag=True,
+              help="Instead: switching at real size (Llama 168M and 0.55B, ViT-B/16, random weights, ONNX Runtime), "
+                   "each mode in its own process with its RSS: in place, two-phase, patchable, re-creating the "
+                   "session, PEFT LoRA. Writes real_size.{json,md,png}. --quick: the 168M Llama only.")
+def bench_cmd(out_dir, quick, threads, real_size):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
     a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
     switch time against model size from ~10M to ~1.1B parameters."""
     quiet_third_party()
+    if real_size:
+        from .bench.real_size import run_real_size
+
+        run_real_size(out_dir, quick, threads, log=click.echo)
+        return
     from .bench.run import run_bench
 
     run_bench(out_dir, quick, threads, log=click.echo)

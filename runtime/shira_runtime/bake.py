@@ -193,6 +193,21 @@ def panel_positions(flat: np.ndarray, form: dict) -> np.ndarray:
     return kb * kblock * aligned + (n // panel) * kb_rows * panel + kk * panel + n % panel
 
 
+def unpack_panels(region: np.ndarray, form: dict) -> np.ndarray | None:
+    """The weight [K, N] (flat, row-major) read out of its panels by reshaping, block by block: what
+    region[panel_positions(arange(K*N))] gives, without the K*N int64 positions. None if a panel straddles
+    the padded width (then gather by positions)."""
+    k_total, n_total, kblock, panel, aligned = (form[x] for x in ("rows", "cols", "k_block", "panel", "aligned_n"))
+    if aligned % panel:
+        return None
+    out = np.empty((k_total, n_total), dtype=region.dtype)
+    for k0 in range(0, k_total, kblock):
+        rows = min(k_total - k0, kblock)
+        block = region[k0 * aligned:(k0 + rows) * aligned].reshape(aligned // panel, rows, panel)
+        out[k0:k0 + rows] = block.transpose(1, 0, 2).reshape(rows, aligned)[:, :n_total]
+    return out.reshape(-1)
+
+
 def describe(positions: np.ndarray, shape) -> str | dict | None:
     """The formula that gives exactly `positions` (entry f of a weight of `shape` -> index in its region), if any."""
     n = positions.size

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from shira_format.atomic import write_text
 from shira_format.errors import ManifestError
 
 from .bake import BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, FORMAT, MAP_FILE, BakeError
@@ -86,7 +87,7 @@ def _bake_into(base_dir: Path, root: Path, key_dir: Path, threads, log) -> Path:
         if proc.returncode == EXIT_DAMAGED:
             raise ManifestError(reason)
         if proc.returncode == EXIT_CANNOT:  # a definite "cannot": remember it
-            _unbakeable(key_dir).write_text(reason + "\n")
+            write_text(_unbakeable(key_dir), reason + "\n")
         raise BakeError(reason or f"the bake process exited with {proc.returncode}")
     return tmp
 

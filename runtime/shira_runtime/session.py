@@ -27,6 +27,7 @@ Modes (`prepack=`; `session.mode` says which one a session got, `session.mode_re
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import threading
 import time
@@ -54,6 +55,8 @@ def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
     if name != "onnxruntime":
         return None, ("ExecuTorch has no in-place route: XNNPACK packs its weights into private memory at "
                       "method load (docs/INPLACE.md)")
+    if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
+        return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
     from .bake import BakeError
     from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
 
@@ -220,6 +223,8 @@ class ShiraSession:
             self._check_open()
             if name in self.active:
                 raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
+            if hasattr(self.backend, "prepare_pages"):  # in place: copy-on-write now, not in the first switch
+                self.backend.prepare_pages(mapped)
             self.adapters[name] = adapter
             self._mapped[name] = mapped
         return name

@@ -1,0 +1,538 @@
+"""Switching at real size: Llama- and ViT-shaped models of 0.09-0.55B parameters through the real ShiraSession.
+
+Why: a 0.4M-parameter model hides what matters on a device. At 168M a session rebuilds in ~0.7 s, two engines
+double the memory, and a run landing during a background rebuild is 20-40x slower. Each model is built from a
+transformers config (random weights), saved, exported with `shira-export`'s code (ONNX), and given two
+adapters touching 1% of every patchable weight at random positions. Then every mode runs in its own child
+process (so RSS is that mode's alone), in one bench run:
+  constant    a plain ORT session of model_prepacked.onnx: the base, every weight prepacked (the reference)
+  in-place    ShiraSession, prepack="inplace": ORT's packed weights baked once per CPU, patched where ORT
+              maps them (docs/INPLACE.md)
+  two-phase   ShiraSession, prepack="background": patchable engine + a prepacked engine rebuilt per switch
+  patchable   ShiraSession, prepack="off": weights as graph inputs, never rebuilt
+  recreate    patch the weights, then create a fresh constant session from them (the rebuild-per-switch way)
+  peft-lora   PyTorch + PEFT LoRA r=8 on every Linear but the head (about SHiRA's trainable count): unmerge+merge
+  onnx-adapter  the same LoRA left unfused in the ORT graph, switched with ORT's own adapters (`.onnx_adapter`,
+              `RunOptions.add_active_adapter`): no switch work, every run pays for the LoRA branches
+Per mode: load time, RSS at rest, peak RSS over a switch and the runs after it (VmHWM reset just before),
+the visible switch, the first run after it (click-to-result = both), runs at steady state, time to full speed.
+The in-place row also reports the first-load bake (time and the child's peak RSS) and the bandwidth floor of
+its switch: every touched 64-byte line read and written once at the copy bandwidth measured in this run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# name -> (family, config kwargs)
+MODELS = {
+    "llama-168M": ("llama", dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                                 num_attention_heads=16, num_key_value_heads=16, vocab_size=32000)),
+    "llama-0.55B": ("llama", dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
+                                  num_attention_heads=16, num_key_value_heads=16, vocab_size=32000)),
+    "vit-b16": ("vit", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            image_size=224, patch_size=16, num_labels=1000)),
+}
+QUICK_MODELS = ("llama-168M",)
+MODES = ("constant", "in-place", "two-phase", "patchable", "recreate", "peft-lora", "onnx-adapter")
+LORA = dict(r=8, target_modules="all-linear", init_lora_weights=False)  # random B: merges do real work
+DENSITY = 0.01
+
+
+def build(name: str, work: Path, log=print) -> Path:
+    """Save the model, export it (ONNX), write adapters a.shira and b.shira; -> the base directory."""
+    import torch
+    from shira_format.adapter import SparseTensor, write_adapter
+    from shira_format import manifest as manifest_mod
+
+    from ..export import export_model
+    from ..model_source import resolve
+
+    base = work / name / "base"
+    if (base / "manifest.json").exists() and (work / name / "b.shira").exists():
+        if not (work / name / "b.onnx_adapter").exists():
+            build_onnx_adapters(work / name)
+        return base
+    family, cfg = MODELS[name]
+    torch.manual_seed(0)
+    if family == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=2048, **cfg))
+    else:
+        from transformers import ViTConfig, ViTForImageClassification
+
+        model = ViTForImageClassification(ViTConfig(**cfg))
+    src = work / name / "hf"
+    model.eval().save_pretrained(str(src))
+    del model
+    t0 = time.perf_counter()
+    export_model(resolve(str(src)), base, formats=("onnx",), log=lambda *a: None)
+    log(f"  {name}: exported in {time.perf_counter() - t0:.0f}s")
+    man = manifest_mod.load(base)
+    rng = np.random.default_rng(0)
+    for tag in ("a", "b"):
+        tensors = []
+        for tname, info in man.tensors.items():
+            n = info.numel
+            idx = np.sort(rng.choice(n, size=max(1, int(n * DENSITY)), replace=False)).astype(np.int64)
+            tensors.append(SparseTensor(tname, tuple(info.shape), idx, rng.normal(0, 0.01, idx.size).astype(np.float32)))
+        write_adapter(work / name / f"{tag}.shira", tag, man.base_fingerprint, tensors)
+    t0 = time.perf_counter()
+    build_onnx_adapters(work / name)
+    log(f"  {name}: LoRA export and .onnx_adapter files in {time.perf_counter() - t0:.0f}s")
+    return base
+
+
+def build_onnx_adapters(work: Path) -> None:
+    """The model with LoRA branches in the graph, their weights as overridable initializers (graph inputs with
+    a default), and two `.onnx_adapter` files of random LoRA weights: ORT's own way to switch LoRA adapters."""
+    import onnx
+    import onnxruntime as ort
+    from peft import LoraConfig, get_peft_model
+    from shira_format import manifest as manifest_mod
+
+    from ..export import export_model
+    from ..model_source import ExportSubject, resolve
+
+    subject = resolve(str(work / "hf"))
+    inner = get_peft_model(subject.model, LoraConfig(**LORA)).base_model.model.eval()
+    sub = ExportSubject(subject.source, inner, subject.example_inputs, subject.output_names,
+                        subject.dynamic_axes, subject.family)
+    out = work / "lora-export"
+    export_model(sub, out, targets=r"lora_[AB]\.", formats=("onnx",), log=lambda *a: None)
+    man = manifest_mod.load(out)
+    rng = np.random.default_rng(1)
+    inputs = {}
+    for tag in ("a", "b"):
+        values = {}
+        for info in man.tensors.values():
+            for p in info.placements["onnxruntime"]:
+                inputs[p.name] = p.shape
+                w = rng.normal(0, 0.02, p.shape).astype(np.float32)
+                values[p.name] = ort.OrtValue.ortvalue_from_numpy(w)
+        fmt = ort.AdapterFormat()
+        fmt.set_adapter_version(1)
+        fmt.set_model_version(1)
+        fmt.set_parameters(values)
+        fmt.export_adapter(str(work / f"{tag}.onnx_adapter"))
+    proto = onnx.load(str(out / "model_prepacked.onnx"), load_external_data=False)
+    for init in proto.graph.initializer:
+        if init.name in inputs:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    onnx.save_model(proto, str(out / "model_overridable.onnx"))
+
+
+def inputs_for(base: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Named workloads: decode (seq 1) and prefill (seq 128) for an LM, one 224x224 image for a ViT."""
+    sample = np.load(base / "sample.npz")
+    names = [k.removeprefix("input:") for k in sample.files if k.startswith("input:")]
+    if "pixel_values" in names:
+        x = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
+        return {"image": {"pixel_values": x}}
+    out = {}
+    for label, seq in (("decode", 1), ("prefill128", 128)):
+        feed = {}
+        for n in names:
+            dt = sample[f"input:{n}"].dtype
+            if n == "input_ids":
+                feed[n] = (np.arange(seq, dtype=np.int64) % 1000 + 5).reshape(1, seq).astype(dt)
+            elif n == "attention_mask":
+                feed[n] = np.ones((1, seq), dtype=dt)
+            elif n == "position_ids":
+                feed[n] = np.arange(seq, dtype=dt).reshape(1, seq)
+            else:
+                raise ValueError(f"{base}: do not know how to feed input {n!r}")
+        out[label] = feed
+    return out
+
+
+# ---- one mode, in a child process -------------------------------------------------------------------------------
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    except OSError:
+        pass
+
+
+def _median_ms(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def _constant_session(base: Path, threads: int, weights: bytes | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if weights is not None:
+        opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [weights], [len(weights)])
+    return ort.InferenceSession(str(base / "model_prepacked.onnx"), opts, providers=["CPUExecutionProvider"])
+
+
+def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> dict:
+    """Measure one mode in this process (called in a fresh child)."""
+    from shira_runtime import ShiraSession
+
+    work = base.parent
+    loads = inputs_for(base)
+    first = next(iter(loads))
+    res: dict = {"mode": mode, "rss_start": _status("VmRSS")}
+    if mode == "peft-lora":
+        return _peft_lora(work, loads, threads, repeats, res)
+    if mode == "onnx-adapter":
+        return _onnx_adapter(work, loads, threads, repeats, res)
+    t0 = time.perf_counter()
+    if mode in ("constant", "recreate"):
+        sess = _constant_session(base, threads)
+        run = lambda feed: sess.run(None, feed)  # noqa: E731
+    else:
+        prepack = {"in-place": "inplace", "two-phase": "background", "patchable": "off"}[mode]
+        sess = ShiraSession(base, threads=threads, prepack=prepack, cache_dir=cache)
+        res["session_mode"] = sess.mode
+        if mode == "two-phase":
+            sess.wait_full_speed(600)
+        run = sess.run
+    res["load_s"] = time.perf_counter() - t0
+    for feed in loads.values():
+        for _ in range(2):
+            run(feed)
+    res["base_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+                      for k, f in loads.items()}
+    res["rss_rest"] = _status("VmRSS")
+
+    _reset_peak()
+    if mode == "recreate":  # a switch = patched weights + a new constant session (the old one dropped first)
+        from shira_format.adapter import read_adapter
+        from shira_format import manifest as manifest_mod
+        from shira_format.safetensors_file import read_file
+
+        man = manifest_mod.load(base)
+        st = read_file(base / "weights.safetensors", writable=True)
+        adapter = read_adapter(work / "a.shira", man)
+
+        def switch():
+            nonlocal sess, run
+            for t in adapter.tensors.values():
+                info = man.tensors[t.target]
+                for p in info.placements["onnxruntime"]:
+                    idx, delta = p.patch_terms(t.indices, t.values, info.shape)
+                    st.array(p.name).reshape(-1)[idx] += delta
+            sess = None
+            sess = _constant_session(base, threads, bytes(st.buffer))
+            run = lambda feed: sess.run(None, feed)  # noqa: E731
+    elif mode == "constant":
+        switch = None
+    else:
+        for tag in ("a", "b"):
+            sess.load(work / f"{tag}.shira", name=tag)
+        switch = lambda: sess.switch("a")  # noqa: E731
+    if switch is not None:
+        t = time.perf_counter()
+        switch()
+        res["switch_ms"] = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        run(loads[first])
+        res["first_run_ms"] = (time.perf_counter() - t) * 1e3
+        res["click_to_result_ms"] = res["switch_ms"] + res["first_run_ms"]
+        if mode == "two-phase":
+            sess.wait_full_speed(600)
+            res["to_full_speed_s"] = sess.rebuilder.history[-1]["to_full_speed_s"]
+        res["after_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+                           for k, f in loads.items()}
+    res["rss_peak_switch"] = _status("VmHWM")
+    res["rss_after"] = _status("VmRSS")
+    if mode in ("in-place", "two-phase", "patchable"):  # switches back and forth, at steady state
+        times = []
+        for i in range(max(4, repeats)):
+            t = time.perf_counter()
+            sess.switch("b" if i % 2 == 0 else "a")
+            times.append((time.perf_counter() - t) * 1e3)
+        res["switch_median_ms"] = float(np.median(times))
+        if mode == "two-phase":
+            sess.wait_full_speed(600)
+        if mode == "in-place":
+            res["touched_lines"] = _touched_lines(sess)
+        sess.reset()
+        sess.close()
+    return res
+
+
+def _peft_lora(work: Path, loads: dict, threads: int, repeats: int, res: dict) -> dict:
+    """The torch way to switch: two LoRA adapters on the saved model, unmerge one and merge the other."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from .measure import peft_switcher
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    src = str(work / "hf")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src)
+    except ValueError:  # not a causal LM (the ViT)
+        model = AutoModel.from_pretrained(src)
+    cfg = LoraConfig(**LORA)
+    model = get_peft_model(model.eval(), cfg, adapter_name="a")
+    model.add_adapter("b", cfg)
+    res["load_s"] = time.perf_counter() - t0
+    switch = peft_switcher(model)
+    feed = {k: torch.from_numpy(v) for k, v in loads[next(iter(loads))].items()}
+    with torch.no_grad():
+        model(**feed)
+        res["base_ms"] = {next(iter(loads)): _median_ms(lambda: model(**feed), repeats)}
+        res["rss_rest"] = _status("VmRSS")
+        _reset_peak()
+        times = []
+        for _ in range(max(4, repeats)):
+            t = time.perf_counter()
+            switch()
+            times.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        model(**feed)
+        res["first_run_ms"] = (time.perf_counter() - t) * 1e3
+    res["switch_ms"] = times[0]
+    res["switch_median_ms"] = float(np.median(times))
+    res["click_to_result_ms"] = res["switch_median_ms"] + res["first_run_ms"]
+    res["trainable"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) // 2
+    res["rss_peak_switch"] = _status("VmHWM")
+    res["rss_after"] = _status("VmRSS")
+    return res
+
+
+def _onnx_adapter(work: Path, loads: dict, threads: int, repeats: int, res: dict) -> dict:
+    """A switch = another RunOptions with the other adapter active (ORT copies nothing until the run)."""
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # "Initializer ... appears in graph inputs": overridable initializers, by design
+    sess = ort.InferenceSession(str(work / "lora-export" / "model_overridable.onnx"), opts,
+                                providers=["CPUExecutionProvider"])
+    adapters = {}
+    for tag in ("a", "b"):
+        adapters[tag] = ort.LoraAdapter()
+        adapters[tag].Load(str(work / f"{tag}.onnx_adapter"))
+    res["load_s"] = time.perf_counter() - t0
+    active = {"opts": ort.RunOptions()}
+    active["opts"].add_active_adapter(adapters["a"])
+
+    def run(feed):
+        return sess.run(None, feed, active["opts"])
+
+    def switch(tag):
+        o = ort.RunOptions()
+        o.add_active_adapter(adapters[tag])
+        active["opts"] = o
+
+    for feed in loads.values():
+        for _ in range(2):
+            run(feed)
+    first = next(iter(loads))
+    res["base_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+                      for k, f in loads.items()}
+    res["rss_rest"] = _status("VmRSS")
+    _reset_peak()
+    t = time.perf_counter()
+    switch("b")
+    res["switch_ms"] = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    run(loads[first])
+    res["first_run_ms"] = (time.perf_counter() - t) * 1e3
+    res["click_to_result_ms"] = res["switch_ms"] + res["first_run_ms"]
+    res["after_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+                       for k, f in loads.items()}
+    times = []
+    for i in range(max(4, repeats)):
+        t = time.perf_counter()
+        switch("a" if i % 2 == 0 else "b")
+        times.append((time.perf_counter() - t) * 1e3)
+    res["switch_median_ms"] = float(np.median(times))
+    res["rss_peak_switch"] = _status("VmHWM")
+    res["rss_after"] = _status("VmRSS")
+    return res
+
+
+def _touched_lines(sess) -> int:
+    """64-byte lines of the baked file a switch a -> b reads and writes (a's entries restored, b's written)."""
+    lines = 0
+    for key in sess.backend.buffers:
+        offset = int(key.rsplit("@", 1)[1])
+        idx = [sess._mapped[t][key][0] for t in ("a", "b") if key in sess._mapped[t]]
+        if idx:
+            lines += np.unique((offset + 4 * np.concatenate(idx)) // 64).size
+    return int(lines)
+
+
+def bake_once(base: Path, cache: Path, threads: int) -> dict:
+    """The first load on a device: the bake, in its own process, timed, with its peak RSS."""
+    import shutil
+
+    from shira_format import manifest as manifest_mod
+    from shira_runtime.bake_cache import bake_key
+
+    shutil.rmtree(cache, ignore_errors=True)
+    out = cache / f"{base.name}-{bake_key(manifest_mod.load(base))}"  # where the session looks for it
+    out.mkdir(parents=True)
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "shira_runtime.bake", str(base), str(out),
+                        str(threads)], capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
+    peak_kb = int(p.stderr.strip().splitlines()[-1])
+    return {"bake_s": time.perf_counter() - t, "bake_peak_rss": peak_kb * 1024}
+
+
+def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=print) -> dict:
+    from .scaling import copy_bandwidth
+
+    models = QUICK_MODELS if quick else tuple(MODELS)
+    out = {"copy_bandwidth_Bps": copy_bandwidth(), "models": {}}
+    for name in models:
+        log(f"real size: {name}")
+        base = build(name, work, log)
+        cache = work / name / "cache"
+        row = {"weights_bytes": (base / "weights.safetensors").stat().st_size, "modes": {}}
+        if Path("/usr/bin/time").exists():
+            row["bake"] = bake_once(base, cache, threads)
+        for mode in MODES:
+            p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.real_size", mode, str(base), str(cache),
+                                str(threads), str(repeats)], capture_output=True, text=True, timeout=1800)
+            if p.returncode != 0:
+                row["modes"][mode] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+                log(f"  {mode}: FAILED {row['modes'][mode]['error']}")
+                continue
+            row["modes"][mode] = json.loads(p.stdout.strip().splitlines()[-1])
+            r = row["modes"][mode]
+            log(f"  {mode}: load {r['load_s']:.2f}s rss {r['rss_rest'] / 2**20:.0f} MB "
+                f"switch {r.get('switch_ms', 0):.1f} ms first run {r.get('first_run_ms', 0):.1f} ms")
+        inplace = row["modes"].get("in-place", {})
+        if "touched_lines" in inplace:
+            row["bandwidth_floor_ms"] = inplace["touched_lines"] * 64 * 2 / out["copy_bandwidth_Bps"] * 1e3
+        out["models"][name] = row
+    return out
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = ["# Switching at real size", "",
+             f"`{report['command']}` on {m['cpu']} ({m['cores']} cores), {report['threads']} thread(s); "
+             f"onnxruntime {m['onnxruntime']}, torch {m['torch']}. Each mode runs in its own process (RSS is that "
+             f"mode's alone); times are medians of {report['repeats']} runs. {report['seconds']:.0f} s in all.", "",
+             "| model | mode | load s | RSS at rest MB | peak RSS over a switch MB | first switch ms | later switches ms "
+             "| first run after ms | click-to-result ms | runs after / constant | to full speed s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for name, row in report["models"].items():
+        const = row["modes"].get("constant", {})
+        for mode, r in row["modes"].items():
+            if "error" in r:
+                lines.append(f"| {name} | {mode} | failed: {r['error']} |||||||||")
+                continue
+            ratios = []
+            for k, v in r.get("after_ms", r["base_ms"]).items():
+                if k in const.get("base_ms", {}) and mode != "peft-lora":
+                    ratios.append(f"{v / const['base_ms'][k]:.3f} ({k})")
+            lines.append(f"| {name} | {mode} | {r['load_s']:.2f} | {r['rss_rest'] / 2**20:,.0f} | "
+                         f"{r['rss_peak_switch'] / 2**20:,.0f} | {fmt(r.get('switch_ms'), '.1f')} | "
+                         f"{fmt(r.get('switch_median_ms'), '.1f')} | {fmt(r.get('first_run_ms'), '.1f')} | "
+                         f"{fmt(r.get('click_to_result_ms'), '.1f')} | {', '.join(ratios) or '-'} | "
+                         f"{fmt(r.get('to_full_speed_s'), '.2f')} |")
+        bake = row.get("bake", {})
+        if "bake_s" in bake:
+            lines.append(f"| {name} | first-load bake (child process) | {bake['bake_s']:.1f} | | "
+                         f"{bake['bake_peak_rss'] / 2**20:,.0f} |||||||")
+        if "bandwidth_floor_ms" in row:
+            lines.append(f"| {name} | in-place switch at the copy bandwidth (floor) | | | | | "
+                         f"{row['bandwidth_floor_ms']:.1f} |||||")
+    lines += ["", "constant: a plain ONNX Runtime session of `model_prepacked.onnx` (the base; never switches). "
+              "first switch: the first after load (in place, it copies the pages it touches: copy-on-write); "
+              "later switches: the median of switching back and forth. click-to-result: a switch plus the first "
+              "run after it (decode for an LM). peft-lora: PyTorch eager, LoRA r=8 on every Linear but the head, "
+              "unmerge + merge; its runs are torch's, not comparable with the ORT rows.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Per model: memory (at rest, peak over a switch) and click-to-result time, per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from shira_format.atomic import atomic_path
+
+    names = list(report["models"])
+    fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 7), squeeze=False)
+    for j, name in enumerate(names):
+        modes = {k: r for k, r in report["models"][name]["modes"].items() if "error" not in r}
+        labels = list(modes)
+        y = np.arange(len(labels))
+        ax = axes[0][j]
+        ax.barh(y - 0.2, [modes[k]["rss_rest"] / 2**20 for k in labels], 0.4, label="at rest")
+        ax.barh(y + 0.2, [modes[k]["rss_peak_switch"] / 2**20 for k in labels], 0.4, label="peak over a switch")
+        ax.set_yticks(y, labels)
+        ax.set_xlabel("RSS, MB")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+        ax = axes[1][j]
+        click = [modes[k].get("click_to_result_ms", 0) for k in labels]
+        ax.barh(y, [max(c, 1e-3) for c in click], color=["tab:green" if k == "in-place" else "tab:gray" for k in labels])
+        ax.set_xscale("log")
+        ax.set_yticks(y, labels)
+        ax.set_xlabel("click-to-result ms (switch + first run), log")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def run_real_size(out_dir, quick: bool = False, threads: int = 2, repeats: int = 10, work=None, log=print) -> dict:
+    """`shira-bench --real-size`: build, export and measure every model; real_size.{json,md,png} in out_dir."""
+    import tempfile
+
+    from shira_format.atomic import write_text
+
+    from .measure import machine
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = bench_real_size(Path(work or tmp), quick, threads, repeats, log)
+    report.update({"command": f"shira-bench --real-size {'--quick ' if quick else ''}--out {out_dir} "
+                              f"--threads {threads}", "machine": machine(), "threads": threads,
+                   "repeats": repeats, "seconds": time.time() - t0})
+    write_text(out_dir / "real_size.json", json.dumps(report, indent=1))
+    write_text(out_dir / "real_size.md", markdown(report))
+    plot(report, out_dir / "real_size.png")
+    log(f"real size -> {out_dir} ({report['seconds']:.0f}s)")
+    return report
+
+
+if __name__ == "__main__":  # a child: one mode, JSON on the last line of stdout
+    mode, base, cache, threads, repeats = sys.argv[1:6]
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    print(json.dumps(run_mode(mode, Path(base), Path(cache), int(threads), int(repeats))))
