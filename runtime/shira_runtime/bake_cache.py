@@ -53,7 +53,7 @@ def bake_key(manifest) -> str:
     h = hashlib.sha256(f"shira-bake {FORMAT}|ort {ort.__version__}|{cpu_identity()}".encode())
     h.update(manifest.path.read_bytes())
     files = manifest.files_of("onnxruntime")
-    for name in (files.prepacked, files.weights, "model_prepacked.onnx.data"):
+    for name in (files.prepacked, files.weights, "model.onnx.data", "model_prepacked.onnx.data"):
         path = manifest.file(name) if name else None
         if path is not None and path.exists():
             st = path.stat()
