@@ -136,8 +136,33 @@ def check_architecture(name: str, work: Path, log=lambda *a: None) -> dict:
                 assert np.array_equal(b.view(np.uint8), before[n].view(np.uint8)), f"{backend}: {n} not reset"
             assert all(np.array_equal(sess.run(inputs)[n], out0[n]) for n in out0), f"{backend}: output not reset"
             row["rel_error"][backend] = rel
+            if backend == "onnxruntime":
+                patchable_out = out
+    row["in_place"] = check_in_place(base, blob, inputs, patchable_out, work / "bake-cache")
     row["total_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def check_in_place(base: Path, blob: Path, inputs: dict, patchable_out: dict, cache: Path) -> str:
+    """The default ONNX Runtime session (prepack="auto"): in place where the base bakes, checked against the
+    patchable engine's output for the same adapter and bit-exact on reset; else the reason it fell back."""
+    from shira_runtime import ShiraSession
+
+    with ShiraSession(base, cache_dir=cache) as sess:
+        if sess.mode != "in-place":
+            assert sess.mode_reason, "fell back without a reason"
+            return f"no: {sess.mode_reason}"
+        out0 = sess.run(inputs)
+        sess.load(blob)
+        sess.switch("a")
+        out = sess.run(inputs)
+        for n, ref in patchable_out.items():
+            scale = max(float(np.max(np.abs(ref))), 1e-12)
+            err = float(np.max(np.abs(out[n] - ref))) / scale
+            assert err <= REL_TOL, f"in place: output {n} is {err:.3g} of its scale away from the patchable engine's"
+        sess.reset()
+        assert all(np.array_equal(sess.run(inputs)[n], out0[n]) for n in out0), "in place: output not reset"
+    return "yes"
 
 
 def write_models_md(rows: list[dict], path: Path, command: str) -> None:
@@ -151,13 +176,16 @@ def write_models_md(rows: list[dict], path: Path, command: str) -> None:
              "", f"Produced by `{command}` on the 2-core x86-64 dev box (torch 2.13.0+cpu, onnxruntime 1.32, "
              "executorch 1.5.1).", "",
              "| architecture | class (task) | parameters | patchable | folded BatchNorm | not patchable (why) "
-             "| max rel. error ORT / ET | export s |", "|---|---|---|---|---|---|---|---|"]
+             "| max rel. error ORT / ET | in place on ORT | export s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         why = "; ".join(f"`{k}`: {v}" for k, v in r["excluded"].items()) or "-"
         err = " / ".join(f"{r['rel_error'][b]:.1e}" for b in ("onnxruntime", "executorch"))
         lines.append(f"| {r['architecture']} | {r['class']} ({r['task']}) | {r['parameters']:,} | {r['patchable']} "
-                     f"| {r['folded']} | {why} | {err} | {r['export_s']} |")
-    lines += ["", "`export s`: wall time of both exports, with their probes and checks (other work shared the cores). "
+                     f"| {r['folded']} | {why} | {err} | {r.get('in_place', '-')} | {r['export_s']} |")
+    lines += ["", "`in place on ORT`: what the default session (`prepack=\"auto\"`) got on ONNX Runtime: `yes` is the "
+              "baked base patched in place (docs/INPLACE.md), its output checked against the patchable engine's and "
+              "reset bit for bit; otherwise the reason it fell back.",
+              "", "`export s`: wall time of both exports, with their probes and checks (other work shared the cores). "
               "The error is relative to the largest output value; most of it is each engine's own float32 "
               "arithmetic, present before any adapter (MobileNetV2's 52 ReLU6 layers give the largest).",
               "", "A weight is not patchable only for a true reason: it shares storage with another (tied "

@@ -48,3 +48,30 @@ def test_bench_structure(tmp_path):
     assert "| style-net | shira_inplace_onnxruntime |" in md and "| onnxruntime | " in md and "in-place |" in md
     plot(report, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+@pytest.mark.long  # builds, exports and bakes a small Llama, then one child process per mode: ~1-2 min
+def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
+    """`shira-bench --real-size` end to end on a small Llama config: every mode measured, none failed, the
+    in-place child really in place, memory and side-by-side ratios present, the table and the plot written."""
+    from shira_toolchain.bench.real_size import MODES, bench_real_size, markdown, plot
+
+    spec = {"llama-small": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=4, vocab_size=512))}
+    r = bench_real_size(tmp_path / "work", quick=True, threads=1, repeats=2, log=lambda *a: None, models=spec)
+    row = r["models"]["llama-small"]
+    assert set(row["modes"]) == set(MODES)
+    assert not {m: v["error"] for m, v in row["modes"].items() if "error" in v}
+    assert row["modes"]["in-place"]["session_mode"] == "in-place"
+    assert row["modes"]["two-phase"]["to_full_speed_s"] > 0
+    for mode, v in row["modes"].items():
+        assert 0 < v["rss_rest"] <= v["rss_peak_switch"] or mode == "constant", mode
+        if mode not in ("constant", "peft-lora"):  # peft-lora: torch's runs, not comparable with ORT's
+            assert v["click_to_result_ms"] >= v["first_run_ms"] > 0, mode
+            assert set(v["vs_constant"]) == {"decode", "prefill128"} and all(x > 0 for x in v["vs_constant"].values())
+    r.update({"command": "test", "machine": {"cpu": "x", "cores": 1, "torch": "t", "onnxruntime": "o"},
+              "threads": 1, "repeats": 2, "seconds": 1.0})
+    md = markdown(r)
+    assert "| llama-small | in-place |" in md and "| llama-small | onnx-adapter |" in md
+    plot(r, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

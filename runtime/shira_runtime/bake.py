@@ -4,8 +4,8 @@ Why: ORT packs constant weights into private layouts at load (MLAS panels for Ma
 Conv), so patching the original buffer is invisible and keeping weights unpacked costs speed. ORT can instead
 *save* an optimized model whose initializers and packed copies live in one external data file
 (`session.save_external_prepacked_constant_initializers`); loading that model memory-maps the file and
-computes on the packed bytes where they lie. A weight written into the file through a shared mapping is seen
-by the very next run: one engine, full speed, no second copy (docs/INPLACE.md).
+computes on the packed bytes where they lie. A weight written into ORT's (private, copy-on-write) mapping of
+that file is seen by the very next run: one engine, full speed, no second copy (docs/INPLACE.md).
 
 What the runtime must learn is where each weight entry went. The packers only copy values, so the model is
 baked three times: once with the real weights, and twice with every patchable entry replaced by an exact
@@ -15,13 +15,16 @@ gives, for every region of the real file, which entry of which weight sits where
 the real file: every mapped entry must equal the stored weight bit for bit, or the placement is not baked.
 
 The bake is CPU- and ORT-specific (MLAS picks its kernels, hence its packing, at run time), so it is cached
-per CPU and ORT version (cache.py) and made on the device at first load, in a child process so that its
-memory peak is not kept by the app (`python -m shira_runtime.bake BASE_DIR OUT_DIR`).
+per CPU and ORT version (bake_cache.py) and made on the device at first load, in a child process so that its
+memory peak is not kept by the app (`python -m shira_runtime.bake BASE_DIR OUT_DIR`). Every weight file it
+reads or writes goes through a memory map, so that peak is ORT's own (one optimizing session at a time), not
+copies of the weights: the coded weights are written to a file next to a copy of the model.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +33,8 @@ from pathlib import Path
 import numpy as np
 from shira_format import manifest as manifest_mod
 from shira_format.errors import ManifestError, first_line
-from shira_format.weights import open_weights, safetensors_views
+from shira_format.safetensors_file import SafetensorsError, parse
+from shira_format.weights import safetensors_views
 
 from .onnx_regions import read_regions
 
@@ -58,7 +62,7 @@ def _options(threads: int | None):
     return opts
 
 
-def _bake_once(source: Path, out_dir: Path, threads, weights: tuple[str, bytes] | None = None) -> None:
+def _bake_once(source: Path, out_dir: Path, threads) -> None:
     """One ORT load of `source` that writes the optimized model and its data file (packed copies included)."""
     import onnxruntime as ort
 
@@ -69,22 +73,44 @@ def _bake_once(source: Path, out_dir: Path, threads, weights: tuple[str, bytes] 
     opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                   str(MIN_EXTERNAL_BYTES))
     opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
-    if weights is not None:  # the coded passes: ORT reads this in-memory file instead of the one on disk
-        opts.add_external_initializers_from_files_in_memory([weights[0]], [weights[1]], [len(weights[1])])
     try:
         ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own types
         raise BakeError(f"{source}: ONNX Runtime cannot bake it: {first_line(e)}") from None
 
 
-def _coded(st, placements: list, starts: dict[str, int], which: str) -> bytes:
-    """weights.safetensors with every patchable entry replaced by its position code for pass `which`."""
+def _coded_source(source: Path, weights_name: str, placements: list, starts: dict[str, int], which: str,
+                  into: Path) -> Path:
+    """A copy of the model in `into` whose weights file has every patchable entry replaced by its position code
+    for pass `which`; the model's other files are linked, not copied. Written through a memory map."""
+    for f in source.parent.iterdir():
+        if f.is_file() and f.name != weights_name:
+            if f.name == source.name or f.stat().st_size < 1 << 20:
+                shutil.copyfile(f, into / f.name)
+            else:
+                os.symlink(f.resolve(), into / f.name)
+    path = into / weights_name
+    shutil.copyfile(source.parent / weights_name, path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r+")
+    st = parse(mm, str(path))
     for i, p in enumerate(placements):
         arr = st.array(p.name).reshape(-1)
         flat = np.arange(arr.size, dtype=np.int64)
         code = flat // ROW_WIDTH + starts[p.name] if which == "row" else flat % ROW_WIDTH + i * ROW_WIDTH
         arr[:] = (code + CODE_BASE).astype(np.float32)
-    return bytes(st.buffer)
+    mm.flush()
+    del st, arr, mm
+    return into / source.name
+
+
+def _mapped_weights(path: Path):
+    """weights.safetensors through a read-only memory map (page cache, not this process's own memory)."""
+    try:
+        return parse(np.memmap(path, dtype=np.uint8, mode="r"), str(path))
+    except SafetensorsError as e:
+        raise ManifestError(str(e)) from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def _region_view(data: np.ndarray, region) -> np.ndarray:
@@ -112,7 +138,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
     t0 = time.perf_counter()
     from .integrity import verify_placements
 
-    stored = safetensors_views(manifest, open_weights(weights_path), weights_path)
+    stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
     verify_placements("fast", manifest, "onnxruntime", stored, weights_path, threads)  # a damaged export is no base
     real_dir = out_dir
     _bake_once(source, real_dir, threads)
@@ -125,17 +151,15 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
     with tempfile.TemporaryDirectory(prefix="shira-bake-", dir=out_dir) as tmp:
         for which in ("row", "col"):
             t1 = time.perf_counter()
-            st = open_weights(weights_path, writable=True)
-            blob = _coded(st, placements, starts, which)
-            del st
-            d = Path(tmp) / which
+            src_dir, d = Path(tmp) / f"{which}-source", Path(tmp) / which
+            src_dir.mkdir()
             d.mkdir()
-            _bake_once(source, d, threads, (files.weights, blob))
-            del blob
+            _bake_once(_coded_source(source, files.weights, placements, starts, which, src_dir), d, threads)
+            shutil.rmtree(src_dir)
             if read_regions((d / BAKED_MODEL).read_bytes())[0] != regions:
                 raise BakeError(f"{source}: ONNX Runtime lays the weights out differently when their values "
                                 "change; this base cannot be patched in place")
-            coded[which] = np.fromfile(d / BAKED_DATA, dtype=np.uint8)
+            coded[which] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
             log(f"baked the {which} positions in {time.perf_counter() - t1:.1f}s")
         real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
         found = _decode(regions, coded, placements, starts)
@@ -230,32 +254,42 @@ def describe(positions: np.ndarray, shape) -> str | dict | None:
 
 
 def _decode(regions, coded: dict[str, np.ndarray], placements, starts) -> dict[str, list]:
-    """placement name -> [(region, positions)]: positions[flat] = the float32 index of that entry in the region."""
+    """placement name -> [(region, positions)]: positions[flat] = the float32 index of that entry in the region.
+
+    The column pass codes the tensor (i * 4096 + flat % 4096), the row pass its rows (starts[i] + flat // 4096):
+    an entry is decoded from the two, and both must agree on the tensor."""
     sizes = np.array([int(np.prod(p.shape)) for p in placements], dtype=np.int64)
     row_starts = np.array([starts[p.name] for p in placements], dtype=np.int64)
+    row_ends = row_starts + -(-sizes // ROW_WIDTH)
     found: dict[str, list] = {}
     for region in regions:
         rows = _region_view(coded["row"], region)
-        cols = _region_view(coded["col"], region)
         hit = np.flatnonzero((rows >= CODE_BASE) & (rows < 2 * CODE_BASE))
         if not hit.size:
             continue
         r = rows[hit].astype(np.int64) - CODE_BASE
-        c = cols[hit].astype(np.int64) - CODE_BASE
-        t = np.searchsorted(row_starts, r, side="right") - 1
-        ok = (c >= 0) & (t == c // ROW_WIDTH)
-        if not ok.all():
-            raise BakeError(f"region {region.initializer}: the row and column passes disagree (ONNX Runtime "
-                            "mixes values when it optimizes); this base cannot be patched in place")
-        flat = (r - row_starts[t]) * ROW_WIDTH + c % ROW_WIDTH
-        for ti in np.unique(t):
-            sel = t == ti
-            f, e = flat[sel], hit[sel]
+        c = _region_view(coded["col"], region)[hit].astype(np.int64) - CODE_BASE
+        t = c // ROW_WIDTH
+        if t[0] == t[-1] and (t == t[0]).all():  # the usual case: the region holds one weight
+            groups = [(int(t[0]), slice(None))]
+        else:
+            groups = [(int(ti), t == ti) for ti in np.unique(t)]
+        for ti, sel in groups:
+            rr, cc, e = r[sel], c[sel], hit[sel]
+            if not (0 <= ti < len(placements) and cc.min() >= 0 and rr.min() >= row_starts[ti]
+                    and rr.max() < row_ends[ti]):
+                raise BakeError(f"region {region.initializer}: the row and column passes disagree (ONNX Runtime "
+                                "mixes values when it optimizes); this base cannot be patched in place")
+            f = (rr - row_starts[ti]) * ROW_WIDTH + cc % ROW_WIDTH
+            del rr, cc
             n = int(sizes[ti])
-            if f.size != n or f.max() >= n or np.bincount(f, minlength=n).max() != 1:
+            seen = np.zeros(n, dtype=bool)
+            if f.size == n and f.max() < n:
+                seen[f] = True
+            if not seen.all():  # n entries, all below n, each seen: every entry exactly once
                 raise BakeError(f"region {region.initializer}: holds part of weight {placements[ti].name} "
                                 f"({f.size} of {n} entries); it cannot be patched in place")
-            positions = np.empty(n, dtype=np.int64)
+            positions = np.empty(n, dtype=np.int64 if region.length >= 1 << 33 else np.int32)  # half the peak
             positions[f] = e
             found.setdefault(placements[ti].name, []).append((region, positions))
     return found

@@ -84,6 +84,9 @@ def _bake_into(base_dir: Path, root: Path, key_dir: Path, threads, log) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         reason = next((ln[6:] for ln in lines if ln.startswith("bake: ")), lines[-1] if lines else "")
+        if proc.returncode < 0:  # killed: the last line it printed is progress, not the reason
+            reason = (f"{base_dir}: the bake process was killed by signal {-proc.returncode}"
+                      + (" (out of memory?)" if proc.returncode == -9 else ""))
         if proc.returncode == EXIT_DAMAGED:
             raise ManifestError(reason)
         if proc.returncode == EXIT_CANNOT:  # a definite "cannot": remember it

@@ -45,7 +45,7 @@ LORA = dict(r=8, target_modules="all-linear", init_lora_weights=False)  # random
 DENSITY = 0.01
 
 
-def build(name: str, work: Path, log=print) -> Path:
+def build(name: str, work: Path, log=print, spec: tuple | None = None) -> Path:
     """Save the model, export it (ONNX), write adapters a.shira and b.shira; -> the base directory."""
     import torch
     from shira_format.adapter import SparseTensor, write_adapter
@@ -59,7 +59,7 @@ def build(name: str, work: Path, log=print) -> Path:
         if not (work / name / "b.onnx_adapter").exists():
             build_onnx_adapters(work / name)
         return base
-    family, cfg = MODELS[name]
+    family, cfg = spec or MODELS[name]
     torch.manual_seed(0)
     if family == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -261,6 +261,8 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
                            for k, f in loads.items()}
     res["rss_peak_switch"] = _status("VmHWM")
     res["rss_after"] = _status("VmRSS")
+    if mode != "constant":
+        _side_by_side(run, base, loads, threads, repeats, res)
     if mode in ("in-place", "two-phase", "patchable"):  # switches back and forth, at steady state
         times = []
         for i in range(max(4, repeats)):
@@ -373,7 +375,22 @@ def _onnx_adapter(work: Path, loads: dict, threads: int, repeats: int, res: dict
     res["switch_median_ms"] = float(np.median(times))
     res["rss_peak_switch"] = _status("VmHWM")
     res["rss_after"] = _status("VmRSS")
+    _side_by_side(run, work / "base", loads, threads, repeats, res)
     return res
+
+
+def _side_by_side(run, base: Path, loads: dict, threads: int, repeats: int, res: dict) -> None:
+    """Runs of this mode against the constant-weight session, alternating in this one process (after the RSS
+    readings): the speed ratio without the noise between processes."""
+    const = _constant_session(base, threads)
+    res["vs_constant"] = {}
+    for k, feed in loads.items():
+        n = max(2, (repeats if k != "prefill128" else max(3, repeats // 3)) // 2)
+        mine, theirs = [], []
+        for _ in range(4):
+            mine.append(_median_ms(lambda: run(feed), n))
+            theirs.append(_median_ms(lambda: const.run(None, feed), n))
+        res["vs_constant"][k] = float(np.median(mine) / np.median(theirs))
 
 
 def _touched_lines(sess) -> int:
@@ -406,14 +423,15 @@ def bake_once(base: Path, cache: Path, threads: int) -> dict:
     return {"bake_s": time.perf_counter() - t, "bake_peak_rss": peak_kb * 1024}
 
 
-def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=print) -> dict:
+def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
+    """`models`: name -> (family, config kwargs), instead of MODELS (the test uses a tiny one)."""
     from .scaling import copy_bandwidth
 
-    models = QUICK_MODELS if quick else tuple(MODELS)
+    specs = models or {n: MODELS[n] for n in (QUICK_MODELS if quick else MODELS)}
     out = {"copy_bandwidth_Bps": copy_bandwidth(), "models": {}}
-    for name in models:
+    for name, spec in specs.items():
         log(f"real size: {name}")
-        base = build(name, work, log)
+        base = build(name, work, log, spec)
         cache = work / name / "cache"
         row = {"weights_bytes": (base / "weights.safetensors").stat().st_size, "modes": {}}
         if Path("/usr/bin/time").exists():
@@ -443,19 +461,15 @@ def markdown(report: dict) -> str:
              f"onnxruntime {m['onnxruntime']}, torch {m['torch']}. Each mode runs in its own process (RSS is that "
              f"mode's alone); times are medians of {report['repeats']} runs. {report['seconds']:.0f} s in all.", "",
              "| model | mode | load s | RSS at rest MB | peak RSS over a switch MB | first switch ms | later switches ms "
-             "| first run after ms | click-to-result ms | runs after / constant | to full speed s |",
+             "| first run after ms | click-to-result ms | runs after / constant, side by side | to full speed s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for name, row in report["models"].items():
-        const = row["modes"].get("constant", {})
         for mode, r in row["modes"].items():
             if "error" in r:
                 lines.append(f"| {name} | {mode} | failed: {r['error']} |||||||||")
                 continue
-            ratios = []
-            for k, v in r.get("after_ms", r["base_ms"]).items():
-                if k in const.get("base_ms", {}) and mode != "peft-lora":
-                    ratios.append(f"{v / const['base_ms'][k]:.3f} ({k})")
+            ratios = [f"{v:.3f} ({k})" for k, v in r.get("vs_constant", {}).items()]
             lines.append(f"| {name} | {mode} | {r['load_s']:.2f} | {r['rss_rest'] / 2**20:,.0f} | "
                          f"{r['rss_peak_switch'] / 2**20:,.0f} | {fmt(r.get('switch_ms'), '.1f')} | "
                          f"{fmt(r.get('switch_median_ms'), '.1f')} | {fmt(r.get('first_run_ms'), '.1f')} | "
@@ -471,8 +485,10 @@ def markdown(report: dict) -> str:
     lines += ["", "constant: a plain ONNX Runtime session of `model_prepacked.onnx` (the base; never switches). "
               "first switch: the first after load (in place, it copies the pages it touches: copy-on-write); "
               "later switches: the median of switching back and forth. click-to-result: a switch plus the first "
-              "run after it (decode for an LM). peft-lora: PyTorch eager, LoRA r=8 on every Linear but the head, "
-              "unmerge + merge; its runs are torch's, not comparable with the ORT rows.", ""]
+              "run after it (decode for an LM). runs after / constant: this mode's runs after its switches against "
+              "a constant-weight session opened in the same process afterwards, alternating (4 rounds). peft-lora: "
+              "PyTorch eager, LoRA r=8 on every Linear but the head, unmerge + merge (its runs are torch's). The "
+              "bake's peak counts the weight files it maps (page cache) as well as its own memory.", ""]
     return "\n".join(lines)
 
 
