@@ -270,7 +270,9 @@ def train_main():
 @click.option("--real-size", is_flag=True,
               help="Instead: switching at real size (Llama 168M and 0.55B, ViT-B/16, random weights, ONNX Runtime), "
                    "each mode in its own process with its RSS: in place, two-phase, patchable, re-creating the "
-                   "session, PEFT LoRA. Writes real_size.{json,md,png}. --quick: the 168M Llama only.")
+                   "session, PEFT LoRA, ORT's LoRA adapters. Writes real_size.{json,md,png}. 13.5 min on the 2-core "
+                   "x86-64 dev machine (`shira-bench --real-size --out reports/real_size`); --quick: the 168M Llama "
+                   "only, about 3 min.")
 def bench_cmd(out_dir, quick, threads, real_size):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
