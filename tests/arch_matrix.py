@@ -207,7 +207,7 @@ def main(argv: list[str]) -> int:
     for n in names:
         with tempfile.TemporaryDirectory() as d:
             row = check_architecture(n, Path(d))
-        print(f"{n}: {row['patchable']} patchable, rel error {row['rel_error']}, {row['total_s']} s", flush=True)
+        print(f"{n}: {row['patchable']} patchable, rel error {row['rel_error']}, in place {row['in_place']}, {row['total_s']} s", flush=True)
         rows.append(row)
     if not argv:
         write_models_md(rows, Path(__file__).resolve().parents[1] / "docs" / "MODELS.md",

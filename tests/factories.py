@@ -72,6 +72,11 @@ def tiny_mlp():
     return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
 
 
+def smallest_mlp():
+    """Weights of 9 and 6 floats: below the bake's external-data threshold (64 bytes), so never baked."""
+    return nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+
+
 def raises():
     raise RuntimeError("the factory failed")
 

@@ -18,6 +18,7 @@ def test_architecture_exports_patches_and_resets(name, tmp_path):
     row = check_architecture(name, tmp_path)
     assert row["patchable"] > 0
     assert set(row["rel_error"]) == {"onnxruntime", "executorch"}
+    assert row["in_place"] == "yes", row["in_place"]  # the default ORT session: in place, checked in the matrix
 
 
 def test_the_matrix_covers_the_required_architectures():

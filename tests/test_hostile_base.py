@@ -131,8 +131,10 @@ def test_missing_sample_is_refused_where_it_is_needed(llama, tmp_path):
         ShiraSession(d, prepack="auto", backend="executorch")  # "auto" measures both engines on the sample
     with ShiraSession(d, prepack="background") as s:
         assert s.run(llama.inputs)
-    with ShiraSession(d, prepack="auto") as s:  # in place: nothing to measure
-        assert s.mode == "in-place" and s.run(llama.inputs)
+    with pytest.raises(ManifestError, match="sample.npz"):  # the first bake proves its patches on the sample
+        ShiraSession(d, prepack="auto", cache_dir=tmp_path / "fresh-cache")
+    with ShiraSession(d, prepack="off") as s:
+        assert s.run(llama.inputs)
 
 
 def test_base_path_that_is_a_file_or_missing(llama, tmp_path):

@@ -180,13 +180,13 @@ def test_a_base_that_cannot_be_baked_falls_back_and_says_why(tmp_path):
     from shira_toolchain.export import export_model
     from shira_toolchain.model_source import resolve
 
-    export_model(resolve("tests.factories:tiny_mlp", inputs=("x:2x8",)), tmp_path / "b", formats=("onnx",),
+    export_model(resolve("tests.factories:smallest_mlp", inputs=("x:2x3",)), tmp_path / "b", formats=("onnx",),
                  log=lambda *a: None)
     s = ShiraSession(tmp_path / "b", cache_dir=tmp_path / "cache")
-    assert s.mode in ("patchable", "two-phase") and "below 1024 bytes" in s.mode_reason
+    assert s.mode in ("patchable", "two-phase") and "below 64 bytes" in s.mode_reason
     s.close()
     assert len(list((tmp_path / "cache").glob("*.unbakeable"))) == 1  # not retried at every load
-    with pytest.raises(ShiraError, match="cannot patch in place.*below 1024 bytes"):
+    with pytest.raises(ShiraError, match="cannot patch in place.*below 64 bytes"):
         ShiraSession(tmp_path / "b", cache_dir=tmp_path / "cache", prepack="inplace")
 
 
@@ -204,3 +204,17 @@ def test_the_bake_needs_neither_torch_nor_the_toolchain(llama, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / MAP_FILE).exists()
+
+
+def test_the_bake_refuses_a_base_whose_patches_would_not_reach_the_engine(llama, tmp_path, monkeypatch):
+    """The bake's last step writes a random patch the runtime's way and compares the engine's output with a
+    plain session built from the patched weights. A patch that lands where ORT does not read (here: nowhere,
+    as it would if ORT had copied a region instead of mapping it) must make the bake refuse the base."""
+    from shira_format import manifest as manifest_mod
+    from shira_runtime.backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
+    from shira_runtime.bake import BakeError, learn_layout
+
+    monkeypatch.setattr(InPlaceOnnxRuntimeBackend, "to_buffers", lambda self, mapped: {})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BakeError, match="does not reach ONNX Runtime's output"):
+        learn_layout(manifest_mod.load(llama.base_dir), tmp_path / "out")

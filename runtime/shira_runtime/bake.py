@@ -40,8 +40,9 @@ from .onnx_regions import read_regions
 
 CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight
 ROW_WIDTH = 4096  # flat index = row * ROW_WIDTH + col
-MIN_EXTERNAL_BYTES = 1024  # smaller initializers stay inside baked.onnx (0 breaks: ORT cannot read an external
-# ReduceMean axes); a patchable weight smaller than this is not baked, and the session says so
+MIN_EXTERNAL_BYTES = 64  # smaller initializers stay inside baked.onnx (0 breaks: ORT cannot read an external
+# ReduceMean axes); a patchable weight smaller than this (16 floats) is not baked, and the session says so. 1024
+# kept the small convs of tiny conv nets (and a 2x64 classifier) inline; the baked model is load-tested below
 BAKED_MODEL, BAKED_DATA, MAP_FILE = "baked.onnx", "baked.bin", "bake.json"
 FORMAT = 1
 EXIT_CANNOT, EXIT_DAMAGED = 3, 4  # the child's verdicts: this base cannot be baked / the export is damaged
@@ -79,10 +80,9 @@ def _bake_once(source: Path, out_dir: Path, threads) -> None:
         raise BakeError(f"{source}: ONNX Runtime cannot bake it: {first_line(e)}") from None
 
 
-def _coded_source(source: Path, weights_name: str, placements: list, starts: dict[str, int], which: str,
-                  into: Path) -> Path:
-    """A copy of the model in `into` whose weights file has every patchable entry replaced by its position code
-    for pass `which`; the model's other files are linked, not copied. Written through a memory map."""
+def _source_copy(source: Path, weights_name: str, into: Path, edit) -> Path:
+    """A copy of the model in `into` whose weights file went through `edit(placement views)`; the model's other
+    files are linked, not copied. Written through a memory map: no copy of the weights in memory."""
     for f in source.parent.iterdir():
         if f.is_file() and f.name != weights_name:
             if f.name == source.name or f.stat().st_size < 1 << 20:
@@ -93,14 +93,85 @@ def _coded_source(source: Path, weights_name: str, placements: list, starts: dic
     shutil.copyfile(source.parent / weights_name, path)
     mm = np.memmap(path, dtype=np.uint8, mode="r+")
     st = parse(mm, str(path))
-    for i, p in enumerate(placements):
-        arr = st.array(p.name).reshape(-1)
-        flat = np.arange(arr.size, dtype=np.int64)
-        code = flat // ROW_WIDTH + starts[p.name] if which == "row" else flat % ROW_WIDTH + i * ROW_WIDTH
-        arr[:] = (code + CODE_BASE).astype(np.float32)
+    edit(st)
     mm.flush()
-    del st, arr, mm
+    del st, mm
     return into / source.name
+
+
+def _coded_source(source: Path, weights_name: str, placements: list, starts: dict[str, int], which: str,
+                  into: Path) -> Path:
+    """The model with every patchable entry replaced by its position code for pass `which`."""
+    def code(st):
+        for i, p in enumerate(placements):
+            arr = st.array(p.name).reshape(-1)
+            flat = np.arange(arr.size, dtype=np.int64)
+            c = flat // ROW_WIDTH + starts[p.name] if which == "row" else flat % ROW_WIDTH + i * ROW_WIDTH
+            arr[:] = (c + CODE_BASE).astype(np.float32)
+
+    return _source_copy(source, weights_name, into, code)
+
+
+def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weights_name: str, stored: dict,
+                                    threads) -> None:
+    """The map says where the bytes are; this shows ORT computes with them. A random patch (1% of every
+    patchable weight) is written the way the runtime writes it, into the mappings of a freshly opened baked
+    session, and its output on the export's sample must match a plain session of the same model built from
+    the patched weights. Found here, a region ORT copied instead of mapping is a cached "cannot"."""
+    import onnxruntime as ort
+
+    from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
+
+    x = manifest.sample_inputs()
+    rng = np.random.default_rng(0)
+    mapped = {}
+    for name, w in stored.items():
+        k = max(1, w.size // 100)
+        idx = np.sort(rng.choice(w.size, k, replace=False)).astype(np.int64)
+        scale = float(np.max(np.abs(w))) or 1.0
+        mapped[name] = (idx, (rng.standard_normal(k) * 0.5 * scale).astype(np.float32))
+    engine = InPlaceOnnxRuntimeBackend(manifest, threads, verify="off", bake_dir=out_dir)
+    try:
+        for key, (pos, delta) in engine.to_buffers(mapped).items():
+            buf = engine.buffers[key]
+            buf[pos] = buf[pos] + delta
+        got = engine.run(x)
+    finally:
+        engine.close()
+
+    def patch(st):
+        for name, (idx, delta) in mapped.items():
+            arr = st.array(name).reshape(-1)
+            arr[idx] = arr[idx] + delta
+
+    with tempfile.TemporaryDirectory(prefix="shira-proof-", dir=out_dir) as tmp:
+        model = _source_copy(source, weights_name, Path(tmp), patch)
+        opts = _options(threads)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, x)))
+        del sess
+    for name, ref in want.items():
+        scale = max(float(np.max(np.abs(ref))), 1e-12) if ref.size else 1.0
+        err = float(np.max(np.abs(got[name] - ref))) / scale if ref.size else 0.0
+        if not err <= 1e-4:
+            raise BakeError(f"{manifest.path}: a patch written into the baked weights does not reach ONNX "
+                            f"Runtime's output {name!r} ({err:.2g} of its scale off); this base cannot be patched "
+                            "in place")
+
+
+def _load_check(out_dir: Path, threads) -> None:
+    """The baked model must load as the runtime will load it (some small constants cannot be read back from
+    external data): found here, it is a cached "cannot", not a failure at every open."""
+    import onnxruntime as ort
+
+    opts = _options(threads)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(str(out_dir / BAKED_MODEL), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types
+        raise BakeError(f"{out_dir / BAKED_MODEL}: ONNX Runtime cannot load its own baked model: "
+                        f"{first_line(e)}") from None
 
 
 def _mapped_weights(path: Path):
@@ -195,7 +266,9 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
                             "patched in place")
         out["placements"][p.name] = {"copies": copies,
                                      "absmax": float(np.max(np.abs(stored[p.name]))) if stored[p.name].size else 0.0}
+    _load_check(out_dir, threads)
     (out_dir / MAP_FILE).write_text(json.dumps(out, indent=1))
+    _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)
     log(f"mapped {len(placements)} weights in {time.perf_counter() - t0:.1f}s")
     return out
 

@@ -397,7 +397,7 @@ def _touched_lines(sess) -> int:
     """64-byte lines of the baked file a switch a -> b reads and writes (a's entries restored, b's written)."""
     lines = 0
     for key in sess.backend.buffers:
-        offset = int(key.rsplit("@", 1)[1])
+        offset = int(key.rsplit("@", 1)[1].split("#")[0])
         idx = [sess._mapped[t][key][0] for t in ("a", "b") if key in sess._mapped[t]]
         if idx:
             lines += np.unique((offset + 4 * np.concatenate(idx)) // 64).size

@@ -89,6 +89,7 @@ class _Copy:
 
     def __init__(self, key: str, spec: dict, slot_dir, size: int):
         self.key = key
+        self.keys: list[str] = []  # its buffers: one per mapping of ORT's that holds the region (see _open)
         self.offset, self.length = int(spec["offset"]), int(spec["length"])
         self.size = size
         form = spec["positions"]
@@ -122,10 +123,15 @@ class InPlaceOnnxRuntimeBackend:
     prepacked_available = False  # nothing to rebuild: the engine IS the prepacked one
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast", cache_dir=None,
-                 log=lambda msg: None):
+                 log=lambda msg: None, bake_dir=None):
+        """`bake_dir`: open this bake as it is (the bake's own proof), instead of the cache's."""
         self.manifest = manifest
         self.session = None
         self.buffers: dict[str, np.ndarray] = {}
+        if bake_dir is not None:
+            self.bake_dir = bake_dir
+            self._open(threads, verify)
+            return
         for attempt in (1, 2):
             self.bake_dir = acquire(manifest, cache_dir, threads, log)
             try:
@@ -146,7 +152,8 @@ class InPlaceOnnxRuntimeBackend:
         spec = json.loads((slot / MAP_FILE).read_text())
         data_path = slot / BAKED_DATA
         file_size = data_path.stat().st_size
-        self.absmax: dict[str, float] = {}
+        self.absmax: dict[str, float] = {}  # per buffer, for the patcher
+        self._absmax: dict[str, float] = {}  # per placement
         self.copies: dict[str, list[_Copy]] = {}
         for info in self.manifest.tensors.values():
             for p in info.placements.get(NAME, ()):
@@ -159,9 +166,9 @@ class InPlaceOnnxRuntimeBackend:
                     copy = _Copy(f"{p.name}@{c['offset']}", c, slot, size)
                     if copy.offset + copy.buffer_elements * 4 > file_size:
                         raise _CacheDamaged(f"{data_path}: {p.name} lies outside the file (truncated?)")
-                    self.absmax[copy.key] = float(entry["absmax"])
                     copies.append(copy)
                 self.copies[p.name] = copies
+                self._absmax[p.name] = float(entry["absmax"])
         if verify != "off":
             self._verify(verify, data_path)
         opts = ort.SessionOptions()
@@ -173,7 +180,10 @@ class InPlaceOnnxRuntimeBackend:
         opts.log_severity_level = 3
         with _OPENING:  # this session's mappings are the ones its creation added (others' may lie beside them)
             before = set(engine_mappings(data_path))
-            self.session = create_session(slot / BAKED_MODEL, opts)
+            try:
+                self.session = create_session(slot / BAKED_MODEL, opts)
+            except ManifestError as e:  # the bake load-tested it on this machine: the cached copy went bad
+                raise _CacheDamaged(str(e)) from None
             maps = [m for m in engine_mappings(data_path) if m not in before]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -185,7 +195,14 @@ class InPlaceOnnxRuntimeBackend:
                 if not where:
                     raise BakeError(f"{data_path}: ONNX Runtime does not read {pname} ({copy.key}) from the baked "
                                     "file's mapping (copied it instead?); patches would be invisible")
-                self.buffers[copy.key] = _view(where[0], nbytes)
+                # ORT maps each tensor on its own, page-aligned, so a small region also lies in its neighbours'
+                # mappings of the same pages, and /proc/self/maps cannot tell which one is this tensor's: the
+                # patch goes into every mapping holding the whole region (neighbours never read these bytes)
+                for k, address in enumerate(where):
+                    key = f"{copy.key}#{k}"
+                    self.buffers[key] = _view(address, nbytes)
+                    self.absmax[key] = self._absmax[pname]
+                    copy.keys.append(key)
 
     def _verify(self, mode: str, data_path) -> None:
         """Every live copy, read from the file (not through the mapping: the pages stay out of this process),
@@ -209,11 +226,13 @@ class InPlaceOnnxRuntimeBackend:
         for pname, (idx, delta) in mapped.items():
             for copy in self.copies[pname]:
                 pos = copy.positions(idx)
-                if copy.form == "contiguous" or (pos.size and np.all(pos[1:] > pos[:-1])):
-                    out[copy.key] = (pos, delta)
-                else:
+                if not (copy.form == "contiguous" or (pos.size and np.all(pos[1:] > pos[:-1]))):
                     order = np.argsort(pos, kind="stable")
-                    out[copy.key] = (pos[order], delta[order])
+                    pos, delta_sorted = pos[order], delta[order]
+                else:
+                    delta_sorted = delta
+                for key in copy.keys:
+                    out[key] = (pos, delta_sorted)
         return out
 
     def prepare_pages(self, mapped: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -242,7 +261,7 @@ class InPlaceOnnxRuntimeBackend:
     def placement_values(self, pname: str) -> np.ndarray:
         """The live weight of a placement, flat in its stored layout (a copy)."""
         copy = self.copies[pname][0]
-        return copy.values(self.buffers[copy.key])
+        return copy.values(self.buffers[copy.keys[0]])
 
     def weights_changed(self, names: set[str]) -> None:
         """Nothing to do: the engine reads the file the patch was written into."""
