@@ -9,7 +9,7 @@ import pytest
 
 from shira_format.errors import ShiraError
 from shira_runtime import ShiraSession
-from shira_runtime.bake import BAKED_DATA, MAP_FILE, panel_positions, unpack_panels
+from shira_runtime.baked_layout import BAKED_DATA, MAP_FILE, panel_positions, unpack_panels
 from shira_toolchain.train import peft_shira
 
 SCALE_PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {}, {"a": 1.0}]

@@ -36,6 +36,8 @@ from shira_format.errors import ManifestError, first_line
 from shira_format.safetensors_file import SafetensorsError, parse
 from shira_format.weights import safetensors_views
 
+from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, FORMAT, MAP_FILE,  # noqa: F401
+                           BakeError, describe, panel_positions, unpack_panels)
 from .onnx_regions import read_regions
 
 CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight
@@ -43,13 +45,6 @@ ROW_WIDTH = 4096  # flat index = row * ROW_WIDTH + col
 MIN_EXTERNAL_BYTES = 64  # smaller initializers stay inside baked.onnx (0 breaks: ORT cannot read an external
 # ReduceMean axes); a patchable weight smaller than this (16 floats) is not baked, and the session says so. 1024
 # kept the small convs of tiny conv nets (and a 2x64 classifier) inline; the baked model is load-tested below
-BAKED_MODEL, BAKED_DATA, MAP_FILE = "baked.onnx", "baked.bin", "bake.json"
-FORMAT = 1
-EXIT_CANNOT, EXIT_DAMAGED = 3, 4  # the child's verdicts: this base cannot be baked / the export is damaged
-
-
-class BakeError(Exception):
-    """This base cannot be served in place on this runtime; the message says why (one line)."""
 
 
 def _options(threads: int | None):
@@ -271,59 +266,6 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
     _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)
     log(f"mapped {len(placements)} weights in {time.perf_counter() - t0:.1f}s")
     return out
-
-
-# ---- position maps ------------------------------------------------------------------------------------------
-# A copy's map is kept as a formula where one fits exactly (checked on every entry), else as a .npy file.
-#   "contiguous"            the weight as stored: entry f at f
-#   {"form": "panels", ...} MLAS's SGEMM packing of B [K, N]: K cut into blocks of k_block rows; in each
-#                           block, N cut into panels of `panel` columns (the last padded to aligned_n), each
-#                           panel stored row by row: f = k*N + n lies at
-#                           kb*k_block*aligned_n + (n // panel)*Kb*panel + (k % k_block)*panel + n % panel,
-#                           kb = k // k_block, Kb = min(K - kb*k_block, k_block)
-
-def panel_positions(flat: np.ndarray, form: dict) -> np.ndarray:
-    k_total, n_total, kblock, panel, aligned = (form[x] for x in ("rows", "cols", "k_block", "panel", "aligned_n"))
-    k, n = np.divmod(flat.astype(np.int64), n_total)
-    kb, kk = np.divmod(k, kblock)
-    kb_rows = np.minimum(k_total - kb * kblock, kblock)
-    return kb * kblock * aligned + (n // panel) * kb_rows * panel + kk * panel + n % panel
-
-
-def unpack_panels(region: np.ndarray, form: dict) -> np.ndarray | None:
-    """The weight [K, N] (flat, row-major) read out of its panels by reshaping, block by block: what
-    region[panel_positions(arange(K*N))] gives, without the K*N int64 positions. None if a panel straddles
-    the padded width (then gather by positions)."""
-    k_total, n_total, kblock, panel, aligned = (form[x] for x in ("rows", "cols", "k_block", "panel", "aligned_n"))
-    if aligned % panel:
-        return None
-    out = np.empty((k_total, n_total), dtype=region.dtype)
-    for k0 in range(0, k_total, kblock):
-        rows = min(k_total - k0, kblock)
-        block = region[k0 * aligned:(k0 + rows) * aligned].reshape(aligned // panel, rows, panel)
-        out[k0:k0 + rows] = block.transpose(1, 0, 2).reshape(rows, aligned)[:, :n_total]
-    return out.reshape(-1)
-
-
-def describe(positions: np.ndarray, shape) -> str | dict | None:
-    """The formula that gives exactly `positions` (entry f of a weight of `shape` -> index in its region), if any."""
-    n = positions.size
-    if np.array_equal(positions, np.arange(n)):
-        return "contiguous"
-    if len(shape) != 2:
-        return None
-    rows, cols = int(shape[0]), int(shape[1])
-    probe = np.unique(np.concatenate([np.arange(min(n, 64)), np.arange(max(0, n - 64), n),
-                                      np.random.default_rng(0).integers(0, n, 4096)]))
-    for panel in (16, 8, 32, 4, 64):
-        for kblock in (256, 128, 512, 64, 1024, rows):
-            for align in sorted({panel, 16, 32, 64}):
-                form = {"form": "panels", "rows": rows, "cols": cols, "k_block": kblock, "panel": panel,
-                        "aligned_n": -(-cols // align) * align}
-                if np.array_equal(panel_positions(probe, form), positions[probe]) and \
-                        np.array_equal(panel_positions(np.arange(n), form), positions):
-                    return form
-    return None
 
 
 def _decode(regions, coded: dict[str, np.ndarray], placements, starts) -> dict[str, list]:

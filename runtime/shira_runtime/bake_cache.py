@@ -21,7 +21,7 @@ from pathlib import Path
 from shira_format.atomic import write_text
 from shira_format.errors import ManifestError
 
-from .bake import BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, FORMAT, MAP_FILE, BakeError
+from .baked_layout import BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, FORMAT, MAP_FILE, BakeError
 
 
 def cache_root(cache_dir=None) -> Path:

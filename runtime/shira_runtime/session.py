@@ -57,7 +57,7 @@ def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
                       "method load (docs/INPLACE.md)")
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
         return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
-    from .bake import BakeError
+    from .baked_layout import BakeError
     from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
 
     try:

@@ -30,7 +30,7 @@ import onnxruntime as ort
 from shira_format.errors import ManifestError
 from shira_format.manifest import Manifest
 
-from ..bake import BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, panel_positions, unpack_panels
+from ..baked_layout import BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, panel_positions, unpack_panels
 from ..bake_cache import acquire, discard
 from .onnxruntime import NAME, create_session
 
