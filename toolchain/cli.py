@@ -105,7 +105,11 @@ def export_group():
 @click.option("--kv-cache", is_flag=True,
               help="Causal LMs: export with the key/value cache as inputs (past.<i>.key/value) and outputs "
                    "(present.<i>.key/value), as on-device generation runs (`shira generate`), on both runtimes.")
-def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cache):
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="A weight-only quantized base (ONNX Runtime, --format onnx): every MatMul weight becomes "
+                   "MatMulNBits integers, int8 with one scale per output channel or int4 with one per block of "
+                   "32. Adapters are patched into the integers with the base's scales (docs/QUANTIZATION.md).")
+def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cache, quantize):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
     quiet_third_party()
@@ -125,7 +129,7 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cac
             from .export.kv_cache import with_kv_cache
 
             subject = with_kv_cache(subject)
-        export_model(subject, out_dir, targets, formats=formats, log=click.echo)
+        export_model(subject, out_dir, targets, formats=formats, log=click.echo, quantize=quantize)
     except (ExportError, ModelSourceError, ShiraError) as e:
         _fail(e)
 

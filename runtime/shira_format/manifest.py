@@ -17,10 +17,12 @@ import numpy as np
 from . import layouts
 from .errors import ManifestError, printable
 from .layouts import LAYOUTS
+from .quant import BITS, BLOCKS, Quant
 
 FORMAT = "shira-manifest"
 FORMAT_VERSION = 3  # what export writes. 3 added folded placements (channel_scale), which a version-2 reader
-READS = (2, 3)  # would patch wrongly; 1: shira-ondevice 0.1 (artifacts keyed model/program/...), refused
+READS = (2, 3, 4)  # would patch wrongly; 1: shira-ondevice 0.1 (artifacts keyed model/program/...), refused
+QUANTIZED_VERSION = 4  # written only by a quantized export (placements with `quant`): older readers refuse it
 RUNTIMES = ("onnxruntime", "executorch")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_DIM = 2**31 - 1
@@ -43,6 +45,7 @@ class Placement:
     # c (torch dim 0); a delta is scaled the same way when patched. None: stored as it is.
     channel_scale: tuple[float, ...] | None = None
     folded_sha256: str | None = None  # of the stored (folded) weight in torch layout: what verify="full" checks
+    quant: Quant | None = None  # a quantized placement (manifest version 4): integers and scales, quant.py
 
     def scale_array(self) -> np.ndarray | None:
         """channel_scale as float32 (every value was written from a float32), or None."""
@@ -224,7 +227,25 @@ def _placement(p, tname: str, backend: str, torch_shape) -> Placement:
         scale = tuple(float(v) for v in scale)
     elif folded_sha is not None:
         raise _Bad(f"{where} {name}: folded_sha256 without channel_scale")
-    return Placement(name, shape, layout, offset, reload, crc, scale, folded_sha)
+    quant = None if p.get("quant") is None else _quant(p["quant"], f"{where} {name}", shape, layout, torch_shape)
+    if quant is not None and (scale is not None or backend != "onnxruntime"):
+        raise _Bad(f"{where} {name}: quant is for unfolded onnxruntime placements only")
+    return Placement(name, shape, layout, offset, reload, crc, scale, folded_sha, quant)
+
+
+def _quant(q, where: str, shape, layout, torch_shape) -> Quant:
+    q = _dict(q, f"{where} quant")
+    bits, block, per_channel = q.get("bits"), q.get("block"), q.get("per_channel", False)
+    if bits not in BITS or not is_int(bits):
+        raise _Bad(f"{where}: quant bits must be one of {BITS}, got {str(bits)[:20]}")
+    if block not in BLOCKS or not is_int(block):
+        raise _Bad(f"{where}: quant block must be one of {BLOCKS}, got {str(block)[:20]}")
+    if type(per_channel) is not bool:
+        raise _Bad(f"{where}: quant per_channel must be true or false")
+    if layout != "identity" or len(torch_shape) != 2 or tuple(shape) != tuple(torch_shape) or torch_shape[1] % block:
+        raise _Bad(f"{where}: a quantized placement stores a 2-D weight [N, K] as it is (identity layout), K a "
+                   f"multiple of the block {block}; got {list(shape)}, {layout}")
+    return Quant(bits, block, _str(q.get("scales"), f"{where} quant scales"), per_channel)
 
 
 def _tensor(name: str, t) -> TensorInfo:
@@ -308,6 +329,9 @@ def parse(raw, path: Path) -> Manifest:
         tensors = {name: _tensor(name, t) for name, t in _dict(raw.get("tensors"), "tensors").items()}
         if not tensors:
             raise _Bad("lists no patchable tensor")
+        if version < QUANTIZED_VERSION and any(p.quant is not None for t in tensors.values()
+                                               for ps in t.placements.values() for p in ps):
+            raise _Bad(f"quant (a quantized placement) needs manifest version {QUANTIZED_VERSION}")
         if version < 3 and any(p.channel_scale is not None for t in tensors.values()
                                for ps in (*t.placements.values(), *t.prepacked_placements.values()) for p in ps):
             raise _Bad("channel_scale (a folded weight) needs manifest version 3")

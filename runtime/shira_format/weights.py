@@ -39,18 +39,49 @@ def open_weights(path, writable: bool = False):
         raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
 
 
+def _stored_form(p) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape a placement's tensor has in weights.safetensors."""
+    if p.quant is None:
+        return np.dtype(np.float32), tuple(p.shape)
+    return np.dtype(np.uint8), p.quant.storage_shape(*p.shape)
+
+
 def safetensors_views(manifest, st, path) -> dict[str, np.ndarray]:
-    """Placement name -> flat float32 view into `st` (weights.safetensors as open_weights read it)."""
+    """Placement name -> flat view into `st` (weights.safetensors as open_weights read it): float32, or the
+    stored bytes (uint8) of a quantized placement (quant.py)."""
     out = {}
     for info in manifest.tensors.values():
         for p in info.placements.get("onnxruntime", ()):
             if p.name not in st.tensors:
                 raise ManifestError(f"{path}: no buffer {p.name!r} for {info.name}")
             arr = st.array(p.name)
-            if arr.shape != p.shape or arr.dtype != np.float32:
+            dtype, shape = _stored_form(p)
+            if arr.shape != shape or arr.dtype != dtype:
                 raise ManifestError(f"{path}: buffer {p.name!r} is {arr.dtype}{list(arr.shape)}, manifest says "
-                                    f"float32{list(p.shape)}")
+                                    f"{dtype}{list(shape)}")
             out[p.name] = arr.reshape(-1)
+    return out
+
+
+def quant_scales(manifest, st, path) -> dict[str, np.ndarray]:
+    """Quantized placement name -> its scales (flat float32 view into `st`), checked against the weight's shape."""
+    out = {}
+    for info in manifest.tensors.values():
+        for p in info.placements.get("onnxruntime", ()):
+            if p.quant is None:
+                continue
+            q = p.quant
+            if q.scales not in st.tensors:
+                raise ManifestError(f"{path}: no scales {q.scales!r} for {info.name}")
+            arr = st.array(q.scales)
+            want = q.scales_count(*p.shape)
+            if arr.dtype != np.float32 or arr.size != want:
+                raise ManifestError(f"{path}: scales {q.scales!r} are {arr.dtype}{list(arr.shape)}, {info.name} "
+                                    f"needs {want} float32")
+            s = arr.reshape(-1)
+            if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+                raise ManifestError(f"{path}: scales {q.scales!r} of {info.name} are not all finite and positive")
+            out[p.name] = s
     return out
 
 

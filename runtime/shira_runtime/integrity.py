@@ -21,18 +21,24 @@ VERIFY_MODES = ("fast", "full", "off")
 
 
 def placement_record(tensor: str, torch_shape, p) -> bytes:
-    """`tensor|name|layout|stored shape|torch shape|offset` + newline, shapes as `AxBxC`, offset empty if none."""
+    """`tensor|name|layout|stored shape|torch shape|offset` + newline, shapes as `AxBxC`, offset empty if none;
+    a quantized placement adds `|q<bits>/<block>/<scales name>/<c if per channel, else b>` before the newline."""
     dims = lambda s: "x".join(str(int(d)) for d in s)  # noqa: E731
     offset = "" if p.offset is None else str(int(p.offset))
-    return f"{tensor}|{p.name}|{p.layout}|{dims(p.shape)}|{dims(torch_shape)}|{offset}\n".encode("utf-8")
+    q = "" if p.quant is None else \
+        f"|q{p.quant.bits}/{p.quant.block}/{p.quant.scales}/{'c' if p.quant.per_channel else 'b'}"
+    return f"{tensor}|{p.name}|{p.layout}|{dims(p.shape)}|{dims(torch_shape)}|{offset}{q}\n".encode("utf-8")
 
 
-def placement_crc32(tensor: str, torch_shape, p, stored) -> int:
+def placement_crc32(tensor: str, torch_shape, p, stored, scales=None) -> int:
     """CRC-32 of the placement's record, continued over its channel_scale as float32 little-endian bytes if it
-    has one (a folded weight), then over its stored bytes (any buffer-protocol object)."""
+    has one (a folded weight), over its quantization scales' bytes if it is quantized (`scales`: the float32
+    array), then over its stored bytes (any buffer-protocol object)."""
     crc = zlib.crc32(placement_record(tensor, torch_shape, p))
     if p.channel_scale is not None:
         crc = zlib.crc32(p.scale_array().astype("<f4").tobytes(), crc)
+    if p.quant is not None:
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(scales, dtype="<f4")).cast("B"), crc)
     return zlib.crc32(memoryview(stored).cast("B"), crc)
 
 
@@ -42,11 +48,12 @@ def _placements(info, runtime: str, prepacked: bool, only=None):
 
 
 def check_placements(manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file, threads=None,
-                     prepacked: bool = False, only=None) -> None:
+                     prepacked: bool = False, only=None, scales=None) -> None:
     """Refuse the base if any placement of `backend` (of its prepacked engine's file with `prepacked`) differs
     from its export-time checksum.
 
-    `buffers`: placement name -> the stored bytes the engine reads (any shape; C-contiguous)."""
+    `buffers`: placement name -> the stored bytes the engine reads (any shape; C-contiguous); `scales`: quantized
+    placement name -> its scales."""
     jobs = [(info, p) for info in manifest.tensors.values() for p in _placements(info, backend, prepacked, only)]
     missing = [p.name for _, p in jobs if p.crc32 is None]
     if missing:
@@ -55,7 +62,8 @@ def check_placements(manifest, backend: str, buffers: dict[str, np.ndarray], art
 
     def ok(job) -> bool:
         info, p = job
-        return placement_crc32(info.name, info.shape, p, buffers[p.name]) == p.crc32
+        return placement_crc32(info.name, info.shape, p, buffers[p.name],
+                               None if p.quant is None else scales[p.name]) == p.crc32
 
     workers = max(1, min(len(jobs), threads or os.cpu_count() or 1))
     if workers > 1 and sum(buffers[p.name].nbytes for _, p in jobs) > 4 << 20:
@@ -71,11 +79,12 @@ def check_placements(manifest, backend: str, buffers: dict[str, np.ndarray], art
 
 
 def verify_placements(mode: str, manifest, backend: str, buffers: dict[str, np.ndarray], artifact_file,
-                      threads=None, prepacked: bool = False, only=None) -> None:
+                      threads=None, prepacked: bool = False, only=None, scales=None) -> None:
     """What `ShiraSession(verify=mode)` checks: "fast" the CRC-32s, "full" those and the SHA-256s, "off" nothing.
-    `only`: check just these placement names (`buffers` need hold no others)."""
+    `only`: check just these placement names (`buffers` need hold no others). A quantized placement's SHA-256
+    names the float weight it was quantized from, which the base no longer holds: its CRC-32 covers it."""
     if mode != "off":
-        check_placements(manifest, backend, buffers, artifact_file, threads, prepacked, only)
+        check_placements(manifest, backend, buffers, artifact_file, threads, prepacked, only, scales)
     if mode == "full":
         check_sha256(manifest, backend, buffers, artifact_file, prepacked, only)
 
@@ -85,6 +94,8 @@ def check_sha256(manifest, backend: str, buffers: dict[str, np.ndarray], artifac
     """The slow, thorough check: SHA-256 of every weight in torch layout against the manifest."""
     for info in manifest.tensors.values():
         for p in _placements(info, backend, prepacked, only):
+            if p.quant is not None:
+                continue
             torch_layout = p.to_torch_layout(buffers[p.name].reshape(-1).view(np.float32), info.shape)
             digest = hashlib.sha256(np.ascontiguousarray(torch_layout).tobytes()).hexdigest()
             if digest != (p.folded_sha256 or info.sha256):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from shira_format.errors import AdapterError
+from shira_format.quant import Quant, entries, requantize
 
 EMPTY_IDX = np.zeros(0, dtype=np.int64)
 EMPTY_VAL = np.zeros(0, dtype=np.float32)
@@ -24,6 +25,8 @@ EMPTY_VAL = np.zeros(0, dtype=np.float32)
 class BufferPlan:
     idx: np.ndarray  # sorted unique flat indices to write
     delta: np.ndarray  # what to add to the base values there
+    values: np.ndarray | None = None  # a quantized buffer: the new entries themselves (re-quantized at plan time)
+    clamped: int = 0  # a quantized buffer: entries whose re-quantized value was clamped to the integer range
 
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -33,11 +36,16 @@ class WeightPatcher:
     PARALLEL_ABOVE = 200_000  # entries per commit above which buffers are patched on several threads
 
     def __init__(self, buffers: dict[str, np.ndarray], threads: int | None = None,
-                 absmax: dict[str, float] | None = None):
-        """`buffers`: placement name -> 1-D writable float view of the memory the inference engine reads.
-        `threads`: for large commits, buffers are patched in parallel (numpy's fancy indexing releases the GIL;
-        2 threads measured 1.7x faster on 2 cores)."""
-        self.buffers = buffers
+                 absmax: dict[str, float] | None = None, quant: dict[str, Quant] | None = None):
+        """`buffers`: placement name -> 1-D writable float view of the memory the inference engine reads, or the
+        bytes of a quantized buffer. `quant`: quantized buffer name -> its Quant; such a buffer is addressed by
+        entry (quant.entries: a nibble each at 4 bits) and patched by re-quantizing (docs/QUANTIZATION.md): its
+        terms carry each entry's scale. `threads`: for large commits, buffers are patched in parallel (numpy's
+        fancy indexing releases the GIL; 2 threads measured 1.7x faster on 2 cores)."""
+        self.quant = quant or {}
+        self.raw = buffers
+        self.buffers = {n: entries(b, self.quant[n]) if n in self.quant else b for n, b in buffers.items()}
+        buffers = self.buffers
         self.threads = max(1, threads or os.cpu_count() or 1)
         self._pool = None
         self.idx = {name: EMPTY_IDX for name in buffers}
@@ -45,10 +53,11 @@ class WeightPatcher:
         # max |base value| per buffer, for the overflow bound in plan(); the base never changes. Given by a
         # backend whose buffers are file mappings (scanning them would pull every page into this process)
         self._absmax = absmax if absmax is not None else {
-            n: float(np.max(np.abs(b))) if b.size else 0.0 for n, b in buffers.items()}
+            n: float(np.max(np.abs(b))) if b.size else 0.0 for n, b in buffers.items() if n not in self.quant}
 
-    def plan(self, terms: dict[str, list[tuple[np.ndarray, np.ndarray, float]]]) -> dict[str, BufferPlan]:
-        """`terms`: buffer name -> [(indices, deltas, scale), ...]. Buffers not named are restored to base."""
+    def plan(self, terms: dict[str, list[tuple]]) -> dict[str, BufferPlan]:
+        """`terms`: buffer name -> [(indices, deltas, scale), ...], for a quantized buffer
+        [(indices, deltas, scale, entry scales), ...]. Buffers not named are restored to base."""
         plans = {}
         for name in self.buffers:
             parts = terms.get(name, [])
@@ -57,13 +66,22 @@ class WeightPatcher:
                 continue
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the checks below
                 if len(parts) == 1:
-                    idx, delta, scale = parts[0]
+                    idx, delta, scale = parts[0][:3]
                     # scaled in binary64 and rounded once, exactly as a sum of several (FORMAT.md §6)
                     delta = delta if scale == 1.0 else (delta.astype(np.float64) * scale).astype(np.float32)
+                    qscale = parts[0][3] if name in self.quant else None
                 else:  # overlapping indices sum their scaled deltas
-                    idx, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+                    idx, first, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_index=True,
+                                                    return_inverse=True)
                     weights = np.concatenate([p[1].astype(np.float64) * p[2] for p in parts])
                     delta = np.bincount(inverse, weights=weights, minlength=idx.size).astype(np.float32)
+                    qscale = np.concatenate([p[3] for p in parts])[first] if name in self.quant else None
+                if name in self.quant:  # the fused delta, re-quantized once per entry with the base's scale
+                    if not np.all(np.isfinite(delta)):
+                        raise AdapterError(f"buffer {name}: the requested combination produces non-finite weights")
+                    values, clamped = requantize(self._base_values(name, idx), delta, qscale, self.quant[name])
+                    plans[name] = BufferPlan(idx, delta, values, clamped)
+                    continue
                 self._check_finite(name, idx, delta)
             plans[name] = BufferPlan(idx, delta)
         return plans
@@ -111,7 +129,7 @@ class WeightPatcher:
             buf[self.idx[name]] = self.saved[name]
         base = buf[p.idx]  # the base everywhere now: the restore above just ran
         if p.idx.size:
-            buf[p.idx] = base + p.delta
+            buf[p.idx] = base + p.delta if p.values is None else p.values
         self.idx[name], self.saved[name] = p.idx, base
         return changed
 

@@ -38,6 +38,7 @@ import numpy as np
 from shira_format import manifest as manifest_mod
 from shira_format.adapter import Adapter, read_adapter
 from shira_format.errors import AdapterError, ManifestError, ShiraError, first_line
+from shira_format.quant import dequantize
 
 from .integrity import VERIFY_MODES
 from .patcher import WeightPatcher
@@ -57,6 +58,9 @@ def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
                       "method load (docs/INPLACE.md)")
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
         return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
+    if any(p.quant is not None for info in manifest.tensors.values() for p in info.placements.get(name, ())):
+        return None, ("a quantized base is not baked yet: MatMulNBits packs its integers into MLAS's own block "
+                      "layout, which the bake does not map (docs/QUANTIZATION.md)")
     from .baked_layout import BakeError
     from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
 
@@ -138,8 +142,11 @@ class ShiraSession:
         self._closed = False
 
     def _open(self, threads, prepack) -> None:
+        quant = {p.name: p.quant for info in self.manifest.tensors.values()
+                 for p in info.placements.get(self.backend.name, ()) if p.quant is not None}
         self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads,
-                                                         getattr(self.backend, "absmax", None))
+                                                         getattr(self.backend, "absmax", None), quant)
+        self.clamped = 0  # quantized bases: entries of the active state clamped to the integer range
         self.adapters: dict[str, Adapter] = {}
         # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -217,6 +224,9 @@ class ShiraSession:
             info = self.manifest.tensors[t.target]
             for p in info.placements.get(self.backend.name, ()):
                 mapped[p.name] = p.patch_terms(t.indices, t.values, info.shape)  # scaled where BN was folded
+                if p.quant is not None:  # each entry's quantization scale travels with it (quant.py)
+                    idx = mapped[p.name][0]
+                    mapped[p.name] += (p.quant.scale_of(self.backend.scales[p.name], idx, info.shape[1]),)
         if hasattr(self.backend, "to_buffers"):  # in place: each placement's copies in the baked file
             mapped = self.backend.to_buffers(mapped)
         with self._patch_mutex:
@@ -256,8 +266,8 @@ class ShiraSession:
                     raise AdapterError(f"adapter {name!r}: scale {scale} is not finite")
             terms: dict[str, list] = {}
             for name, scale in scales.items():
-                for buf, (idx, delta) in self._mapped[name].items():
-                    terms.setdefault(buf, []).append((idx, delta, float(scale)))
+                for buf, (idx, delta, *qscale) in self._mapped[name].items():
+                    terms.setdefault(buf, []).append((idx, delta, float(scale), *qscale))
             plans = self.patcher.plan(terms)
             with self._lock.write():
                 changed = self.patcher.commit(plans)
@@ -265,6 +275,7 @@ class ShiraSession:
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
                 self.active = dict(scales)
+                self.clamped = sum(p.clamped for p in plans.values())
         if rebuilder is not None:
             rebuilder.kick()
 
@@ -308,10 +319,13 @@ class ShiraSession:
     # ---- inspection -----------------------------------------------------------------------------------------
     def weight(self, torch_name: str) -> np.ndarray:
         """A copy of the live weight in torch layout (from its first placement). For a folded weight this is
-        the stored, folded weight (the torch weight times its channel_scale)."""
+        the stored, folded weight (the torch weight times its channel_scale); for a quantized one the float32
+        weight its integers and scales hold."""
         self._check_open()
         info = self.manifest.tensors[torch_name]
         p = info.placements[self.backend.name][0]
+        if p.quant is not None:
+            return dequantize(self.backend.buffers[p.name], self.backend.scales[p.name], p.quant, *info.shape)
         if hasattr(self.backend, "placement_values"):
             return p.to_torch_layout(self.backend.placement_values(p.name), info.shape).copy()
         return p.to_torch_layout(self.backend.buffers[p.name], info.shape).copy()

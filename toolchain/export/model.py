@@ -242,10 +242,11 @@ def _combine_exclusions(per_backend: dict[str, dict[str, str]], located: dict[st
 
 
 def export_model(subject: ExportSubject, out_dir, targets: str | None = None, formats=("onnx", "pte"),
-                 log=print) -> dict:
+                 log=print, quantize: str | None = None) -> dict:
     """Export `subject` once per format into out_dir, with one manifest for all of them. Returns the manifest.
 
     Files: model.onnx + weights.safetensors (onnx), model.pte (pte), sample.npz, manifest.json (written last).
+    `quantize`: "int8" or "int4", a weight-only quantized base (ONNX Runtime only; quantize.py).
     """
     from safetensors.numpy import save_file
 
@@ -253,6 +254,14 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     formats = tuple(dict.fromkeys(formats))
     if not formats or set(formats) - set(FORMATS):
         raise ExportError(f"formats must be among {sorted(FORMATS)}, got {list(formats)}")
+    if quantize is not None:
+        from .quantize import MODES
+
+        if quantize not in MODES:
+            raise ExportError(f"--quantize must be one of {', '.join(MODES)}, got {quantize!r}")
+        if formats != ("onnx",):
+            raise ExportError("--quantize: only ONNX Runtime bases are quantized so far; export with --format onnx "
+                              "(ExecuTorch's XNNPACK 4/8-bit weights are not wired in yet)")
     model = subject.model.eval()
     t0 = time.perf_counter()
     wanted = patchable_weights(model, targets)
@@ -341,9 +350,22 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     ref_outputs = {n: r.detach().numpy() for n, r in zip(subject.output_names, ref)}
     artifacts = {}
     files = ["sample.npz"]
+    quantization = None
     if "onnx" in formats:
         moved = {pl["name"] for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
         _to_graph_inputs(proto, moved)
+        if quantize is not None:
+            from .quantize import quantize_graph
+
+            entries = {pl["name"]: pl for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
+            for t in tensors.values():
+                for pl in t["placements"]["onnxruntime"]:
+                    pl["torch_shape"] = t["shape"]
+            quantization = quantize_graph(proto, quantize, entries, init_arrays, log)
+            for pl in entries.values():
+                del pl["torch_shape"]
+                if "quant" in pl:
+                    moved.add(pl["quant"]["scales"])
         artifacts["onnxruntime"] = {"patchable": "model.onnx", "weights": "weights.safetensors",
                                     "prepacked": "model_prepacked.onnx"}
         io_inputs, io_outputs = _io_spec(proto.graph.input, skip=moved), _io_spec(proto.graph.output)
@@ -361,7 +383,8 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
                          for k, v in subject.example_inputs.items()]
             io_outputs = [{"name": k, "dtype": "float32", "shape": list(v.shape)} for k, v in ref_outputs.items()]
     manifest = {
-        "format": manifest_format.FORMAT, "format_version": manifest_format.FORMAT_VERSION,
+        "format": manifest_format.FORMAT,
+        "format_version": manifest_format.QUANTIZED_VERSION if quantization else manifest_format.FORMAT_VERSION,
         "created_by": tool_versions(),
         "model": {"source": subject.source, "class": type(model).__name__,
                   "parameters": sum(p.numel() for p in model.parameters())},
@@ -374,6 +397,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         "excluded": excluded,
         "untargeted": sorted(set(patchable_weights(model, None)) - set(wanted)),
         **({"generation": subject.generation} if subject.generation else {}),
+        **({"quantization": quantization} if quantization else {}),
         "shared_storage": shared,
     }
 
@@ -425,6 +449,8 @@ def add_checksums(base_dir: Path, manifest: dict) -> None:
     from shira_format.safetensors_file import read_file
     from shira_runtime.integrity import placement_crc32
 
+    from .quantize import quant_of
+
     arts = manifest["artifacts"]
     weights = read_file(base_dir / arts["onnxruntime"]["weights"]) if "onnxruntime" in arts else None
     programs = {}  # (placements key, runtime) -> the file's bytes, for placements addressed by offset
@@ -438,12 +464,13 @@ def add_checksums(base_dir: Path, manifest: dict) -> None:
                 for pl in plist:
                     scale = pl.get("channel_scale")
                     p = Placement(pl["name"], tuple(pl["shape"]), pl["layout"], pl.get("offset"),
-                                  channel_scale=None if scale is None else tuple(scale))
+                                  channel_scale=None if scale is None else tuple(scale), quant=quant_of(pl))
                     if runtime == "onnxruntime":
                         stored = weights.raw(p.name)
                     else:
                         stored = memoryview(programs[(key, runtime)])[p.offset : p.offset + 4 * int(np.prod(p.shape))]
-                    pl["crc32"] = placement_crc32(tname, t["shape"], p, stored)
+                    scales = None if p.quant is None else weights.array(p.quant.scales)
+                    pl["crc32"] = placement_crc32(tname, t["shape"], p, stored, scales)
 
 
 def _write_prepacked_twin(staging: Path, moved: set[str]) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
-from shira_format.weights import open_weights, safetensors_views
+from shira_format.weights import open_weights, quant_scales, safetensors_views
 
 NAME = "onnxruntime"
 
@@ -36,11 +36,18 @@ class OnnxRuntimeBackend:
         # One owned, writable copy of every patchable weight: these bytes ARE the model's weights.
         self._weights_file = open_weights(weights_path, writable=True)
         self.buffers: dict[str, np.ndarray] = safetensors_views(manifest, self._weights_file, weights_path)
+        # quantized placements (quant.py): their scales, graph inputs too, never patched
+        self.scales: dict[str, np.ndarray] = quant_scales(manifest, self._weights_file, weights_path)
         self._ort_values: dict[str, ort.OrtValue] = {}  # kept alive for the session's life (dropping one crashed ORT)
-        verify_placements(verify, manifest, NAME, self.buffers, weights_path, threads)  # before any engine sees them
-        shapes = {p.name: p.shape for info in manifest.tensors.values() for p in info.placements[NAME]}
+        verify_placements(verify, manifest, NAME, self.buffers, weights_path, threads,  # before any engine sees them
+                          scales=self.scales)
+        places = {p.name: p for info in manifest.tensors.values() for p in info.placements[NAME]}
         for name, buf in self.buffers.items():
-            self._ort_values[name] = ort.OrtValue.ortvalue_from_numpy(buf.reshape(shapes[name]))
+            q = places[name].quant
+            shape = places[name].shape if q is None else q.storage_shape(*places[name].shape)
+            self._ort_values[name] = ort.OrtValue.ortvalue_from_numpy(buf.reshape(shape))
+            if q is not None:
+                self._ort_values[q.scales] = ort.OrtValue.ortvalue_from_numpy(self.scales[name])
         self._threads = threads
         self._prepacked_path = root / files.prepacked if files.prepacked else None
         self.prepacked = None  # a _PrepackedSession for the current weights, installed by the session's rebuilder

@@ -1,0 +1,254 @@
+"""Quantized bases (docs/QUANTIZATION.md): int8/int4 MatMulNBits exports of tiny-llama, the shipped task adapters
+written into the integers with the base's scales, fused in float and re-quantized once, reset bit for bit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTERS = {n: ROOT / "models" / "lm_tasks" / f"{n}.shira" for n in ("upper", "reverse")}
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def qbase(request, tmp_path_factory) -> tuple[str, Path]:
+    from shira_toolchain.export import export_model
+    from shira_toolchain.model_source import resolve
+
+    out = tmp_path_factory.mktemp(f"tiny-llama-{request.param}")
+    export_model(resolve("tiny-llama"), out, formats=("onnx",), log=lambda *a: None, quantize=request.param)
+    return request.param, out
+
+
+def test_nibbles_address_entries_and_keep_their_neighbours():
+    from shira_format.quant import Nibbles
+
+    data = np.array([0x21, 0x43, 0x65], dtype=np.uint8)
+    nib = Nibbles(data)
+    assert nib.size == 6 and nib[np.arange(6)].tolist() == [1, 2, 3, 4, 5, 6]
+    nib[np.array([0, 1, 5])] = np.array([15, 14, 0], dtype=np.uint8)  # both halves of byte 0 at once
+    assert data.tolist() == [0xEF, 0x43, 0x05]
+
+
+def test_quantize_is_symmetric_per_block_and_per_channel():
+    from shira_format.quant import Quant, dequantize, quantize
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    w[1] = 0  # an all-zero row stays exact
+    for bits, per_channel in ((4, False), (8, True)):
+        stored, scales = quantize(w, bits, 32, per_channel)
+        q = Quant(bits, 32, "s", per_channel)
+        assert stored.shape == q.storage_shape(4, 64) and scales.shape == (8,)
+        back = dequantize(stored, scales, q, 4, 64)
+        assert np.all(back[1] == 0)
+        # each entry within half a step of its block's scale; the block's largest entry exactly representable
+        step = np.repeat(scales, 32).reshape(4, 64)
+        assert np.all(np.abs(back - w) <= step / 2 + 1e-7)
+        if per_channel:
+            assert np.all(scales[0::2] == scales[1::2])
+        else:
+            blocks = np.abs(w).reshape(4, 2, 32).max(-1).reshape(-1)
+            assert np.allclose(scales[blocks > 0], blocks[blocks > 0] / 7)
+
+
+def test_export_writes_matmulnbits_and_a_version_4_manifest(qbase):
+    import onnx
+
+    mode, base = qbase
+    raw = json.loads((base / "manifest.json").read_text())
+    assert raw["format_version"] == 4 and raw["quantization"]["mode"] == mode
+    assert raw["quantization"]["patchable"] == len(raw["tensors"])
+    bits = {"int8": 8, "int4": 4}[mode]
+    for t in raw["tensors"].values():
+        (pl,) = t["placements"]["onnxruntime"]
+        assert pl["layout"] == "identity" and pl["shape"] == t["shape"] and pl["quant"]["bits"] == bits
+    for name in ("model.onnx", "model_prepacked.onnx"):
+        g = onnx.load(str(base / name), load_external_data=False).graph
+        weights = {i.name for i in g.initializer} | {i.name for i in g.input}
+        nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
+        assert len(nbits) == len(raw["tensors"]), name
+        # what MatMul is left multiplies activations (attention), never a weight
+        assert not [n.input[1] for n in g.node if n.op_type == "MatMul" and n.input[1] in weights], name
+
+
+def _requantized(u: np.ndarray, d: np.ndarray, s: np.ndarray, bits: int) -> np.ndarray:
+    """The spec's formula, entry by entry in plain Python floats (binary64), ties to even."""
+    z = 1 << (bits - 1)
+    out = []
+    for ui, di, si in zip(u.tolist(), d.tolist(), s.tolist()):
+        t = round((ui - z) + di / si)  # Python's round(): half to even
+        out.append(min(max(t, -z), z - 1) + z)
+    return np.array(out, dtype=np.uint8)
+
+
+def _entries(session, pname, p):
+    from shira_format.quant import entries
+
+    return entries(session.patcher.raw[pname], p.quant)
+
+
+def test_switch_requantizes_with_the_base_scales_and_reset_is_bit_exact(qbase):
+    from shira_format.adapter import read_adapter
+    from shira_runtime import ShiraSession
+
+    mode, base = qbase
+    with ShiraSession(base, prepack="off") as s:
+        before = snapshot(s)
+        s.load(ADAPTERS["upper"])
+        s.switch("upper")
+        adapter = read_adapter(ADAPTERS["upper"], s.manifest)
+        clamped = 0
+        for t in adapter.tensors.values():
+            info = s.manifest.tensors[t.target]
+            (p,) = info.placements["onnxruntime"]
+            base_u = _entries_of_bytes(before[p.name], p)[t.indices]
+            scale = p.quant.scale_of(s.backend.scales[p.name], t.indices, info.shape[1])
+            want = _requantized(base_u, t.values, scale, p.quant.bits)
+            assert np.array_equal(_entries(s, p.name, p)[t.indices], want), t.target
+            z = p.quant.zero_point
+            target = np.rint(base_u.astype(np.float64) - z + t.values.astype(np.float64) / scale)
+            clamped += int(np.count_nonzero((target < -z) | (target > z - 1)))
+            untouched = np.setdiff1d(np.arange(int(np.prod(info.shape))), t.indices)
+            assert np.array_equal(_entries(s, p.name, p)[untouched], base_u_all(before[p.name], p)[untouched])
+        assert s.clamped == clamped > 0  # these adapters were trained on the float base: many leave its range
+        s.reset()
+        assert snapshot(s) == before and s.clamped == 0
+
+
+def _entries_of_bytes(raw: bytes, p):
+    from shira_format.quant import entries
+
+    return entries(np.frombuffer(raw, dtype=np.uint8).copy(), p.quant)
+
+
+def base_u_all(raw: bytes, p) -> np.ndarray:
+    e = _entries_of_bytes(raw, p)
+    return e[np.arange(e.size)]
+
+
+def test_fusion_sums_in_float_and_requantizes_once(qbase):
+    from shira_format.adapter import read_adapter
+    from shira_runtime import ShiraSession
+
+    _, base = qbase
+    with ShiraSession(base, prepack="off") as s:
+        before = snapshot(s)
+        for name, path in ADAPTERS.items():
+            s.load(path, name)
+        s.fuse({"upper": 1.0, "reverse": -0.5})
+        a, b = (read_adapter(ADAPTERS[n], s.manifest) for n in ("upper", "reverse"))
+        overlap = 0
+        for target, ta in a.tensors.items():
+            tb = b.tensors.get(target)
+            info = s.manifest.tensors[target]
+            (p,) = info.placements["onnxruntime"]
+            both, ia, ib = np.intersect1d(ta.indices, tb.indices, return_indices=True) if tb else ([], [], [])
+            if not len(both):
+                continue
+            overlap += len(both)
+            d = (ta.values[ia].astype(np.float64) - 0.5 * tb.values[ib].astype(np.float64)).astype(np.float32)
+            scale = p.quant.scale_of(s.backend.scales[p.name], both, info.shape[1])
+            want = _requantized(_entries_of_bytes(before[p.name], p)[both], d, scale, p.quant.bits)
+            assert np.array_equal(_entries(s, p.name, p)[both], want), target
+        assert overlap > 0  # the two adapters share entries: the sum is what is tested
+        s.reset()
+        assert snapshot(s) == before
+
+
+def test_the_engine_computes_with_the_patched_integers(qbase):
+    """The patchable engine's output equals torch's with the dequantized patched weights (the engine computes in
+    float32 from the integers it reads): the bytes written are the bytes run."""
+    from shira_models import BUILTIN
+    from shira_runtime import ShiraSession
+    from shira_toolchain.model_source import resolve
+
+    assert "tiny-llama" in BUILTIN
+    subject = resolve("tiny-llama")
+    with ShiraSession(qbase[1], prepack="off") as s:
+        s.load(ADAPTERS["reverse"])
+        s.switch("reverse")
+        x = s.manifest.sample_inputs()
+        out = s.run(x)
+        params = dict(subject.model.named_parameters())
+        with torch.no_grad():
+            for target in s.manifest.tensors:
+                params[target].copy_(torch.from_numpy(s.weight(target)))
+            ref = subject.export_module()(*(torch.from_numpy(v) for v in x.values()))
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    (key,) = out
+    assert np.max(np.abs(out[key] - ref.numpy())) < 1e-3 * np.max(np.abs(ref.numpy()))
+
+
+def test_a_refused_fusion_leaves_the_integers_untouched(qbase):
+    from shira_format.errors import AdapterError
+    from shira_runtime import ShiraSession
+
+    with ShiraSession(qbase[1], prepack="off") as s:
+        s.load(ADAPTERS["upper"])
+        s.switch("upper")
+        live = snapshot(s)
+        with pytest.raises(AdapterError):
+            s.fuse({"upper": 1e38, "missing": 1.0})
+        with pytest.raises(AdapterError, match="non-finite"):
+            s.fuse({"upper": 3e38})  # the float sum overflows before any re-quantization
+        assert snapshot(s) == live and s.active == {"upper": 1.0}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda pl: pl["quant"].update(bits=3), "quant bits must be one of"),
+    (lambda pl: pl["quant"].update(block=24), "quant block must be one of"),
+    (lambda pl: pl.update(layout="transpose2d", shape=pl["shape"][::-1]), "identity layout"),
+    (lambda pl: pl["quant"].pop("scales"), "quant scales"),
+])
+def test_a_damaged_quant_entry_is_refused_in_one_line(qbase, tmp_path, edit, message):
+    import shutil
+
+    from shira_format.errors import ManifestError
+    from shira_runtime import ShiraSession
+
+    base = tmp_path / "base"
+    shutil.copytree(qbase[1], base)
+    raw = json.loads((base / "manifest.json").read_text())
+    edit(next(iter(raw["tensors"].values()))["placements"]["onnxruntime"][0])
+    (base / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=message) as e:
+        ShiraSession(base, prepack="off")
+    assert "\n" not in str(e.value) and str(base / "manifest.json") in str(e.value)
+
+
+def test_an_older_version_and_a_changed_scale_are_refused(qbase, tmp_path):
+    import shutil
+
+    from shira_format.errors import ManifestError
+    from shira_format.safetensors_file import read_file
+    from shira_runtime import ShiraSession
+
+    base = tmp_path / "base"
+    shutil.copytree(qbase[1], base)
+    raw = json.loads((base / "manifest.json").read_text())
+    (base / "manifest.json").write_text(json.dumps({**raw, "format_version": 3}))
+    with pytest.raises(ManifestError, match="needs manifest version 4"):
+        ShiraSession(base, prepack="off")
+    (base / "manifest.json").write_text(json.dumps(raw))
+    st = read_file(base / "weights.safetensors")
+    scales = next(iter(raw["tensors"].values()))["placements"]["onnxruntime"][0]["quant"]["scales"]
+    e = st.tensors[scales]
+    data = bytearray((base / "weights.safetensors").read_bytes())
+    data[st.data_start + e.start + 2] ^= 0x01  # a scale's low mantissa bits: still a valid positive float
+    (base / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="does not match the checksum"):
+        ShiraSession(base, prepack="off")
+
+
+def test_quantize_needs_onnx_only(tmp_path):
+    from shira_toolchain.export import ExportError, export_model
+    from shira_toolchain.model_source import resolve
+
+    with pytest.raises(ExportError, match="--format onnx"):
+        export_model(resolve("tiny-llama"), tmp_path, formats=("onnx", "pte"), quantize="int4", log=lambda *a: None)
