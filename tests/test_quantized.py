@@ -252,3 +252,51 @@ def test_quantize_needs_onnx_only(tmp_path):
 
     with pytest.raises(ExportError, match="--format onnx"):
         export_model(resolve("tiny-llama"), tmp_path, formats=("onnx", "pte"), quantize="int4", log=lambda *a: None)
+
+
+def test_in_place_patches_the_packed_integers_at_once_and_resets_them(qbase, tmp_path):
+    """The default session bakes the quantized base (MatMulNBits' packed integers mapped entry by entry) and
+    writes adapters into ORT's own packed copy: its output after a switch equals a fresh constant-weight
+    session built from the same patched integers, and reset gives the base's output back exactly."""
+    import onnxruntime as ort
+    from shira_format.quant import pack_entries
+    from shira_format.safetensors_file import read_file
+    from shira_runtime import ShiraSession
+
+    _, base = qbase
+    with ShiraSession(base, cache_dir=tmp_path / "cache") as s:
+        assert s.mode == "in-place", s.mode_reason
+        x = s.manifest.sample_inputs()
+        before = s.run(x)
+        for name, path in ADAPTERS.items():
+            s.load(path, name)
+        s.fuse({"upper": 1.0, "reverse": 0.5})
+        got = s.run(x)
+        assert s.clamped > 0
+        st = read_file(base / "weights.safetensors", writable=True)
+        for info in s.manifest.tensors.values():
+            (p,) = info.placements["onnxruntime"]
+            st.array(p.name).reshape(-1)[:] = pack_entries(s.backend.placement_values(p.name), p.quant)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        data = bytes(st.buffer)
+        opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [data], [len(data)])
+        ref = ort.InferenceSession(str(base / "model_prepacked.onnx"), opts, providers=["CPUExecutionProvider"])
+        want = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, x)))
+        for k in want:
+            assert np.max(np.abs(got[k] - before[k])) > 1e-3  # the fusion changed the output
+            assert np.max(np.abs(got[k] - want[k])) <= 1e-5 * np.max(np.abs(want[k]))
+        s.reset()
+        after = s.run(x)
+        assert all(np.array_equal(after[k], before[k]) for k in before)
+        assert all(np.array_equal(s.weight(t), _base_weight(base, s.manifest, t)) for t in s.manifest.tensors)
+
+
+def _base_weight(base: Path, manifest, target: str) -> np.ndarray:
+    from shira_format.quant import dequantize
+    from shira_format.safetensors_file import read_file
+
+    st = read_file(base / "weights.safetensors")
+    info = manifest.tensors[target]
+    (p,) = info.placements["onnxruntime"]
+    return dequantize(st.array(p.name), st.array(p.quant.scales).reshape(-1), p.quant, *info.shape)

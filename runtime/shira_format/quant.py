@@ -112,9 +112,20 @@ def quantize(w: np.ndarray, bits: int, block: int, per_channel: bool) -> tuple[n
     return np.ascontiguousarray(u), np.ascontiguousarray(s.reshape(-1))
 
 
+def pack_entries(u: np.ndarray, quant: Quant) -> np.ndarray:
+    """Integer entries in torch order -> the stored bytes (flat)."""
+    u = np.asarray(u, dtype=np.uint8).reshape(-1)
+    return u.copy() if quant.bits == 8 else (u[0::2] & np.uint8(15)) | (u[1::2] << np.uint8(4))
+
+
+def dequantize_entries(u: np.ndarray, scales: np.ndarray, quant: Quant, rows: int, cols: int) -> np.ndarray:
+    """Integer entries in torch order -> the float32 weight [N, K] (s * (u - z), rounded to float32 once)."""
+    s = np.repeat(scales.astype(np.float64), quant.block)
+    return (s * (u.astype(np.float64).reshape(-1) - quant.zero_point)).astype(np.float32).reshape(rows, cols)
+
+
 def dequantize(stored: np.ndarray, scales: np.ndarray, quant: Quant, rows: int, cols: int) -> np.ndarray:
-    """Stored bytes -> the float32 weight [N, K] they hold (s * (u - z), rounded to float32 once)."""
+    """Stored bytes -> the float32 weight [N, K] they hold."""
     u = entries(stored.reshape(-1), quant)[np.arange(rows * cols, dtype=np.int64)] if quant.bits == 4 \
         else stored.reshape(-1)
-    s = np.repeat(scales.astype(np.float64), quant.block)
-    return (s * (u.astype(np.float64) - quant.zero_point)).astype(np.float32).reshape(rows, cols)
+    return dequantize_entries(u, scales, quant, rows, cols)

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from shira_format import manifest as manifest_mod
 from shira_format.errors import ManifestError, first_line
+from shira_format.quant import entries
 from shira_format.safetensors_file import SafetensorsError, parse
-from shira_format.weights import safetensors_views
+from shira_format.weights import quant_scales, safetensors_views
 
 from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, FORMAT, MAP_FILE,  # noqa: F401
                            BakeError, describe, panel_positions, unpack_panels)
@@ -119,25 +120,39 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
 
     x = manifest.sample_inputs()
     rng = np.random.default_rng(0)
+    quant = {p.name: p.quant for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())
+             if p.quant is not None}
     mapped = {}
     for name, w in stored.items():
+        if name in quant:  # new integers at 1% of the entries, written as they are
+            n = int(w.size * 8 // quant[name].bits)
+            idx = np.sort(rng.choice(n, max(1, n // 100), replace=False)).astype(np.int64)
+            mapped[name] = (idx, rng.integers(0, 1 << quant[name].bits, idx.size).astype(np.uint8))
+            continue
         k = max(1, w.size // 100)
         idx = np.sort(rng.choice(w.size, k, replace=False)).astype(np.int64)
         scale = float(np.max(np.abs(w))) or 1.0
         mapped[name] = (idx, (rng.standard_normal(k) * 0.5 * scale).astype(np.float32))
     engine = InPlaceOnnxRuntimeBackend(manifest, threads, verify="off", bake_dir=out_dir)
     try:
-        for key, (pos, delta) in engine.to_buffers(mapped).items():
-            buf = engine.buffers[key]
-            buf[pos] = buf[pos] + delta
+        for key, (pos, value) in engine.to_buffers(mapped).items():
+            q = engine.buffer_quant.get(key)
+            if q is not None:
+                entries(engine.buffers[key], q)[pos] = value
+            else:
+                buf = engine.buffers[key]
+                buf[pos] = buf[pos] + value
         got = engine.run(x)
     finally:
         engine.close()
 
     def patch(st):
-        for name, (idx, delta) in mapped.items():
+        for name, (idx, value) in mapped.items():
             arr = st.array(name).reshape(-1)
-            arr[idx] = arr[idx] + delta
+            if name in quant:
+                entries(arr, quant[name])[idx] = value
+            else:
+                arr[idx] = arr[idx] + value
 
     with tempfile.TemporaryDirectory(prefix="shira-proof-", dir=out_dir) as tmp:
         model = _source_copy(source, weights_name, Path(tmp), patch)
@@ -193,19 +208,23 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
         raise BakeError(f"{manifest.path}: no model_prepacked.onnx to bake (exported by an older shira-export)")
     source, weights_path = manifest.file(files.prepacked), manifest.file(files.weights)
     placements = [p for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())]
+    floats = [p for p in placements if p.quant is None]
+    quants = [p for p in placements if p.quant is not None]  # integer entries: bake_quantized.py
     owner = {p.name: info for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())}
     starts, row = {}, 0
-    for p in placements:
+    for p in floats:
         starts[p.name] = row
         row += -(-int(np.prod(p.shape)) // ROW_WIDTH)
-    if row >= CODE_BASE or len(placements) * ROW_WIDTH >= CODE_BASE:
+    if row >= CODE_BASE or len(floats) * ROW_WIDTH >= CODE_BASE:
         raise BakeError(f"{manifest.path}: too many patchable weights to code positions in float32")
 
     t0 = time.perf_counter()
     from .integrity import verify_placements
 
-    stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
-    verify_placements("fast", manifest, "onnxruntime", stored, weights_path, threads)  # a damaged export is no base
+    weights = _mapped_weights(weights_path)
+    stored = safetensors_views(manifest, weights, weights_path)
+    verify_placements("fast", manifest, "onnxruntime", stored, weights_path, threads,  # a damaged export is no base
+                      scales=quant_scales(manifest, weights, weights_path))
     real_dir = out_dir
     _bake_once(source, real_dir, threads)
     log(f"baked the base in {time.perf_counter() - t0:.1f}s")
@@ -215,12 +234,12 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
     regions, uses = read_regions((real_dir / BAKED_MODEL).read_bytes())
     coded = {}
     with tempfile.TemporaryDirectory(prefix="shira-bake-", dir=out_dir) as tmp:
-        for which in ("row", "col"):
+        for which in ("row", "col") if floats else ():
             t1 = time.perf_counter()
             src_dir, d = Path(tmp) / f"{which}-source", Path(tmp) / which
             src_dir.mkdir()
             d.mkdir()
-            _bake_once(_coded_source(source, files.weights, placements, starts, which, src_dir), d, threads)
+            _bake_once(_coded_source(source, files.weights, floats, starts, which, src_dir), d, threads)
             shutil.rmtree(src_dir)
             if read_regions((d / BAKED_MODEL).read_bytes())[0] != regions:
                 raise BakeError(f"{source}: ONNX Runtime lays the weights out differently when their values "
@@ -228,8 +247,13 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
             coded[which] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
             log(f"baked the {which} positions in {time.perf_counter() - t1:.1f}s")
         real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
-        found = _decode(regions, coded, placements, starts)
+        found = _decode(regions, coded, floats, starts) if floats else {}
         del coded
+        if quants:
+            from .bake_quantized import learn_quantized
+
+            found.update(learn_quantized(source, files.weights, quants, stored, regions, Path(tmp), _bake_once,
+                                         _source_copy, threads, log))
 
     by_region = {}
     for r in regions:
@@ -239,28 +263,37 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
     maps_dir.mkdir(exist_ok=True)
     for p in placements:
         copies = []
-        for region, positions in found.get(p.name, []):
+        for region, positions, *want in found.get(p.name, []):
             packed_elsewhere = any(r.kind == "prepacked" for r in by_region.get(region.initializer, []))
             if region.kind == "data" and packed_elsewhere and uses.get(region.initializer, 0) <= 1:
                 continue  # the only consumer reads the packed copy: the plain one is never read again
-            view = _region_view(real, region)
-            want = stored[p.name].view(np.uint32)
-            if not np.array_equal(view.view(np.uint32)[positions], want):
+            if p.quant is None:
+                same = np.array_equal(_region_view(real, region).view(np.uint32)[positions],
+                                      stored[p.name].view(np.uint32))
+            else:
+                from .bake_quantized import slots
+
+                n = int(np.prod(p.shape))
+                same = np.array_equal(slots(real, region, p.quant.bits)[positions],
+                                      want[0][np.arange(n, dtype=np.int64)])
+            if not same:
                 raise BakeError(f"{manifest.path}: weight {owner[p.name].name} ({p.name}): ONNX Runtime transforms "
                                 f"its values when it optimizes ({region.initializer}); it cannot be patched in place")
             copy = {"region": region.initializer, "kind": region.kind, "offset": region.offset,
                     "length": region.length, "positions": describe(positions, p.shape)}
+            if p.quant is not None:
+                copy["unit"] = "byte" if p.quant.bits == 8 else "nibble"
             if copy["positions"] is None:  # no known form: the whole map, on disk, read through a mapping
                 fname = f"{len(os.listdir(maps_dir))}.npy"
-                np.save(maps_dir / fname, positions.astype(np.uint32 if region.length < 1 << 34 else np.int64))
+                np.save(maps_dir / fname, positions.astype(np.uint32 if region.length < (1 << 31 if p.quant else 1 << 34) else np.int64))
                 copy["positions"] = f"maps/{fname}"
             copies.append(copy)
         if not copies:
             raise BakeError(f"{manifest.path}: weight {owner[p.name].name} ({p.name}) is not in the baked data file "
                             f"(below {MIN_EXTERNAL_BYTES} bytes, or folded into another constant); it cannot be "
                             "patched in place")
-        out["placements"][p.name] = {"copies": copies,
-                                     "absmax": float(np.max(np.abs(stored[p.name]))) if stored[p.name].size else 0.0}
+        absmax = float(np.max(np.abs(stored[p.name]))) if stored[p.name].size and p.quant is None else 0.0
+        out["placements"][p.name] = {"copies": copies, "absmax": absmax}
     _load_check(out_dir, threads)
     (out_dir / MAP_FILE).write_text(json.dumps(out, indent=1))
     _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)

@@ -24,6 +24,9 @@ class BakeError(Exception):
 #                           panel stored row by row: f = k*N + n lies at
 #                           kb*k_block*aligned_n + (n // panel)*Kb*panel + (k % k_block)*panel + n % panel,
 #                           kb = k // k_block, Kb = min(K - kb*k_block, k_block)
+#   {"form": "tiles", ...}  a permutation repeated in tiles of `period` entries (MatMulNBits' packed integers:
+#                           at 4 bits two blocks of 32 interleave nibble by nibble): f lies at
+#                           (f // period) * period + perm[f % period]
 
 def panel_positions(flat: np.ndarray, form: dict) -> np.ndarray:
     k_total, n_total, kblock, panel, aligned = (form[x] for x in ("rows", "cols", "k_block", "panel", "aligned_n"))
@@ -48,11 +51,34 @@ def unpack_panels(region: np.ndarray, form: dict) -> np.ndarray | None:
     return out.reshape(-1)
 
 
+def tile_positions(flat: np.ndarray, form: dict) -> np.ndarray:
+    period = int(form["period"])
+    q, r = np.divmod(flat.astype(np.int64), period)
+    return q * period + np.asarray(form["perm"], dtype=np.int64)[r]
+
+
+def _tiles(positions: np.ndarray) -> dict | None:
+    n = positions.size
+    for period in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+        if n % period:
+            break
+        perm = positions[:period]
+        if sorted(perm.tolist()) != list(range(period)):
+            continue
+        form = {"form": "tiles", "period": period, "perm": [int(v) for v in perm]}
+        if np.array_equal(tile_positions(np.arange(n), form), positions):
+            return form
+    return None
+
+
 def describe(positions: np.ndarray, shape) -> str | dict | None:
     """The formula that gives exactly `positions` (entry f of a weight of `shape` -> index in its region), if any."""
     n = positions.size
     if np.array_equal(positions, np.arange(n)):
         return "contiguous"
+    tiles = _tiles(positions)
+    if tiles is not None:
+        return tiles
     if len(shape) != 2:
         return None
     rows, cols = int(shape[0]), int(shape[1])

@@ -38,7 +38,7 @@ import numpy as np
 from shira_format import manifest as manifest_mod
 from shira_format.adapter import Adapter, read_adapter
 from shira_format.errors import AdapterError, ManifestError, ShiraError, first_line
-from shira_format.quant import dequantize
+from shira_format.quant import dequantize, dequantize_entries
 
 from .integrity import VERIFY_MODES
 from .patcher import WeightPatcher
@@ -58,9 +58,6 @@ def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
                       "method load (docs/INPLACE.md)")
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
         return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
-    if any(p.quant is not None for info in manifest.tensors.values() for p in info.placements.get(name, ())):
-        return None, ("a quantized base is not baked yet: MatMulNBits packs its integers into MLAS's own block "
-                      "layout, which the bake does not map (docs/QUANTIZATION.md)")
     from .baked_layout import BakeError
     from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
 
@@ -142,8 +139,10 @@ class ShiraSession:
         self._closed = False
 
     def _open(self, threads, prepack) -> None:
-        quant = {p.name: p.quant for info in self.manifest.tensors.values()
-                 for p in info.placements.get(self.backend.name, ()) if p.quant is not None}
+        quant = getattr(self.backend, "buffer_quant", None)  # in place: per copy buffer
+        if quant is None:
+            quant = {p.name: p.quant for info in self.manifest.tensors.values()
+                     for p in info.placements.get(self.backend.name, ()) if p.quant is not None}
         self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads,
                                                          getattr(self.backend, "absmax", None), quant)
         self.clamped = 0  # quantized bases: entries of the active state clamped to the integer range
@@ -225,8 +224,7 @@ class ShiraSession:
             for p in info.placements.get(self.backend.name, ()):
                 mapped[p.name] = p.patch_terms(t.indices, t.values, info.shape)  # scaled where BN was folded
                 if p.quant is not None:  # each entry's quantization scale travels with it (quant.py)
-                    idx = mapped[p.name][0]
-                    mapped[p.name] += (p.quant.scale_of(self.backend.scales[p.name], idx, info.shape[1]),)
+                    mapped[p.name] += (self.backend.entry_scales(p.name, mapped[p.name][0], info.shape[1]),)
         if hasattr(self.backend, "to_buffers"):  # in place: each placement's copies in the baked file
             mapped = self.backend.to_buffers(mapped)
         with self._patch_mutex:
@@ -325,6 +323,9 @@ class ShiraSession:
         info = self.manifest.tensors[torch_name]
         p = info.placements[self.backend.name][0]
         if p.quant is not None:
+            if hasattr(self.backend, "placement_values"):
+                return dequantize_entries(self.backend.placement_values(p.name),
+                                          self.backend.placement_scales(p.name), p.quant, *info.shape)
             return dequantize(self.backend.buffers[p.name], self.backend.scales[p.name], p.quant, *info.shape)
         if hasattr(self.backend, "placement_values"):
             return p.to_torch_layout(self.backend.placement_values(p.name), info.shape).copy()

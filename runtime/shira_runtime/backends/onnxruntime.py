@@ -42,6 +42,7 @@ class OnnxRuntimeBackend:
         verify_placements(verify, manifest, NAME, self.buffers, weights_path, threads,  # before any engine sees them
                           scales=self.scales)
         places = {p.name: p for info in manifest.tensors.values() for p in info.placements[NAME]}
+        self._quant = {n: p.quant for n, p in places.items() if p.quant is not None}
         for name, buf in self.buffers.items():
             q = places[name].quant
             shape = places[name].shape if q is None else q.storage_shape(*places[name].shape)
@@ -72,6 +73,10 @@ class OnnxRuntimeBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # ORT's load-time warnings say nothing a user can act on; errors still raise
         return opts
+
+    def entry_scales(self, pname: str, flat: np.ndarray, cols: int) -> np.ndarray:
+        """The quantization scale of each torch flat index of a quantized placement."""
+        return self._quant[pname].scale_of(self.scales[pname], flat, cols)
 
     def weights_changed(self, names: set[str]) -> None:
         """Nothing to do: every run of the patchable engine reads the bound buffers."""

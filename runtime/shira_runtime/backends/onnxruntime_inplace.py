@@ -27,10 +27,12 @@ import threading
 
 import numpy as np
 import onnxruntime as ort
-from shira_format.errors import ManifestError
+from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
+from shira_format.quant import entries, pack_entries
 
-from ..baked_layout import BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, panel_positions, unpack_panels
+from ..baked_layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, panel_positions, tile_positions,
+                            unpack_panels)
 from ..bake_cache import acquire, discard
 from .onnxruntime import NAME, create_session
 
@@ -58,9 +60,9 @@ def engine_mappings(path) -> list[tuple[int, int, int]]:
     return out
 
 
-def _view(address: int, nbytes: int) -> np.ndarray:
-    """A float32 array over memory ORT owns (valid while its session lives; dropped before it is freed)."""
-    return np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=np.float32)
+def _view(address: int, nbytes: int, dtype=np.float32) -> np.ndarray:
+    """An array over memory ORT owns (valid while its session lives; dropped before it is freed)."""
+    return np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=dtype)
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -87,11 +89,16 @@ class _CacheDamaged(Exception):
 class _Copy:
     """One live copy of a placement in the data file: its buffer and where each entry of the weight lies."""
 
-    def __init__(self, key: str, spec: dict, slot_dir, size: int):
+    def __init__(self, key: str, spec: dict, slot_dir, size: int, quant=None):
         self.key = key
         self.keys: list[str] = []  # its buffers: one per mapping of ORT's that holds the region (see _open)
         self.offset, self.length = int(spec["offset"]), int(spec["length"])
         self.size = size
+        self.quant = quant  # a quantized placement: slots are bytes (int8) or nibbles (int4), not floats
+        self.unit = spec.get("unit", "float")
+        want = "float" if quant is None else "byte" if quant.bits == 8 else "nibble"
+        if self.unit != want:
+            raise _CacheDamaged(f"{slot_dir / MAP_FILE}: {key} is mapped in {self.unit}s, the manifest says {want}s")
         form = spec["positions"]
         self.form = form
         self._map = np.load(slot_dir / form, mmap_mode="r") if isinstance(form, str) and form != "contiguous" else None
@@ -101,21 +108,33 @@ class _Copy:
             return flat.astype(np.int64, copy=False)
         if self._map is not None:
             return self._map[flat].astype(np.int64)
+        if self.form.get("form") == "tiles":
+            return tile_positions(flat, self.form)
         return panel_positions(flat, self.form)
 
     def values(self, region: np.ndarray) -> np.ndarray:
-        """The weight, flat in its stored layout, read out of this copy's region (a copy of the values)."""
+        """The weight, flat in its stored layout, read out of this copy's region (a copy of the values); for a
+        quantized copy (`region`: its bytes) the integer entries in torch order."""
+        if self.quant is not None:
+            return entries(region, self.quant)[self.positions(np.arange(self.size, dtype=np.int64))]
         if self.form == "contiguous":
             return np.array(region[:self.size])
-        if self._map is None:
+        if self._map is None and self.form.get("form") == "panels":
             out = unpack_panels(region, self.form)
             if out is not None:
                 return out
         return region[self.positions(np.arange(self.size, dtype=np.int64))]
 
     @property
-    def buffer_elements(self) -> int:
-        return self.size if self.form == "contiguous" else self.length // 4
+    def nbytes(self) -> int:
+        """The bytes of the region the buffer covers."""
+        if self.quant is not None:
+            return self.length
+        return 4 * (self.size if self.form == "contiguous" else self.length // 4)
+
+    def byte_of(self, pos: np.ndarray) -> np.ndarray:
+        """Buffer positions (slots) -> byte offsets in the region."""
+        return pos * 4 if self.unit == "float" else pos if self.unit == "byte" else pos >> 1
 
 
 class InPlaceOnnxRuntimeBackend:
@@ -154,6 +173,8 @@ class InPlaceOnnxRuntimeBackend:
         file_size = data_path.stat().st_size
         self.absmax: dict[str, float] = {}  # per buffer, for the patcher
         self._absmax: dict[str, float] = {}  # per placement
+        self.buffer_quant: dict = {}  # quantized buffer -> its Quant, for the patcher
+        self._places = {p.name: p for info in self.manifest.tensors.values() for p in info.placements.get(NAME, ())}
         self.copies: dict[str, list[_Copy]] = {}
         for info in self.manifest.tensors.values():
             for p in info.placements.get(NAME, ()):
@@ -163,8 +184,8 @@ class InPlaceOnnxRuntimeBackend:
                 size = int(np.prod(p.shape))
                 copies = []
                 for c in entry["copies"]:
-                    copy = _Copy(f"{p.name}@{c['offset']}", c, slot, size)
-                    if copy.offset + copy.buffer_elements * 4 > file_size:
+                    copy = _Copy(f"{p.name}@{c['offset']}", c, slot, size, p.quant)
+                    if copy.offset + copy.nbytes > file_size:
                         raise _CacheDamaged(f"{data_path}: {p.name} lies outside the file (truncated?)")
                     copies.append(copy)
                 self.copies[p.name] = copies
@@ -189,7 +210,7 @@ class InPlaceOnnxRuntimeBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         for pname, copies in self.copies.items():
             for copy in copies:
-                nbytes = copy.buffer_elements * 4
+                nbytes = copy.nbytes
                 where = [lo + copy.offset - off for lo, size, off in maps
                          if off <= copy.offset and copy.offset + nbytes <= off + size]
                 if not where:
@@ -200,8 +221,11 @@ class InPlaceOnnxRuntimeBackend:
                 # patch goes into every mapping holding the whole region (neighbours never read these bytes)
                 for k, address in enumerate(where):
                     key = f"{copy.key}#{k}"
-                    self.buffers[key] = _view(address, nbytes)
-                    self.absmax[key] = self._absmax[pname]
+                    self.buffers[key] = _view(address, nbytes, np.float32 if copy.quant is None else np.uint8)
+                    if copy.quant is None:
+                        self.absmax[key] = self._absmax[pname]
+                    else:
+                        self.buffer_quant[key] = copy.quant
                     copy.keys.append(key)
 
     def _verify(self, mode: str, data_path) -> None:
@@ -209,31 +233,59 @@ class InPlaceOnnxRuntimeBackend:
         must hold the weight the manifest's checksum names."""
         from ..integrity import verify_placements
 
+        scales = {}
+        if self.buffer_quant or any(c.quant is not None for cs in self.copies.values() for c in cs):
+            scales = {name: np.array(s) for name, s in self._scales().items()}
         with open(data_path, "rb") as f:
             for pname, copies in self.copies.items():
                 for copy in copies:
                     f.seek(copy.offset)
-                    values = copy.values(np.frombuffer(f.read(copy.buffer_elements * 4), dtype=np.float32))
+                    raw = f.read(copy.nbytes)
+                    if copy.quant is None:
+                        values = copy.values(np.frombuffer(raw, dtype=np.float32))
+                    else:  # the integers back in the export's byte order, which its checksum covers
+                        values = pack_entries(copy.values(np.frombuffer(raw, dtype=np.uint8)), copy.quant)
                     try:
                         verify_placements(mode, self.manifest, NAME, {pname: values}, data_path, threads=1,
-                                          only={pname})
+                                          only={pname}, scales=scales)
                     except ManifestError as e:
                         raise _CacheDamaged(str(e)) from None
 
-    def to_buffers(self, mapped: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Placement name -> (flat indices, deltas) becomes copy buffer -> (positions sorted, deltas to match)."""
+    def to_buffers(self, mapped: dict[str, tuple]) -> dict[str, tuple]:
+        """Placement name -> (flat indices, deltas, [entry scales]) becomes copy buffer -> (positions sorted,
+        the other arrays permuted to match)."""
         out = {}
-        for pname, (idx, delta) in mapped.items():
+        for pname, (idx, *rest) in mapped.items():
             for copy in self.copies[pname]:
                 pos = copy.positions(idx)
                 if not (copy.form == "contiguous" or (pos.size and np.all(pos[1:] > pos[:-1]))):
                     order = np.argsort(pos, kind="stable")
-                    pos, delta_sorted = pos[order], delta[order]
+                    pos, sorted_rest = pos[order], tuple(a[order] for a in rest)
                 else:
-                    delta_sorted = delta
+                    sorted_rest = tuple(rest)
                 for key in copy.keys:
-                    out[key] = (pos, delta_sorted)
+                    out[key] = (pos, *sorted_rest)
         return out
+
+    def _scales(self) -> dict:
+        """Quantized placement name -> its scales, read through a mapping of the export's weights file (opened
+        for the call: the pages leave this process with it)."""
+        from shira_format.safetensors_file import parse
+        from shira_format.weights import quant_scales
+
+        path = self.manifest.file(self.manifest.files_of(NAME).weights)
+        try:
+            st = parse(np.memmap(path, dtype=np.uint8, mode="r"), str(path))
+        except Exception as e:  # noqa: BLE001 - a missing or damaged file: one line naming it
+            raise ManifestError(f"{path}: cannot read the quantization scales: {first_line(e)}") from None
+        return quant_scales(self.manifest, st, path)
+
+    def entry_scales(self, pname: str, flat: np.ndarray, cols: int) -> np.ndarray:
+        p = self._places[pname]
+        return p.quant.scale_of(self._scales()[pname], flat, cols)
+
+    def placement_scales(self, pname: str) -> np.ndarray:
+        return np.array(self._scales()[pname])
 
     def prepare_pages(self, mapped: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         """Make the pages an adapter will write this process's own now, at load(), not in its first switch.
@@ -243,10 +295,11 @@ class InPlaceOnnxRuntimeBackend:
         for later ones. MADV_POPULATE_WRITE does those copies in the kernel in one call per run of pages; where
         the kernel lacks it, one float per page is written back unchanged (under the patch mutex: no patch
         can interleave; a concurrent run reads the same value either way)."""
-        for key, (pos, _) in mapped.items():
+        byte_of = {key: copy.byte_of for copies in self.copies.values() for copy in copies for key in copy.keys}
+        for key, (pos, *_) in mapped.items():
             buf = self.buffers[key]
             start = _buffer_address(buf)
-            pages = np.unique((start + 4 * pos) // PAGE)  # pos is sorted: so are the pages
+            pages = np.unique((start + byte_of[key](pos)) // PAGE)  # pos is sorted: so are the pages
             if not pages.size:
                 continue
             breaks = np.flatnonzero(np.diff(pages) > 1)
@@ -254,12 +307,15 @@ class InPlaceOnnxRuntimeBackend:
             last = np.concatenate([breaks, [pages.size - 1]])
             ok = all(_populate_write(int(pages[a]) * PAGE, int(pages[b] - pages[a] + 1) * PAGE)
                      for a, b in zip(first, last))
-            if not ok:
-                one = pos[np.unique((start + 4 * pos) // PAGE, return_index=True)[1]]
-                buf[one] = buf[one]
+            if not ok:  # one byte per page written back as it is
+                offsets = byte_of[key](pos)
+                first = offsets[np.unique((start + offsets) // PAGE, return_index=True)[1]]
+                raw = buf.view(np.uint8)
+                raw[first] = raw[first]
 
     def placement_values(self, pname: str) -> np.ndarray:
-        """The live weight of a placement, flat in its stored layout (a copy)."""
+        """The live weight of a placement, flat in its stored layout (a copy); a quantized one's integer
+        entries in torch order."""
         copy = self.copies[pname][0]
         return copy.values(self.buffers[copy.keys[0]])
 
