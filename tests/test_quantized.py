@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ADAPTERS = {n: ROOT / "models" / "lm_tasks" / f"{n}.shira" for n in ("upper", "reverse")}
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
+# int4 in the default run (nibbles, the harder layout); int8 with the long cases
+@pytest.fixture(scope="module", params=[pytest.param("int8", marks=pytest.mark.long), "int4"])
 def qbase(request, tmp_path_factory) -> tuple[str, Path]:
     from shira_toolchain.export import export_model
     from shira_toolchain.model_source import resolve
@@ -300,3 +301,93 @@ def _base_weight(base: Path, manifest, target: str) -> np.ndarray:
     info = manifest.tensors[target]
     (p,) = info.placements["onnxruntime"]
     return dequantize(st.array(p.name), st.array(p.quant.scales).reshape(-1), p.quant, *info.shape)
+
+
+def test_headroom_defaults_and_limits(qbase):
+    """int8 leaves 4x room above each row's largest weight for adapters (docs/QUANTIZATION.md measures why),
+    int4 none; constants never get headroom."""
+    from shira_toolchain.export import ExportError, export_model
+    from shira_toolchain.model_source import resolve
+
+    mode, base = qbase
+    q = json.loads((base / "manifest.json").read_text())["quantization"]
+    assert q["headroom"] == {"int8": 4.0, "int4": 1.0}[mode] and q["patchable_mode"] == mode
+    with pytest.raises(ExportError, match="--headroom must be between 1 and 16"):
+        export_model(resolve("tiny-llama"), base.parent / "never", formats=("onnx",), quantize=mode, headroom=0.5,
+                     log=lambda *a: None)
+    # the scales: each row's largest integer is at most (z - 1) / headroom away from the zero point
+    from shira_format.safetensors_file import read_file
+    from shira_format.quant import entries
+
+    raw = json.loads((base / "manifest.json").read_text())
+    st = read_file(base / "weights.safetensors")
+    pl = next(iter(raw["tensors"].values()))["placements"]["onnxruntime"][0]
+    u = entries(st.array(pl["name"]).reshape(-1), _quant(pl))
+    z = 1 << (pl["quant"]["bits"] - 1)
+    top = np.abs(u[np.arange(int(np.prod(pl["shape"])))].astype(np.int64) - z).max()
+    assert top <= (z - 1) / q["headroom"] + 0.5 and top >= (z - 1) / q["headroom"] - 0.5
+
+
+def _quant(pl):
+    from shira_format.quant import Quant
+
+    return Quant(pl["quant"]["bits"], pl["quant"]["block"], pl["quant"]["scales"], pl["quant"]["per_channel"])
+
+
+def test_patchable_int8_under_an_int4_base(tmp_path):
+    """--quantize int4 --quantize-patchable int8: the weights adapters touch stay 8-bit (with headroom), the rest
+    are 4-bit constants; the session switches in place and resets bit for bit."""
+    from shira_runtime import ShiraSession
+    from shira_toolchain.export import export_model
+    from shira_toolchain.model_source import resolve
+
+    base = tmp_path / "mixed"
+    targets = r"(q_proj|v_proj|up_proj|down_proj)\.weight$"
+    export_model(resolve("tiny-llama"), base, targets, formats=("onnx",), log=lambda *a: None, quantize="int4",
+                 quantize_patchable="int8")
+    raw = json.loads((base / "manifest.json").read_text())
+    assert {pl["quant"]["bits"] for t in raw["tensors"].values() for pl in t["placements"]["onnxruntime"]} == {8}
+    assert raw["quantization"]["constants"] > 0 and raw["quantization"]["mode"] == "int4"
+    with ShiraSession(base, cache_dir=tmp_path / "cache") as s:
+        assert s.mode == "in-place", s.mode_reason
+        before = {k: np.array(v) for k, v in s.patcher.raw.items()}
+        s.load(ADAPTERS["upper"])
+        s.switch("upper")
+        assert s.clamped < 0.1 * 5632  # 4x headroom: the float-trained adapter mostly fits
+        s.reset()
+        assert all(np.array_equal(s.patcher.raw[k], before[k]) for k in before)
+
+
+def test_an_adapter_trained_on_the_quantized_base_is_never_clamped(qbase, tmp_path):
+    """shira-train --quantized-base keeps every value within its entry's range: the pack report and the session
+    both count 0 clamped entries, where the same recipe trained on the float base is clamped."""
+    from shira_runtime import ShiraSession
+    from shira_toolchain.model_source import resolve
+    from shira_toolchain.pack import pack_adapter
+    from shira_toolchain.train import TrainConfig, train
+
+    mode, base = qbase  # int4's range is the narrow one; int8 (long run) is checked the same way
+    reports = {}
+    for label, qb in (("on-base", str(base)), ("float", None)):
+        cfg = TrainConfig(task="upper", mask="snip", r=1, steps=40, lr=5e-2, seed=0,
+                          targets=r"(q_proj|v_proj)\.weight$", quantized_base=qb)
+        train(resolve("tiny-llama"), cfg, tmp_path / label, log=lambda *a: None, progress=False)
+        reports[label] = pack_adapter(tmp_path / label, base, tmp_path / f"{label}.shira")
+    assert reports["on-base"].quantized["clamped"] == 0 and reports["on-base"].quantized["kept"] > 0.8
+    if mode == "int4":  # no headroom: the float recipe overshoots the scales (int8's 4x headroom may hold it)
+        assert reports["float"].quantized["clamped"] > 0
+    with ShiraSession(base, prepack="off") as s:
+        s.load(tmp_path / "on-base.shira", "q")
+        s.switch("q")
+        assert s.clamped == 0
+
+
+def test_a_full_finetune_is_packed_against_the_float_base(qbase, tmp_path):
+    from safetensors.numpy import save_file
+    from shira_toolchain.model_source import resolve
+    from shira_toolchain.pack import PackError, pack_adapter
+
+    state = {n: p.detach().numpy().copy() for n, p in resolve("tiny-llama").model.named_parameters()}
+    save_file(state, str(tmp_path / "ft.safetensors"))
+    with pytest.raises(PackError, match="pack it against the float32 export"):
+        pack_adapter(tmp_path / "ft.safetensors", qbase[1], tmp_path / "ft.shira", density=0.01)

@@ -109,7 +109,15 @@ def export_group():
               help="A weight-only quantized base (ONNX Runtime, --format onnx): every MatMul weight becomes "
                    "MatMulNBits integers, int8 with one scale per output channel or int4 with one per block of "
                    "32. Adapters are patched into the integers with the base's scales (docs/QUANTIZATION.md).")
-def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cache, quantize):
+@click.option("--quantize-patchable", type=click.Choice(["int8", "int4"]), default=None,
+              help="With --quantize: the patchable weights' own mode (default: the same), e.g. --quantize int4 "
+                   "--quantize-patchable int8 keeps the weights adapters touch at 8 bits under a 4-bit base.")
+@click.option("--headroom", type=float, default=None,
+              help="With --quantize: the patchable weights' scales cover this many times their largest entry, room "
+                   "for adapters' values (never for constants). Default 4 at int8, 1 at int4 (measured in "
+                   "docs/QUANTIZATION.md).")
+def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cache, quantize, quantize_patchable,
+                     headroom):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
     quiet_third_party()
@@ -129,7 +137,10 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cac
             from .export.kv_cache import with_kv_cache
 
             subject = with_kv_cache(subject)
-        export_model(subject, out_dir, targets, formats=formats, log=click.echo, quantize=quantize)
+        if (quantize_patchable or headroom is not None) and not quantize:
+            raise ExportError("--quantize-patchable and --headroom apply to a quantized export: add --quantize")
+        export_model(subject, out_dir, targets, formats=formats, log=click.echo, quantize=quantize,
+                     quantize_patchable=quantize_patchable, headroom=headroom)
     except (ExportError, ModelSourceError, ShiraError) as e:
         _fail(e)
 
@@ -177,6 +188,12 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
     click.echo(f"  indices: {codings}; values: {r.value_coding}, max abs error {r.value_max_abs_error:.3g}")
     if r.sparsify_rel_error is not None:
         click.echo(f"  sparsification: relative error ||delta - kept|| / ||delta|| = {r.sparsify_rel_error:.4f}")
+    if r.quantized is not None:
+        q = r.quantized
+        click.echo(f"  quantized base: {q['clamped']:,} of {q['entries']:,} entries clamped by the base's scales; the "
+                   f"integers hold {q['kept']:.1%} of the delta"
+                   + ("" if q["clamped"] <= 0.01 * q["entries"] else
+                      " (train it on this base: shira-train --quantized-base, or export with more --headroom)"))
     if r.ignored and r.ignored_checked:
         click.echo(f"  warning: {len(r.ignored)} changed weight(s) of the fine-tune are not patchable in this base, "
                    f"so their change is lost: {', '.join(r.ignored[:3])}{'...' if len(r.ignored) > 3 else ''} "
@@ -231,11 +248,18 @@ def pack_inspect_cmd(file):
               help="A .safetensors state dict loaded into the base model first.")
 @click.option("--lora", is_flag=True, help="Train the LoRA baseline (peft.LoraConfig, rank r, alpha r) instead: "
                                            "the same number of trainable values, for comparison.")
-def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batches, targets, weights, lora):
+@click.option("--quantized-base", default=None, type=click.Path(exists=True, file_okay=False),
+              help="An int8/int4 export of MODEL (shira-export --quantize): train on its integers, each trainable "
+                   "value kept within what its entry can hold with the base's scales, so the adapter is not "
+                   "clamped on the device (docs/QUANTIZATION.md).")
+def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batches, targets, weights, lora,
+              quantized_base):
     """Fine-tune MODEL (built-in name, package.module:factory, or a local HF directory) with a SHiRA adapter
     and write a checkpoint that `shira-pack adapter` accepts. Linear layers use peft.ShiraConfig with the
     chosen mask; conv layers use the same sparse scheme (PEFT's SHiRA is Linear-only) in the same layout."""
     quiet_third_party()
+    from shira_format.errors import ShiraError
+
     from .export import ExportError, check_targets
     from .model_source import ModelSourceError, resolve
     from .train import TrainConfig, train
@@ -245,9 +269,10 @@ def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batche
         if not task and not data:
             raise ValueError("give --task (a built-in objective) or --data FILE")
         train(resolve(model, weights), TrainConfig(task=task or "text", mask=mask, r=r, steps=steps, lr=lr, seed=seed,
-                                                   calib_batches=calib_batches, targets=targets, lora=lora, data=data),
+                                                   calib_batches=calib_batches, targets=targets, lora=lora, data=data,
+                                                   quantized_base=quantized_base),
               out_dir, log=click.echo)
-    except (ModelSourceError, ExportError, ValueError) as e:
+    except (ModelSourceError, ExportError, ValueError, ShiraError) as e:  # ShiraError: a damaged --quantized-base
         _fail(e)
 
 
@@ -277,12 +302,22 @@ def train_main():
                    "session, PEFT LoRA, ORT's LoRA adapters. Writes real_size.{json,md,png}. 13.5 min on the 2-core "
                    "x86-64 dev machine (`shira-bench --real-size --out reports/real_size`); --quick: the 168M Llama "
                    "only, about 3 min.")
-def bench_cmd(out_dir, quick, threads, real_size):
+@click.option("--quantized", is_flag=True,
+              help="Instead: quantized bases (int8, int4) against float32: tiny-llama's task adapters written into "
+                   "the integers (accuracy, bits/byte, clamped entries, against merging in float32 and then "
+                   "quantizing), and a 168M Llama's memory, bake, switch and speed in place. Writes "
+                   "quantized.{json,md,png}; --quick: the tiny-llama part only.")
+def bench_cmd(out_dir, quick, threads, real_size, quantized):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
     a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
     switch time against model size from ~10M to ~1.1B parameters."""
     quiet_third_party()
+    if quantized:
+        from .bench.quantized import run_quantized
+
+        run_quantized(out_dir, quick, threads, log=click.echo)
+        return
     if real_size:
         from .bench.real_size import run_real_size
 

@@ -95,14 +95,17 @@ def requantize(base: np.ndarray, delta: np.ndarray, scale: np.ndarray, quant: Qu
     return (np.clip(target, -z, z - 1) + z).astype(np.uint8), clamped
 
 
-def quantize(w: np.ndarray, bits: int, block: int, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+def quantize(w: np.ndarray, bits: int, block: int, per_channel: bool, headroom: float = 1.0
+             ) -> tuple[np.ndarray, np.ndarray]:
     """A float32 weight [N, K] -> (stored bytes [N, K/block, block*bits/8], scales [N*K/block] float32):
-    symmetric, s = absmax / (2^(bits-1) - 1) per block (per row with `per_channel`), u = z + clamp(rint(w/s))."""
+    symmetric, s = headroom * absmax / (2^(bits-1) - 1) per block (per row with `per_channel`),
+    u = z + clamp(rint(w/s)). `headroom` > 1 leaves room above the base's largest weight for adapters' entries,
+    at the cost of coarser steps for the base."""
     n, k = w.shape
     z = 1 << (bits - 1)
     blocks = w.reshape(n, k // block, block).astype(np.float32)
     absmax = np.abs(blocks).max(axis=(1, 2) if per_channel else 2, keepdims=True)
-    s = (absmax / np.float32(z - 1)).astype(np.float32)
+    s = (absmax.astype(np.float64) * headroom / (z - 1)).astype(np.float32)
     s = np.where(s == 0, np.float32(1), s).astype(np.float32)  # an all-zero block: any scale gives exact zeros
     s = np.broadcast_to(s, (n, k // block, 1))
     u = (np.clip(np.rint(blocks.astype(np.float64) / s.astype(np.float64)), -z, z - 1) + z).astype(np.uint8)

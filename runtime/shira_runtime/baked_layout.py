@@ -24,6 +24,11 @@ class BakeError(Exception):
 #                           panel stored row by row: f = k*N + n lies at
 #                           kb*k_block*aligned_n + (n // panel)*Kb*panel + (k % k_block)*panel + n % panel,
 #                           kb = k // k_block, Kb = min(K - kb*k_block, k_block)
+#   {"form": "row_groups", ...} MatMulNBits' packed integers of W [N, K]: rows in groups of `group`; a group's
+#                           rows stored chunk by chunk (`chunk` entries of one row, then the same chunk of the
+#                           next row...), a permutation `perm` inside each chunk: (n, k) lies at
+#                           g*group*K + (k // chunk)*G*chunk + r*chunk + perm[k % chunk], g, r = divmod(n, group),
+#                           G = min(group, N - g*group)
 #   {"form": "tiles", ...}  a permutation repeated in tiles of `period` entries (MatMulNBits' packed integers:
 #                           at 4 bits two blocks of 32 interleave nibble by nibble): f lies at
 #                           (f // period) * period + perm[f % period]
@@ -49,6 +54,46 @@ def unpack_panels(region: np.ndarray, form: dict) -> np.ndarray | None:
         block = region[k0 * aligned:(k0 + rows) * aligned].reshape(aligned // panel, rows, panel)
         out[k0:k0 + rows] = block.transpose(1, 0, 2).reshape(rows, aligned)[:, :n_total]
     return out.reshape(-1)
+
+
+def group_positions(flat: np.ndarray, form: dict) -> np.ndarray:
+    n_total, k_total, group, chunk = (int(form[x]) for x in ("rows", "cols", "group", "chunk"))
+    n, k = np.divmod(flat.astype(np.int64), k_total)
+    g, r = np.divmod(n, group)
+    kc, j = np.divmod(k, chunk)
+    in_group = np.minimum(group, n_total - g * group)
+    return g * group * k_total + kc * in_group * chunk + r * chunk + np.asarray(form["perm"], dtype=np.int64)[j]
+
+
+def unpack_groups(slots: np.ndarray, form: dict) -> np.ndarray | None:
+    """The weight [N, K] (flat, row-major) read out of a row_groups region by reshaping: what
+    slots[group_positions(arange(N*K))] gives without N*K int64 positions. None if the last group is partial."""
+    n_total, k_total, group, chunk = (int(form[x]) for x in ("rows", "cols", "group", "chunk"))
+    if n_total % group:
+        return None
+    s = slots[:n_total * k_total].reshape(n_total // group, k_total // chunk, group, chunk)
+    return s[..., np.asarray(form["perm"], dtype=np.int64)].transpose(0, 2, 1, 3).reshape(-1)
+
+
+def _groups(positions: np.ndarray, shape) -> dict | None:
+    """MatMulNBits' packed integers: rows packed in groups of `group`, each row's entries in chunks of `chunk`
+    (chunk by chunk across the group's rows), a fixed permutation inside each chunk."""
+    if len(shape) != 2:
+        return None
+    rows, cols = int(shape[0]), int(shape[1])
+    probe = np.unique(np.concatenate([np.arange(min(positions.size, 4096)), np.arange(max(0, positions.size - 4096),
+                                      positions.size), np.random.default_rng(0).integers(0, positions.size, 4096)]))
+    for chunk in (16, 32, 64, 128, 256):
+        if cols % chunk or sorted(positions[:chunk].tolist()) != list(range(chunk)):
+            continue
+        for group in (1, 2, 4, 8, 16):
+            form = {"form": "row_groups", "rows": rows, "cols": cols, "group": group, "chunk": chunk,
+                    "perm": [int(v) for v in positions[:chunk]]}
+            if np.array_equal(group_positions(probe, form), positions[probe]) and all(
+                    np.array_equal(group_positions(np.arange(lo, min(lo + (1 << 22), positions.size)), form),
+                                   positions[lo:lo + (1 << 22)]) for lo in range(0, positions.size, 1 << 22)):
+                return form
+    return None
 
 
 def tile_positions(flat: np.ndarray, form: dict) -> np.ndarray:
@@ -79,6 +124,9 @@ def describe(positions: np.ndarray, shape) -> str | dict | None:
     tiles = _tiles(positions)
     if tiles is not None:
         return tiles
+    groups = _groups(positions, shape)
+    if groups is not None:
+        return groups
     if len(shape) != 2:
         return None
     rows, cols = int(shape[0]), int(shape[1])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from shira_format.errors import AdapterError
-from shira_format.quant import Quant, entries, requantize
+from shira_format.quant import Quant, requantize
 
 EMPTY_IDX = np.zeros(0, dtype=np.int64)
 EMPTY_VAL = np.zeros(0, dtype=np.float32)
@@ -38,14 +38,13 @@ class WeightPatcher:
     def __init__(self, buffers: dict[str, np.ndarray], threads: int | None = None,
                  absmax: dict[str, float] | None = None, quant: dict[str, Quant] | None = None):
         """`buffers`: placement name -> 1-D writable float view of the memory the inference engine reads, or the
-        bytes of a quantized buffer. `quant`: quantized buffer name -> its Quant; such a buffer is addressed by
-        entry (quant.entries: a nibble each at 4 bits) and patched by re-quantizing (docs/QUANTIZATION.md): its
-        terms carry each entry's scale. `threads`: for large commits, buffers are patched in parallel (numpy's
+        bytes of a quantized buffer. `quant`: quantized buffer name -> its Quant; such a buffer's terms address
+        entries (a nibble each at 4 bits) and carry each entry's scale; its plan re-quantizes them
+        (docs/QUANTIZATION.md) into whole bytes, which commit() writes like any value. `threads`: for large commits, buffers are patched in parallel (numpy's
         fancy indexing releases the GIL; 2 threads measured 1.7x faster on 2 cores)."""
         self.quant = quant or {}
-        self.raw = buffers
-        self.buffers = {n: entries(b, self.quant[n]) if n in self.quant else b for n, b in buffers.items()}
-        buffers = self.buffers
+        self.buffers = buffers
+        self.raw = buffers  # (the name tests and benches use for the stored bytes)
         self.threads = max(1, threads or os.cpu_count() or 1)
         self._pool = None
         self.idx = {name: EMPTY_IDX for name in buffers}
@@ -55,12 +54,18 @@ class WeightPatcher:
         self._absmax = absmax if absmax is not None else {
             n: float(np.max(np.abs(b))) if b.size else 0.0 for n, b in buffers.items() if n not in self.quant}
 
-    def plan(self, terms: dict[str, list[tuple]]) -> dict[str, BufferPlan]:
+    def plan(self, terms: dict[str, list[tuple]], ready: dict[str, BufferPlan] | None = None
+             ) -> dict[str, BufferPlan]:
         """`terms`: buffer name -> [(indices, deltas, scale), ...], for a quantized buffer
-        [(indices, deltas, scale, entry scales), ...]. Buffers not named are restored to base."""
+        [(indices, deltas, scale, entry scales), ...]. Buffers not named are restored to base. `ready`: plans
+        made earlier for some buffers (a quantized buffer's plan depends on the base only, so one adapter's plan
+        at scale 1 is made once, at load)."""
         plans = {}
         for name in self.buffers:
             parts = terms.get(name, [])
+            if ready is not None and name in ready:
+                plans[name] = ready[name]
+                continue
             if not parts:
                 plans[name] = BufferPlan(EMPTY_IDX, EMPTY_VAL)
                 continue
@@ -79,12 +84,29 @@ class WeightPatcher:
                 if name in self.quant:  # the fused delta, re-quantized once per entry with the base's scale
                     if not np.all(np.isfinite(delta)):
                         raise AdapterError(f"buffer {name}: the requested combination produces non-finite weights")
-                    values, clamped = requantize(self._base_values(name, idx), delta, qscale, self.quant[name])
-                    plans[name] = BufferPlan(idx, delta, values, clamped)
+                    plans[name] = self._quantized_plan(name, idx, delta, qscale)
                     continue
                 self._check_finite(name, idx, delta)
             plans[name] = BufferPlan(idx, delta)
         return plans
+
+    def _quantized_plan(self, name: str, idx: np.ndarray, delta: np.ndarray, qscale: np.ndarray) -> BufferPlan:
+        """Entries (sorted) re-quantized from the base's integers -> the bytes that hold them, with their new
+        values: at 4 bits a byte's other nibble keeps its base value unless it is patched too."""
+        q = self.quant[name]
+        if q.bits == 8:
+            values, clamped = requantize(self._base_values(name, idx), delta, qscale, q)
+            return BufferPlan(idx, delta, values, clamped)
+        byte_idx, where = np.unique(idx >> 1, return_inverse=True)
+        base_bytes = self._base_values(name, byte_idx)
+        high = (idx & 1).astype(bool)
+        base_u = np.where(high, base_bytes[where] >> np.uint8(4), base_bytes[where] & np.uint8(15))
+        new_u, clamped = requantize(base_u, delta, qscale, q)
+        out = base_bytes.copy()
+        lo, hi = ~high, high
+        out[where[lo]] = (out[where[lo]] & np.uint8(0xF0)) | new_u[lo]
+        out[where[hi]] = (out[where[hi]] & np.uint8(0x0F)) | (new_u[hi] << np.uint8(4))
+        return BufferPlan(byte_idx, delta, out, clamped)
 
     def _check_finite(self, name: str, idx: np.ndarray, delta: np.ndarray) -> None:
         """Refuse a plan whose base + delta would not be finite. A bound settles it without touching the

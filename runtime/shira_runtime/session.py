@@ -149,6 +149,7 @@ class ShiraSession:
         self.adapters: dict[str, Adapter] = {}
         # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self._ready: dict[str, dict] = {}  # per adapter: its quantized buffers' plans at scale 1 (made at load)
         self.active: dict[str, float] = {}
         self.rebuilder: PrepackedRebuilder | None = None
         self.calibration: dict | None = None
@@ -231,10 +232,15 @@ class ShiraSession:
             self._check_open()
             if name in self.active:
                 raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
+            # quantized buffers: this adapter's plan alone at scale 1 depends on the base only, so it is made
+            # now, and a switch to it is then a plain scatter of bytes (a fusion re-quantizes at fuse time)
+            quantized = {b: [(t[0], t[1], 1.0, t[2])] for b, t in mapped.items() if b in self.patcher.quant}
+            ready = self.patcher.plan(quantized, ready=None) if quantized else {}
             if hasattr(self.backend, "prepare_pages"):  # in place: copy-on-write now, not in the first switch
                 self.backend.prepare_pages(mapped)
             self.adapters[name] = adapter
             self._mapped[name] = mapped
+            self._ready[name] = {b: p for b, p in ready.items() if b in quantized}
         return name
 
     def unload(self, name: str) -> None:
@@ -244,6 +250,7 @@ class ShiraSession:
                 raise AdapterError(f"adapter {name!r} is active; reset() or switch away first")
             self.adapters.pop(name, None)
             self._mapped.pop(name, None)
+            self._ready.pop(name, None)
 
     # ---- switching ------------------------------------------------------------------------------------------
     def switch(self, name: str) -> None:
@@ -266,7 +273,8 @@ class ShiraSession:
             for name, scale in scales.items():
                 for buf, (idx, delta, *qscale) in self._mapped[name].items():
                     terms.setdefault(buf, []).append((idx, delta, float(scale), *qscale))
-            plans = self.patcher.plan(terms)
+            (only, scale), = scales.items() if len(scales) == 1 else ((None, None),)
+            plans = self.patcher.plan(terms, self._ready.get(only) if scale == 1.0 else None)
             with self._lock.write():
                 changed = self.patcher.commit(plans)
                 self.backend.weights_changed(changed)  # e.g. ExecuTorch reloads a method whose conv weights changed

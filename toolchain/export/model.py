@@ -242,11 +242,14 @@ def _combine_exclusions(per_backend: dict[str, dict[str, str]], located: dict[st
 
 
 def export_model(subject: ExportSubject, out_dir, targets: str | None = None, formats=("onnx", "pte"),
-                 log=print, quantize: str | None = None) -> dict:
+                 log=print, quantize: str | None = None, headroom: float | None = None,
+                 quantize_patchable: str | None = None) -> dict:
     """Export `subject` once per format into out_dir, with one manifest for all of them. Returns the manifest.
 
     Files: model.onnx + weights.safetensors (onnx), model.pte (pte), sample.npz, manifest.json (written last).
-    `quantize`: "int8" or "int4", a weight-only quantized base (ONNX Runtime only; quantize.py).
+    `quantize`: "int8" or "int4", a weight-only quantized base (ONNX Runtime only; quantize.py); `headroom`: its
+    patchable weights' scales cover headroom x their largest entry (room for adapters; docs/QUANTIZATION.md);
+    `quantize_patchable`: the patchable weights' own mode (default: `quantize`), e.g. int8 under an int4 base.
     """
     from safetensors.numpy import save_file
 
@@ -257,8 +260,11 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     if quantize is not None:
         from .quantize import MODES
 
-        if quantize not in MODES:
-            raise ExportError(f"--quantize must be one of {', '.join(MODES)}, got {quantize!r}")
+        if quantize not in MODES or quantize_patchable not in (None, *MODES):
+            raise ExportError(f"--quantize and --quantize-patchable must be one of {', '.join(MODES)}, got "
+                              f"{quantize!r}, {quantize_patchable!r}")
+        if headroom is not None and not (1.0 <= headroom <= 16.0):
+            raise ExportError(f"--headroom must be between 1 and 16, got {headroom}")
         if formats != ("onnx",):
             raise ExportError("--quantize: only ONNX Runtime bases are quantized so far; export with --format onnx "
                               "(ExecuTorch's XNNPACK 4/8-bit weights are not wired in yet)")
@@ -361,7 +367,7 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
             for t in tensors.values():
                 for pl in t["placements"]["onnxruntime"]:
                     pl["torch_shape"] = t["shape"]
-            quantization = quantize_graph(proto, quantize, entries, init_arrays, log)
+            quantization = quantize_graph(proto, quantize, entries, init_arrays, log, headroom, quantize_patchable)
             for pl in entries.values():
                 del pl["torch_shape"]
                 if "quant" in pl:

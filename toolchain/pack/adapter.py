@@ -61,6 +61,8 @@ class PackReport:
     sparsify_rel_error: float | None = None  # ||delta - kept|| / ||delta|| for LoRA / full fine-tune sources
     ignored: list = field(default_factory=list)  # full fine-tune weights that changed but the base cannot patch
     ignored_checked: bool = True  # False: no ONNX artifact to compare with, `ignored` lists every unpatchable one
+    # a quantized base: {"entries", "clamped", "kept"}: what the base's scales let through (quantized_fit)
+    quantized: dict | None = None
 
     @property
     def density(self) -> float:
@@ -339,6 +341,10 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
     if not present:
         check_belongs(manifest, [k for k in state if k.endswith(".weight")], str(src))
         raise PackError(f"{src}: none of its tensors is a patchable weight of base {manifest.root}")
+    if any(p.quant is not None for t in present for ps in manifest.tensors[t].placements.values() for p in ps):
+        raise PackError(f"{src}: a full fine-tune is diffed against the float32 weights it was tuned from, which "
+                        f"the quantized base {manifest.root} no longer holds: pack it against the float32 export of "
+                        "the same model (the blob then loads on the quantized base too: one fingerprint)")
     base = base_weights(manifest, present)
     deltas, lost, total = [], 0.0, 0.0
     for t in present:
@@ -362,6 +368,36 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
     changed = changed_unpatchable(state, others, seen)
     ignored = (others if changed is None else changed) + [f"{m} (BatchNorm folded into the base)" for m in bn_changed]
     return deltas, float(np.sqrt(lost / total)) if total else 0.0, ignored, changed is not None
+
+
+def quantized_fit(manifest, deltas: list[SparseTensor]) -> dict | None:
+    """For a quantized base: how many of the adapter's entries the base's scales clamp, and how much of its delta
+    the integers hold after re-quantization (1 - |held - delta| / |delta|; docs/QUANTIZATION.md). None for a float
+    base."""
+    from shira_format.quant import entries, requantize
+    from shira_format.weights import open_weights, quant_scales, safetensors_views
+
+    places = {d.target: manifest.tensors[d.target].placements.get("onnxruntime", ()) for d in deltas}
+    if not any(p.quant is not None for ps in places.values() for p in ps):
+        return None
+    path = manifest.file(manifest.files_of("onnxruntime").weights)
+    st = open_weights(path)
+    stored, scales = safetensors_views(manifest, st, path), quant_scales(manifest, st, path)
+    n = clamped = 0
+    err = ref = 0.0
+    for d in deltas:
+        for p in places[d.target]:
+            if p.quant is None:
+                continue
+            s = p.quant.scale_of(scales[p.name], d.indices, manifest.tensors[d.target].shape[1])
+            u = entries(stored[p.name], p.quant)[d.indices]
+            new, c = requantize(u, d.values, s, p.quant)
+            held = (new.astype(np.float64) - u.astype(np.float64)) * s.astype(np.float64)
+            n, clamped = n + d.indices.size, clamped + c
+            err += float(np.sum((held - d.values.astype(np.float64)) ** 2))
+            ref += float(np.sum(d.values.astype(np.float64) ** 2))
+            break  # one placement tells: every copy holds the same integers
+    return {"entries": n, "clamped": clamped, "kept": 1.0 - float(np.sqrt(err / ref)) if ref else 1.0}
 
 
 # ---- packing ------------------------------------------------------------------------------------------------
@@ -403,7 +439,8 @@ def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str 
     src_bytes = sum(p.stat().st_size for p in src.iterdir() if p.is_file()) if src.is_dir() else src.stat().st_size
     return PackReport(name, Path(out), source_kind, len(deltas), adapter.nnz,
                       sum(manifest.tensors[d.target].numel for d in deltas), len(blob), src_bytes, value_coding,
-                      codings, max(value_error(value_coding, d) for d in deltas), rel_err, ignored, checked)
+                      codings, max(value_error(value_coding, d) for d in deltas), rel_err, ignored, checked,
+                      quantized_fit(manifest, list(adapter.tensors.values())))
 
 
 def pack_peft_shira(src, base_dir, out, name: str | None = None, value_coding: str = "f32",

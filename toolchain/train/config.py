@@ -17,3 +17,4 @@ class TrainConfig:
     targets: str | None = None  # regex over torch parameter names; default: every Linear/Conv weight
     lora: bool = False
     data: str | None = None  # LMs: a UTF-8 text file, trained next-token (task "text")
+    quantized_base: str | None = None  # an int8/int4 export: train on its integers, within its scales (quantized.py)

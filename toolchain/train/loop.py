@@ -21,7 +21,8 @@ class Fit:
 
 def fit(params, batch_fn: Callable[[], dict], loss_fn: Callable[[dict], torch.Tensor], steps: int, lr: float, *,
         weight_decay: float = 0.0, warmup: int = 0, cosine: bool = False, desc: str = "train",
-        progress: bool = False) -> Fit:
+        progress: bool = False, after_step: Callable[[], None] | None = None) -> Fit:
+    """`after_step`: called after every optimizer step (e.g. to project the parameters back into a range)."""
     from tqdm import tqdm
 
     params = [p for p in params if p.requires_grad]
@@ -42,6 +43,8 @@ def fit(params, batch_fn: Callable[[], dict], loss_fn: Callable[[dict], torch.Te
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step()
         if sched is not None:
             sched.step()
         step_s.append(time.perf_counter() - t)

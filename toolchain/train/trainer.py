@@ -167,13 +167,26 @@ def build_adapted(subject: ExportSubject, cfg: TrainConfig):
 
 
 def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress: bool = True):
-    """Train, save the checkpoint to out_dir, and return (trained model, report)."""
+    """Train, save the checkpoint to out_dir, and return (trained model, report). With cfg.quantized_base the
+    frozen weights are that export's integers and every trainable value stays within its scale (quantized.py)."""
+    project = None
+    if cfg.quantized_base:
+        if cfg.lora:
+            raise ValueError("--quantized-base trains SHiRA adapters (patched into the integers); not --lora")
+        from .quantized import QuantizedBase
+
+        qbase = QuantizedBase(cfg.quantized_base, subject.model)
+        subject = qbase.frozen(subject)
     model, info = build_adapted(subject, cfg)
+    if cfg.quantized_base:
+        project = qbase.projector(model)
+        if info["conv"]:
+            raise ValueError(f"--quantized-base: conv layers {info['conv'][:3]} are not quantized; --targets Linear")
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(cfg.seed)
     run = fit(trainable, lambda: _batch(subject, cfg.task, g, cfg.batch, cfg.data), lambda b: _loss(subject, model, b),
-              cfg.steps, cfg.lr, desc=f"{info['kind']} {cfg.task}", progress=progress)
+              cfg.steps, cfg.lr, desc=f"{info['kind']} {cfg.task}", progress=progress, after_step=project)
     losses, step_s, state_bytes = run.losses, run.step_s, run.optimizer_state_bytes
     report = {"config": asdict(cfg), "adapter": info, "trainable_values": sum(p.numel() for p in trainable),
               "optimizer_state_bytes": state_bytes, "loss_first": losses[0], "loss_last": losses[-1],

@@ -31,8 +31,8 @@ from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
 from shira_format.quant import entries, pack_entries
 
-from ..baked_layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, panel_positions, tile_positions,
-                            unpack_panels)
+from ..baked_layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, group_positions, panel_positions,
+                            tile_positions, unpack_groups, unpack_panels)
 from ..bake_cache import acquire, discard
 from .onnxruntime import NAME, create_session
 
@@ -78,6 +78,18 @@ def _populate_write(address: int, nbytes: int) -> bool:
     return _libc.madvise(address, nbytes, MADV_POPULATE_WRITE) == 0
 
 
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0): return freed heap pages to the system (a no-op elsewhere)."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _buffer_address(buf: np.ndarray) -> int:
     return buf.__array_interface__["data"][0]
 
@@ -110,12 +122,19 @@ class _Copy:
             return self._map[flat].astype(np.int64)
         if self.form.get("form") == "tiles":
             return tile_positions(flat, self.form)
+        if self.form.get("form") == "row_groups":
+            return group_positions(flat, self.form)
         return panel_positions(flat, self.form)
 
     def values(self, region: np.ndarray) -> np.ndarray:
         """The weight, flat in its stored layout, read out of this copy's region (a copy of the values); for a
         quantized copy (`region`: its bytes) the integer entries in torch order."""
         if self.quant is not None:
+            if self._map is None and self.form != "contiguous" and self.form.get("form") == "row_groups":
+                slots = region if self.quant.bits == 8 else np.stack([region & 15, region >> 4], 1).reshape(-1)
+                out = unpack_groups(slots, self.form)
+                if out is not None:
+                    return out
             return entries(region, self.quant)[self.positions(np.arange(self.size, dtype=np.int64))]
         if self.form == "contiguous":
             return np.array(region[:self.size])
@@ -192,6 +211,7 @@ class InPlaceOnnxRuntimeBackend:
                 self._absmax[p.name] = float(entry["absmax"])
         if verify != "off":
             self._verify(verify, data_path)
+            _trim_heap()  # the check's temporaries are freed; give their pages back (glibc keeps them otherwise)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -1,0 +1,343 @@
+"""`shira-bench --quantized`: quantized bases (int8, int4) against float32, small and at real size.
+
+Quality, on tiny-llama with the shipped task adapters (models/lm_tasks): bits/byte on held-out text, each task's
+answer accuracy with its adapter written into the base's integers, the entries clamped, how much of the adapter's
+delta survives, and the same for "merge in float32, then quantize the whole model" (the merged model exported
+with the same --quantize), which the issue names as the reference.
+
+Size and speed, on a Llama-shaped model of 168M parameters (random weights, two random 1% adapters): the weights'
+bytes, RSS at rest, the bake (first load), the switch, and runs against the same base's constant-weight session
+side by side; every base and mode in its own process (toolchain/bench/real_size.py's children).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# base label -> export_model's quantization keywords. The LM adapters touch q/v/up/down (models/lm_tasks), so
+# every base makes just those patchable: the mixed base keeps them at 8 bits under 4-bit constants
+BASES = {"fp32": {}, "int8": {"quantize": "int8"}, "int8, headroom 1": {"quantize": "int8", "headroom": 1.0},
+         "int4": {"quantize": "int4"}, "int4, patchable int8": {"quantize": "int4", "quantize_patchable": "int8"}}
+REAL_BASES = ("fp32", "int8", "int4")
+TASKS = ("upper", "reverse", "vowels")
+LM_DIR = Path(__file__).resolve().parents[2] / "models" / "lm_tasks"
+LM_TARGETS = r"(q_proj|v_proj|up_proj|down_proj)\.weight$"  # what the shipped adapters were trained on
+REAL = {"llama-168M": ("llama", dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                                     num_attention_heads=16, num_key_value_heads=16, vocab_size=32000))}
+
+
+def _export(subject, out: Path, label: str, targets: str | None = None) -> Path:
+    from ..export import export_model
+
+    if not (out / "manifest.json").exists():
+        export_model(subject, out, targets, formats=("onnx",), log=lambda *a: None, **BASES[label])
+    return out
+
+
+def bits_per_byte(sess, rows: int = 16) -> float:
+    """Next-byte cross-entropy on held-out docstrings, in bits (the runtime's logits, one row per run)."""
+    import torch
+    from ..train import lm_text
+
+    ids = lm_text.text_batch(torch.Generator().manual_seed(99), rows, held_out=True)["input_ids"].numpy()
+    total = 0.0
+    for row in ids:
+        logits = sess.run({"input_ids": row[None]})["logits"][0, :-1].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total += -logp[np.arange(row.size - 1), row[1:]].mean()
+    return total / len(ids) / math.log(2)
+
+
+def accuracy(sess, task: str, n: int = 32) -> float:
+    """Teacher-forced answer accuracy on held-out snippets (lm_text.answer_accuracy, through the runtime)."""
+    import torch
+    from ..train import lm_text
+
+    b = lm_text.task_batch(task, torch.Generator().manual_seed(7), n, held_out=True)
+    ids, gold = b["input_ids"].numpy(), b["labels"][:, 1:].numpy()
+    pred = np.stack([sess.run({"input_ids": ids[i:i + 1]})["logits"][0, :-1].argmax(-1) for i in range(n)])
+    mask = gold != -100
+    return float((pred[mask] == gold[mask]).mean())
+
+
+def _delta_kept(sess, adapter, float_weights: dict) -> float:
+    """1 - |what the base holds at the adapter's entries - (W + delta)| / |delta| over all its entries: how much
+    of the adapter survived quantization and clamping (1.0: all of it)."""
+    err = ref = 0.0
+    for t in adapter.tensors.values():
+        live = sess.weight(t.target).reshape(-1)[t.indices].astype(np.float64)
+        want = float_weights[t.target].reshape(-1)[t.indices].astype(np.float64) + t.values
+        err += float(np.sum((live - want) ** 2))
+        ref += float(np.sum(t.values.astype(np.float64) ** 2))
+    return 1.0 - math.sqrt(err / ref)
+
+
+def _train_on_base(base: Path, task: str, seed: int, work: Path, steps: int) -> Path:
+    """The task adapter trained on the quantized base (shira-train --quantized-base), with the shipped adapters'
+    recipe (demos/demo_models.py), packed against that base."""
+    from ..model_source import resolve
+    from ..pack import pack_adapter
+    from ..train import TrainConfig, train
+
+    out = work / f"{base.name}-{task}-{seed}.shira"
+    if not out.exists():
+        cfg = TrainConfig(task=task, mask="snip", r=2, steps=steps, lr=2e-2, seed=seed, targets=LM_TARGETS,
+                          quantized_base=str(base))
+        peft_dir = work / "peft" / f"{base.name}-{task}-{seed}"
+        train(resolve("tiny-llama"), cfg, peft_dir, log=lambda *a: None, progress=False)
+        pack_adapter(peft_dir, base, out, name=task)
+    return out
+
+
+def _adapter_row(sess, path: Path, task: str, float_weights: dict, base_acc: float) -> dict:
+    from shira_format.adapter import read_adapter
+
+    name = sess.load(path, f"{task}-{path.stem}")
+    sess.switch(name)
+    adapter = read_adapter(path, sess.manifest)
+    r = {"accuracy": accuracy(sess, task), "clamped": sess.clamped, "entries": adapter.nnz,
+         "delta_kept": _delta_kept(sess, adapter, float_weights), "accuracy_base": base_acc}
+    sess.reset()
+    sess.unload(name)
+    return r
+
+
+def quality(work: Path, log=print, threads: int = 2, bases=tuple(BASES), tasks=TASKS, steps: int = 300) -> dict:
+    import torch
+    from shira_format.adapter import read_adapter
+    from shira_runtime import ShiraSession
+
+    from ..model_source import resolve
+
+    out = {}
+    float_weights = {n: p.detach().numpy().copy() for n, p in resolve("tiny-llama").model.named_parameters()}
+    for label in bases:
+        t0 = time.perf_counter()
+        slug = label.replace(", ", "-").replace(" ", "")
+        base = _export(resolve("tiny-llama"), work / f"tiny-llama-{slug}", label, LM_TARGETS)
+        row = {"weights_bytes": sum(f.stat().st_size for f in base.iterdir() if f.suffix in (".safetensors", ".onnx")
+                                    and f.name != "model_prepacked.onnx"),
+               "settings": BASES[label], "tasks": {}}
+        with ShiraSession(base, threads=threads, cache_dir=work / "cache") as sess:
+            row["session_mode"] = sess.mode
+            row["bits_per_byte"] = bits_per_byte(sess)
+            for i, task in enumerate(tasks):
+                base_acc = accuracy(sess, task)
+                r = {"float_trained": _adapter_row(sess, LM_DIR / f"{task}.shira", task, float_weights, base_acc)}
+                if BASES[label]:  # two seeds: the shipped recipe's seed i, and i + 3 (single runs stall at random)
+                    r["trained_on_base"] = [_adapter_row(sess, _train_on_base(base, task, seed, work, steps), task,
+                                                         float_weights, base_acc) for seed in (i, i + 3)]
+                    # the reference: the float-trained adapter merged in float32, then the whole model quantized
+                    adapter = read_adapter(LM_DIR / f"{task}.shira", sess.manifest)
+                    subject = resolve("tiny-llama")
+                    params = dict(subject.model.named_parameters())
+                    with torch.no_grad():
+                        for t in adapter.tensors.values():
+                            params[t.target].view(-1)[torch.from_numpy(t.indices)] += torch.from_numpy(t.values)
+                    merged = _export(subject, work / f"merged-{task}-{slug}", label, LM_TARGETS)
+                    with ShiraSession(merged, threads=threads, cache_dir=work / "cache") as ms:
+                        r["merged_then_quantized"] = {"accuracy": accuracy(ms, task),
+                                                      "delta_kept": _delta_kept(ms, adapter, float_weights)}
+                row["tasks"][task] = r
+        out[label] = row
+        log(f"  tiny-llama {label}: {row['bits_per_byte']:.3f} bits/byte, " + ", ".join(
+            f"{t} {r['float_trained']['accuracy']:.2f}"
+            + "".join(f"/{q['accuracy']:.2f}" for q in r.get("trained_on_base", ()))
+            for t, r in row["tasks"].items()) + f" [{time.perf_counter() - t0:.0f}s]")
+    return out
+
+
+def _build_real(name: str, spec, work: Path, log) -> dict[str, Path]:
+    """The HF model saved once, exported float32, int8 and int4, and two random 1% adapters (a, b)."""
+    import torch
+    from shira_format import manifest as manifest_mod
+    from shira_format.adapter import SparseTensor, write_adapter
+
+    from ..model_source import resolve
+
+    root = work / name
+    src = root / "hf"
+    if not (src / "config.json").exists():
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(max_position_embeddings=2048, **spec[1])).eval().save_pretrained(str(src))
+    bases = {}
+    for label in REAL_BASES:
+        t0 = time.perf_counter()
+        bases[label] = _export(resolve(str(src)), root / f"base-{label}", label)
+        log(f"  {name} {label}: exported in {time.perf_counter() - t0:.0f}s")
+    man = manifest_mod.load(bases["fp32"])
+    rng = np.random.default_rng(0)
+    for tag in ("a", "b"):
+        tensors = []
+        for tname, info in man.tensors.items():
+            idx = np.sort(rng.choice(info.numel, size=max(1, info.numel // 100), replace=False)).astype(np.int64)
+            tensors.append(SparseTensor(tname, tuple(info.shape), idx,
+                                        rng.normal(0, 0.01, idx.size).astype(np.float32)))
+        # one adapter for every base (one fingerprint, the model's), where real_size's children look for it
+        write_adapter(root / f"{tag}.shira", tag, man.base_fingerprint, tensors)
+    return bases
+
+
+def real_size(work: Path, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
+    from .real_size import bake_once
+
+    out = {}
+    for name, spec in (models or REAL).items():
+        bases = _build_real(name, spec, work, log)
+        rows = {}
+        for label, base in bases.items():
+            cache = base.parent / f"cache-{label}"
+            row = {"weights_bytes": sum(f.stat().st_size for f in base.iterdir()
+                                        if f.name.startswith("weights") or f.name.endswith(".data")),
+                   "bake": bake_once(base, cache, threads) if Path("/usr/bin/time").exists() else {}, "modes": {}}
+            for mode in ("constant", "in-place"):
+                p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.real_size", mode, str(base),
+                                    str(cache), str(threads), str(repeats)], capture_output=True, text=True,
+                                   timeout=1800)
+                if p.returncode != 0:
+                    row["modes"][mode] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+                    log(f"  {name} {label} {mode}: FAILED {row['modes'][mode]['error']}")
+                    continue
+                row["modes"][mode] = json.loads(p.stdout.strip().splitlines()[-1])
+            ip = row["modes"].get("in-place", {})
+            log(f"  {name} {label}: weights {row['weights_bytes'] / 1e6:.0f} MB, in place "
+                f"{ip.get('session_mode', '?')} rss {ip.get('rss_rest', 0) / 2**20:.0f} MB, switch "
+                f"{ip.get('switch_median_ms', 0):.1f} ms, vs constant {ip.get('vs_constant', {})}")
+            rows[label] = row
+        out[name] = rows
+    return out
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = ["# Quantized bases", "",
+             f"`{report['command']}` on {m['cpu']} ({m['cores']} cores), {report['threads']} thread(s); "
+             f"{report['seconds']:.0f} s in all.", "",
+             "## Quality: tiny-llama and its task adapters (models/lm_tasks)", "",
+             "Accuracy: teacher-forced answer characters on 32 held-out snippets. `float-trained`: the shipped "
+             "adapter (trained on the float32 base), written into the integers. `trained on the base`: the same "
+             "recipe with `shira-train --quantized-base` (frozen integers, values kept within the scales). "
+             "`kept`: how much of the float-trained delta the base holds at its entries "
+             "(1 - |held - (W + delta)| / |delta|). `merged, then quantized`: the float-trained adapter merged "
+             "into the float32 model, the whole model quantized with the same settings. Every base makes q/v/up/"
+             "down patchable (what the adapters touch); weights: the files the engine loads.", "",
+             "| base | weights | bits/byte | task | base alone | float-trained | clamped | kept | trained on the "
+             "base | clamped | merged, then quantized |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, row in report["quality"].items():
+        for i, (task, r) in enumerate(row["tasks"].items()):
+            head = (f"{label} | {row['weights_bytes'] / 1e6:.2f} MB | {row['bits_per_byte']:.3f}" if i == 0
+                    else " | | ")
+            f = r["float_trained"]
+            q = r.get("trained_on_base")
+            m = r.get("merged_then_quantized")
+            lines.append(f"| {head} | {task} | {f['accuracy_base']:.2f} | {f['accuracy']:.2f} | "
+                         f"{f['clamped']} of {f['entries']} | {f['delta_kept']:.2f} | "
+                         + (" / ".join(f"{x['accuracy']:.2f}" for x in q) + " | "
+                            + " / ".join(str(x["clamped"]) for x in q) + " | " if q else "- | - | ")
+                         + (f"{m['accuracy']:.2f} |" if m else "- |"))
+    lines += ["", "## Size and speed at 168M parameters (Llama-shaped, random weights, random 1% adapters)", "",
+              "In place against the same base's constant-weight session (`model_prepacked.onnx` as ORT loads it), "
+              "each in its own process; `runs after` is side by side in one process (1.00 = as fast).", "",
+              "| base | weights | bake s | bake peak RSS | RSS at rest: constant | in place | switch ms (later) | "
+              "first run after, ms | runs after: decode | prefill 128 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, rows in report["real_size"].items():
+        for label, row in rows.items():
+            c, ip, b = row["modes"].get("constant", {}), row["modes"].get("in-place", {}), row.get("bake", {})
+            vs = ip.get("vs_constant", {})
+            lines.append(
+                f"| {name} {label} | {row['weights_bytes'] / 1e6:.0f} MB | {b.get('bake_s', float('nan')):.1f} | "
+                f"{b.get('bake_peak_rss', 0) / 2**30:.2f} GB | {c.get('rss_rest', 0) / 2**20:.0f} MB | "
+                f"{ip.get('rss_rest', 0) / 2**20:.0f} MB ({ip.get('session_mode', ip.get('error', '?'))}) | "
+                f"{ip.get('switch_median_ms', float('nan')):.1f} | {ip.get('first_run_ms', float('nan')):.1f} | "
+                f"{vs.get('decode', float('nan')):.2f}x | {vs.get('prefill128', float('nan')):.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Left: task accuracy per base (with the adapter patched in, and merged-then-quantized). Right: RSS at rest
+    and switch time at 168M per base."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from shira_format.atomic import atomic_path
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    labels = list(report["quality"])
+    x = np.arange(len(labels))
+    kinds = (("float_trained", "float-trained adapter"), ("trained_on_base", "trained on the base"),
+             ("merged_then_quantized", "merged, then quantized"))
+    for i, (key, text) in enumerate(kinds):
+        def acc(r):
+            v = r[key]
+            return np.mean([x["accuracy"] for x in v]) if isinstance(v, list) else v["accuracy"]
+        vals = [np.mean([acc(r) for r in report["quality"][lb]["tasks"].values()])
+                if key in next(iter(report["quality"][lb]["tasks"].values())) else 0 for lb in labels]
+        a.bar(x + (i - 1) * 0.27, vals, 0.27, label=text)
+    base_alone = [np.mean([r["float_trained"]["accuracy_base"] for r in report["quality"][lb]["tasks"].values()])
+                  for lb in labels]
+    a.plot(x, base_alone, "k_", markersize=30, label="base alone")
+    a.set_xticks(x, [lb.replace(", ", "\n") for lb in labels], fontsize=8)
+    a.set_ylabel("answer accuracy, mean of the 3 tasks")
+    a.set_title("tiny-llama task adapters on quantized bases")
+    a.legend(fontsize=7)
+    for name, rows in report["real_size"].items():
+        names = list(rows)
+        rest = [rows[k]["modes"].get("in-place", {}).get("rss_rest", 0) / 2**20 for k in names]
+        const = [rows[k]["modes"].get("constant", {}).get("rss_rest", 0) / 2**20 for k in names]
+        y = np.arange(len(names))
+        b.barh(y - 0.2, const, 0.4, label="constant session")
+        b.barh(y + 0.2, rest, 0.4, label="in place")
+        for j, k in enumerate(names):
+            sw = rows[k]["modes"].get("in-place", {}).get("switch_median_ms")
+            if sw is not None:
+                b.text(rest[j], y[j] + 0.2, f" switch {sw:.0f} ms", va="center", fontsize=7)
+        b.set_yticks(y, names)
+        b.set_xlabel("RSS at rest, MB")
+        b.set_title(name)
+        b.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int = 10, work=None, log=print,
+                  models: dict | None = None) -> dict:
+    """quantized.{json,md,png} in out_dir. `quick`: quality only (tiny-llama), no 168M model."""
+    import tempfile
+
+    from shira_format.atomic import write_text
+
+    from .measure import machine
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        w = Path(work or tmp)
+        log("quantized bases: quality (tiny-llama)")
+        report = {"quality": quality(w, log, threads)}
+        if not quick or models:
+            log("quantized bases: size and speed")
+            report["real_size"] = real_size(w, threads, repeats, log, models)
+        else:
+            report["real_size"] = {}
+    report.update({"command": f"shira-bench --quantized {'--quick ' if quick else ''}--out {out_dir} "
+                              f"--threads {threads}", "machine": machine(), "threads": threads,
+                   "seconds": time.time() - t0})
+    write_text(out_dir / "quantized.json", json.dumps(report, indent=1))
+    write_text(out_dir / "quantized.md", markdown(report))
+    plot(report, out_dir / "quantized.png")
+    log(f"quantized -> {out_dir} ({report['seconds']:.0f}s)")
+    return report
