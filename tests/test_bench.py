@@ -75,3 +75,32 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     assert "| llama-small | in-place |" in md and "| llama-small | onnx-adapter |" in md
     plot(r, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+@pytest.mark.long  # two tiny-llama exports, one short training, a small Llama in three bases: ~3 min
+def test_quantized_bench_measures_quality_and_size(tmp_path):
+    """`shira-bench --quantized` end to end, reduced: an int4 base's accuracy rows (float-trained, trained on the
+    base, merged then quantized), then a small Llama in fp32/int8/int4, in place, each mode in its own process."""
+    from shira_toolchain.bench import quantized as q
+
+    work = tmp_path / "work"
+    quality = q.quality(work, log=lambda *a: None, threads=1, bases=("fp32", "int4"), tasks=("upper",), steps=10)
+    row = quality["int4"]["tasks"]["upper"]
+    assert quality["int4"]["session_mode"] == "in-place" and quality["int4"]["bits_per_byte"] > 0
+    assert row["float_trained"]["clamped"] > 0 and all(x["clamped"] == 0 for x in row["trained_on_base"])
+    assert 0 <= row["merged_then_quantized"]["accuracy"] <= 1 and "trained_on_base" not in quality["fp32"]["tasks"]["upper"]
+    spec = {"llama-small": ("llama", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=4, vocab_size=512))}
+    real = q.real_size(work, threads=1, repeats=2, log=lambda *a: None, models=spec)["llama-small"]
+    assert set(real) == set(q.REAL_BASES)
+    for label, r in real.items():
+        assert not {m: v["error"] for m, v in r["modes"].items() if "error" in v}, label
+        assert r["modes"]["in-place"]["session_mode"] == "in-place", label
+        assert r["modes"]["in-place"]["switch_median_ms"] > 0 and r["modes"]["constant"]["rss_rest"] > 0
+    assert real["int4"]["weights_bytes"] < real["int8"]["weights_bytes"] < real["fp32"]["weights_bytes"]
+    report = {"quality": quality, "real_size": {"llama-small": real}, "command": "test", "threads": 1,
+              "seconds": 1.0, "machine": {"cpu": "x", "cores": 1}}
+    md = q.markdown(report)
+    assert "| int4 |" in md and "| llama-small int4 |" in md
+    q.plot(report, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 1000

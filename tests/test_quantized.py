@@ -391,3 +391,20 @@ def test_a_full_finetune_is_packed_against_the_float_base(qbase, tmp_path):
     save_file(state, str(tmp_path / "ft.safetensors"))
     with pytest.raises(PackError, match="pack it against the float32 export"):
         pack_adapter(tmp_path / "ft.safetensors", qbase[1], tmp_path / "ft.shira", density=0.01)
+
+
+def test_the_packed_integer_forms_are_found_and_read_back_by_reshaping():
+    """MatMulNBits' 4-bit packing seen at real size (groups of 4 rows, chunks of 64 with two blocks' nibbles
+    interleaved) is described by a formula, not a position file, and read back without positions."""
+    from shira_runtime.baked_layout import describe, group_positions, unpack_groups
+
+    rows, cols = 12, 512  # a group of 4 rows spans 2048 slots: more than a 'tiles' period
+    perm = np.concatenate([np.arange(0, 64, 2), np.arange(1, 64, 2)])  # entry j of a chunk -> its slot
+    form = {"form": "row_groups", "rows": rows, "cols": cols, "group": 4, "chunk": 64, "perm": perm.tolist()}
+    positions = group_positions(np.arange(rows * cols), form)
+    assert sorted(positions.tolist()) == list(range(rows * cols))  # a permutation of the slots
+    assert positions[64] == 4 * 64 and positions[cols] == 64  # the next chunk after the group's 4 rows
+    assert describe(positions, (rows, cols)) == form
+    slots = np.random.default_rng(0).integers(0, 16, rows * cols).astype(np.uint8)
+    assert np.array_equal(unpack_groups(slots, form), slots[positions])
+    assert describe(np.random.default_rng(1).permutation(rows * cols), (rows, cols)) is None  # no formula: a map

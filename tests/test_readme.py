@@ -89,6 +89,19 @@ def test_tool_lines_then_snippet_then_training_run_in_a_fresh_directory(tmp_path
         assert r.returncode == 0, f"{line}\n{r.stderr[-3000:]}"
 
 
+@pytest.mark.long  # an export, 300 training steps and a bake: ~1 min
+def test_quantized_lines_and_snippet_run_verbatim(tmp_path):
+    for line in shell_lines(block("## Quantized bases", "sh")):
+        r = _sh(line, tmp_path)
+        assert r.returncode == 0, f"{line}\n{r.stderr[-3000:]}"
+        if line.startswith("shira-pack"):
+            assert "0 of 5,632 entries clamped" in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "-c", block("## Quantized bases", "python")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "SHIRA_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0 and r.stdout.strip() == "in-place 0", r.stderr[-2000:]
+
+
 def test_export_help_lists_every_file_an_export_writes(llama):
     r = subprocess.run([str(BIN / "shira-export"), "model", "--help"], capture_output=True, text=True, env=_env())
     text = " ".join(r.stdout.split())

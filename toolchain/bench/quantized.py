@@ -248,7 +248,10 @@ def markdown(report: dict) -> str:
     lines += ["", "## Size and speed at 168M parameters (Llama-shaped, random weights, random 1% adapters)", "",
               "In place against the same base's constant-weight session (`model_prepacked.onnx` as ORT loads it), "
               "each in its own process; `runs after` is side by side in one process (1.00 = as fast).", "",
-              "| base | weights | bake s | bake peak RSS | RSS at rest: constant | in place | switch ms (later) | "
+              "`patchable weights`: weights.safetensors (the token embedding, a Gather, stays float32 in the "
+              "model file). RSS at rest: after loading and a few runs, before any adapter.", "",
+              "| base | patchable weights | bake s | bake peak RSS | RSS at rest: constant | in place | switch ms "
+              "(later) | "
               "first run after, ms | runs after: decode | prefill 128 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in report["real_size"].items():
         for label, row in rows.items():
