@@ -272,3 +272,42 @@ def test_runtime_patcher_reproduces_the_patch_case_bit_for_bit():
         patcher.commit(patcher.plan(terms))
         for n, bits in step["buffers"].items():
             assert buffers[n].view(np.uint32).tolist() == bits, (step["scales"], n)
+
+
+def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces_it():
+    """tests/vectors/patch_quant: int8 and int4 bytes after each fuse (docs/QUANTIZATION.md), from the loop-based
+    reference patcher; the runtime's WeightPatcher (whole-byte plans, a plan made ahead for one adapter) lands on
+    the same bytes and clamp counts at every step, and the last step is the base again."""
+    from shira_format.quant import Quant
+    from shira_runtime.patcher import WeightPatcher
+
+    from .vectors.make_vectors import QUANT_STEPS, build_quant_patch_case
+
+    built = build_quant_patch_case()
+    for fname, data in built.items():
+        assert (VECTORS / "patch_quant" / fname).read_bytes() == data, f"patch_quant/{fname} is stale"
+    case = json.loads(built["steps.json"])
+    assert [s["scales"] for s in case["steps"]] == [{}] + QUANT_STEPS
+    assert case["steps"][0]["buffers"] == case["steps"][-1]["buffers"]
+    buffers = {n: np.array(b, dtype=np.uint8) for n, b in case["steps"][0]["buffers"].items()}
+    quant = {p["buffer"]: Quant(p["bits"], p["block"], "s", p["per_channel"]) for p in case["placements"].values()}
+    mapped = {}
+    for name, fname in case["adapters"].items():
+        ad = read_adapter((VECTORS / "patch_quant" / fname).read_bytes())
+        mapped[name] = {}
+        for t in ad.tensors.values():
+            p = case["placements"][t.target]
+            scales = np.array(p["scales"], dtype=np.float32)
+            mapped[name][p["buffer"]] = (t.indices, t.values,
+                                         quant[p["buffer"]].scale_of(scales, t.indices, p["torch_shape"][1]))
+    patcher = WeightPatcher(buffers, quant=quant)
+    for step in case["steps"][1:]:
+        terms = {}
+        for name, scale in step["scales"].items():
+            for buf, (idx, delta, qs) in mapped[name].items():
+                terms.setdefault(buf, []).append((idx, delta, float(scale), qs))
+        plans = patcher.plan(terms)
+        patcher.commit(plans)
+        assert sum(p.clamped for p in plans.values()) == step["clamped"], step["scales"]
+        for n, b in step["buffers"].items():
+            assert buffers[n].tolist() == b, (step["scales"], n)

@@ -422,3 +422,54 @@ class ReferencePatcher:
             if not math.isfinite(new):
                 raise RefError(f"{buf}[{i}]: non-finite weight")
             self.live[buf][i] = struct.unpack("<I", struct.pack("<f", new))[0]
+
+
+class ReferenceQuantPatcher:
+    """Quantized buffers (docs/QUANTIZATION.md) as lists of bytes; fuse() recomputes every touched entry from the
+    base bytes, entry by entry, in plain Python floats (binary64)."""
+
+    def __init__(self, base_bytes: dict[str, list[int]], placements: dict[str, dict]):
+        self.base = {k: list(v) for k, v in base_bytes.items()}
+        self.live = {k: list(v) for k, v in base_bytes.items()}
+        self.placements = placements  # target -> {"buffer", "torch_shape": [N, K], "bits", "block", "scales"}
+        self.clamped = 0
+
+    @staticmethod
+    def _get(buf: list[int], f: int, bits: int) -> int:
+        return buf[f] if bits == 8 else (buf[f // 2] >> (4 * (f % 2))) & 15
+
+    @staticmethod
+    def _set(buf: list[int], f: int, bits: int, u: int) -> None:
+        if bits == 8:
+            buf[f] = u
+        else:
+            shift = 4 * (f % 2)
+            buf[f // 2] = (buf[f // 2] & (0xF0 >> shift)) | (u << shift)
+
+    def fuse(self, adapters: list[tuple[dict, float]]) -> None:
+        terms: dict[tuple[str, int], list[float]] = {}
+        for blob, scale in adapters:
+            for target, t in blob["tensors"].items():
+                p = self.placements[target]
+                for f, v in zip(t["indices"], t["values"]):
+                    terms.setdefault((target, f), []).append(float(scale) * v)
+        single = len(adapters) == 1 and adapters[0][1] == 1.0
+        self.live = {k: list(v) for k, v in self.base.items()}
+        self.clamped = 0
+        for (target, f), ts in terms.items():
+            p = self.placements[target]
+            bits, block, cols = p["bits"], p["block"], p["torch_shape"][1]
+            d = ts[0]
+            if not single:
+                for x in ts[1:]:
+                    d = d + x
+            d = _f32(d)
+            if not math.isfinite(d):
+                raise RefError(f"{target}[{f}]: non-finite delta")
+            s = _f32(p["scales"][(f // cols) * (cols // block) + (f % cols) // block])
+            z = 1 << (bits - 1)
+            u = self._get(self.base[p["buffer"]], f, bits)
+            t = round((u - z) + d / s)  # binary64; Python's round() is half to even, as rint
+            if t < -z or t > z - 1:
+                self.clamped += 1
+            self._set(self.live[p["buffer"]], f, bits, min(max(t, -z), z - 1) + z)

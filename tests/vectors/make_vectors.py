@@ -19,7 +19,7 @@ from shira_format import layouts
 from shira_format.adapter import SparseTensor, encode_adapter
 from shira_format.codings import seeded_indices
 
-from ..reference.shira_reference import ReferencePatcher, RefError, read_blob
+from ..reference.shira_reference import ReferencePatcher, ReferenceQuantPatcher, RefError, read_blob
 
 FINGERPRINT = "sha256:" + "ab" * 32
 HERE = Path(__file__).parent
@@ -175,6 +175,49 @@ def build_patch_case() -> dict[str, bytes]:
     return files
 
 
+QUANT_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"a": 3.0}, {"a": 1.0, "b": 1.0}, {}]
+
+
+def build_quant_patch_case() -> dict[str, bytes]:
+    """Quantized buffers for a second runtime (docs/QUANTIZATION.md): an int8 weight with one scale per channel and
+    an int4 weight with one per block of 32; adapters that touch both nibbles of some bytes and push some entries
+    past the scales (clamped); the exact bytes after each fuse() of the reference patcher."""
+    from shira_format.quant import quantize
+
+    rng = np.random.default_rng(11)
+    shapes = {"q8.weight": (6, 64), "q4.weight": (4, 64)}
+    places, base = {}, {}
+    for target, (bits, per_channel) in (("q8.weight", (8, True)), ("q4.weight", (4, False))):
+        stored, scales = quantize(rng.normal(0, 0.5, shapes[target]).astype(np.float32), bits, 32, per_channel,
+                                  4.0 if bits == 8 else 1.0)
+        buf = target.replace(".weight", "_B")
+        base[buf] = stored.reshape(-1).tolist()
+        places[target] = {"buffer": buf, "torch_shape": list(shapes[target]), "bits": bits, "block": 32,
+                          "per_channel": per_channel, "scales": [float(v) for v in scales]}
+    pairs = np.array([10, 11, 40, 41, 100, 101, 254, 255])  # both nibbles of four int4 bytes
+    a4 = np.union1d(pairs, np.sort(rng.choice(256, 30, replace=False)))
+    adapters = {
+        "a": encode_adapter("a", FINGERPRINT, [
+            SparseTensor("q8.weight", shapes["q8.weight"], np.sort(rng.choice(384, 40, replace=False)),
+                         _vals(40, 21) * 20),
+            SparseTensor("q4.weight", shapes["q4.weight"], a4, _vals(a4.size, 22) * 20)], "f32", "flat-u32"),
+        "b": encode_adapter("b", FINGERPRINT, [
+            SparseTensor("q4.weight", shapes["q4.weight"], np.union1d(a4[::3], [0, 1, 255]),
+                         _vals(np.union1d(a4[::3], [0, 1, 255]).size, 23) * 30)], "f16", "elias-fano"),
+    }
+    decoded = {name: read_blob(blob) for name, blob in adapters.items()}
+    patcher = ReferenceQuantPatcher(base, places)
+    steps = [{"scales": {}, "buffers": patcher.live, "clamped": 0}]
+    for plan in QUANT_STEPS:
+        patcher.fuse([(decoded[name], scale) for name, scale in plan.items()])
+        steps.append({"scales": plan, "buffers": patcher.live, "clamped": patcher.clamped})
+    assert any(s["clamped"] for s in steps), "the case must clamp somewhere"
+    case = {"placements": places, "adapters": {n: f"{n}.shira" for n in adapters}, "steps": steps}
+    files = {f"{n}.shira": b for n, b in adapters.items()}
+    files["steps.json"] = (json.dumps(case) + "\n").encode()
+    return files
+
+
 def main():
     for name, (blob, expect) in build_vectors().items():
         (HERE / f"{name}.shira").write_bytes(blob)
@@ -184,6 +227,10 @@ def main():
     for fname, data in build_patch_case().items():
         (HERE / "patch" / fname).write_bytes(data)
         print(f"wrote patch/{fname}")
+    (HERE / "patch_quant").mkdir(exist_ok=True)
+    for fname, data in build_quant_patch_case().items():
+        (HERE / "patch_quant" / fname).write_bytes(data)
+        print(f"wrote patch_quant/{fname}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 package org.shira.core;
 
+import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -13,8 +14,27 @@ import java.util.Map;
  *  Same algorithm as the Python runtime's WeightPatcher, so both produce the same bytes: for each buffer it
  *  remembers which entries differ from the base and their base values; a new state first restores those
  *  entries by overwrite (never by subtracting), then saves and writes the new ones. plan() validates and
- *  computes everything before commit() writes anything, so a refused combination leaves the weights as they were. */
+ *  computes everything before commit() writes anything, so a refused combination leaves the weights as they were.
+ *
+ *  Quantized buffers (docs/QUANTIZATION.md) hold integers in a ByteBuffer: the fused delta of each entry is
+ *  re-quantized once with the base's scale, u' = z + clamp(rint((u - z) + d / s)), and whole bytes are written
+ *  (at 4 bits a byte's other nibble keeps its base value unless it is patched too). */
 public final class WeightPatcher {
+    /** A quantized placement's integers (MANIFEST.md "quant"): bits 4 or 8, blocks of `block` inputs, and the
+     *  float32 scales, N * (K / block) of them. */
+    public static final class Quant {
+        public final int bits, block;
+        public final float[] scales;
+
+        public Quant(int bits, int block, float[] scales) {
+            if (bits != 4 && bits != 8) throw new IllegalArgumentException("quant bits must be 4 or 8, got " + bits);
+            if (block < 16 || Integer.bitCount(block) != 1) throw new IllegalArgumentException("bad block " + block);
+            this.bits = bits; this.block = block; this.scales = scales;
+        }
+
+        int zeroPoint() { return 1 << (bits - 1); }
+    }
+
     /** Where a torch weight lives in an engine buffer (MANIFEST.md "Placement layouts"). */
     public static final class Placement {
         public final String buffer;
@@ -23,8 +43,20 @@ public final class WeightPatcher {
         /** Folded weight (MANIFEST.md "Folded weights"): stored = torch weight * channelScale[c], c = output
          *  channel (torch dim 0); null when stored as it is. */
         public final float[] channelScale;
+        /** A quantized placement ([N, K] in torch order, identity layout), or null for float32. */
+        public final Quant quant;
 
         public Placement(String buffer, String layout, long[] torchShape) { this(buffer, layout, torchShape, null); }
+
+        /** A quantized placement: a weight [N, K] stored as integers in torch order. */
+        public Placement(String buffer, long[] torchShape, Quant quant) {
+            if (torchShape.length != 2 || torchShape[1] % quant.block != 0
+                    || (long) quant.scales.length != torchShape[0] * (torchShape[1] / quant.block))
+                throw new IllegalArgumentException("a quantized placement needs [N, K], K a multiple of the block, "
+                        + "and N * K / block scales");
+            this.buffer = buffer; this.layout = "identity"; this.torchShape = torchShape; this.channelScale = null;
+            this.quant = quant;
+        }
 
         public Placement(String buffer, String layout, long[] torchShape, float[] channelScale) {
             if (!layout.equals("identity") && !layout.equals("transpose2d") && !layout.equals("channels_last"))
@@ -33,6 +65,13 @@ public final class WeightPatcher {
                 throw new IllegalArgumentException("channel_scale has " + channelScale.length + " values for "
                         + torchShape[0] + " output channels");
             this.buffer = buffer; this.layout = layout; this.torchShape = torchShape; this.channelScale = channelScale;
+            this.quant = null;
+        }
+
+        /** The quantization scale of torch entry f. */
+        float entryScale(long f) {
+            long cols = torchShape[1];
+            return quant.scales[(int) ((f / cols) * (cols / quant.block) + (f % cols) / quant.block)];
         }
 
         /** An adapter value for torch entry f -> the delta for the stored weight: binary64 product, rounded once. */
@@ -56,22 +95,51 @@ public final class WeightPatcher {
         }
     }
 
-    private static final class Mapped { final int[] idx; final float[] delta; Mapped(int[] i, float[] d) { idx = i; delta = d; } }
+    private static final class Mapped {
+        final int[] idx; final float[] delta; final float[] qscale; // qscale: each entry's scale (quantized buffers)
+        Mapped(int[] i, float[] d, float[] q) { idx = i; delta = d; qscale = q; }
+    }
 
-    /** One buffer's planned state: sorted unique indices and the binary32 delta to add there. */
-    public static final class Plan { final int[] idx; final float[] delta; Plan(int[] i, float[] d) { idx = i; delta = d; } }
+    /** One buffer's planned state: sorted unique indices and the binary32 delta to add there; for a quantized
+     *  buffer, sorted unique byte indices and their new bytes. */
+    public static final class Plan {
+        final int[] idx; final float[] delta; final byte[] bytes; final int clamped;
+        Plan(int[] i, float[] d) { idx = i; delta = d; bytes = null; clamped = 0; }
+        Plan(int[] i, byte[] b, int c) { idx = i; delta = null; bytes = b; clamped = c; }
+    }
 
     private final Map<String, FloatBuffer> buffers;
+    private final Map<String, ByteBuffer> quantized; // buffer -> its integers
+    private final Map<String, Quant> quantOf = new HashMap<>();
+    private final Map<String, byte[]> savedBytes = new HashMap<>();
+    private int clamped;
     private final Map<String, List<Placement>> placements; // torch name -> placements
     private final Map<String, int[]> idx = new HashMap<>();
     private final Map<String, float[]> saved = new HashMap<>();
     private final Map<String, Map<String, Mapped>> adapters = new LinkedHashMap<>(); // name -> buffer -> mapped
 
     public WeightPatcher(Map<String, FloatBuffer> buffers, Map<String, List<Placement>> placements) {
+        this(buffers, new LinkedHashMap<>(), placements);
+    }
+
+    /** `quantized`: buffer name -> the bytes of a quantized buffer (its placements carry their Quant). */
+    public WeightPatcher(Map<String, FloatBuffer> buffers, Map<String, ByteBuffer> quantized,
+                         Map<String, List<Placement>> placements) {
         this.buffers = buffers;
+        this.quantized = quantized;
         this.placements = placements;
         for (String b : buffers.keySet()) { idx.put(b, new int[0]); saved.put(b, new float[0]); }
+        for (String b : quantized.keySet()) { idx.put(b, new int[0]); savedBytes.put(b, new byte[0]); }
+        for (List<Placement> ps : placements.values())
+            for (Placement p : ps) {
+                if (p.quant != null && !quantized.containsKey(p.buffer))
+                    throw new IllegalArgumentException("quantized placement " + p.buffer + " has no byte buffer");
+                if (p.quant != null) quantOf.put(p.buffer, p.quant);
+            }
     }
+
+    /** Entries of the active state clamped to their integer range (quantized buffers). */
+    public int clamped() { return clamped; }
 
     /** Register a validated adapter: its indices are mapped to each placement's layout once, here. */
     public void load(String name, AdapterBlob blob) throws AdapterFormatException {
@@ -86,8 +154,12 @@ public final class WeightPatcher {
                 if (!p.layout.equals("identity")) Arrays.sort(order, (a, b) -> Long.compare(m[(int) (long) a], m[(int) (long) b]));
                 int[] mi = new int[m.length];
                 float[] dv = new float[m.length];
-                for (int i = 0; i < m.length; i++) { int o = (int) (long) order[i]; mi[i] = (int) m[o]; dv[i] = p.storedDelta(t.indices[o], t.values[o]); }
-                mapped.put(p.buffer, new Mapped(mi, dv));
+                float[] qs = p.quant == null ? null : new float[m.length];
+                for (int i = 0; i < m.length; i++) {
+                    int o = (int) (long) order[i]; mi[i] = (int) m[o]; dv[i] = p.storedDelta(t.indices[o], t.values[o]);
+                    if (qs != null) qs[i] = p.entryScale(t.indices[o]);
+                }
+                mapped.put(p.buffer, new Mapped(mi, dv, qs));
             }
         }
         adapters.put(name, mapped);
@@ -107,34 +179,89 @@ public final class WeightPatcher {
         for (String b : buffers.keySet()) {
             List<Object[]> parts = terms.get(b);
             if (parts == null) { plans.put(b, new Plan(new int[0], new float[0])); continue; }
-            int[] ix;
-            float[] d;
-            if (parts.size() == 1) {
-                Mapped m = (Mapped) parts.get(0)[0];
-                double scale = (Double) parts.get(0)[1];
-                ix = m.idx;
-                d = new float[ix.length];
-                for (int i = 0; i < ix.length; i++) d[i] = scale == 1.0 ? m.delta[i] : (float) ((double) m.delta[i] * scale);
-            } else { // union of indices; scaled deltas summed in binary64 in adapter order, rounded once
-                java.util.TreeMap<Integer, Double> sum = new java.util.TreeMap<>();
-                for (Object[] p : parts) {
-                    Mapped m = (Mapped) p[0];
-                    double scale = (Double) p[1];
-                    for (int i = 0; i < m.idx.length; i++) sum.merge(m.idx[i], (double) m.delta[i] * scale, Double::sum);
-                }
-                ix = new int[sum.size()];
-                d = new float[sum.size()];
-                int i = 0;
-                for (Map.Entry<Integer, Double> e : sum.entrySet()) { ix[i] = e.getKey(); d[i] = (float) (double) e.getValue(); i++; }
-            }
+            Fused f = fuseTerms(parts);
             FloatBuffer buf = buffers.get(b);
-            for (int i = 0; i < ix.length; i++) {
-                if (!Float.isFinite(baseValue(b, buf, ix[i]) + d[i]))
+            for (int i = 0; i < f.idx.length; i++) {
+                if (!Float.isFinite(baseValue(b, buf, f.idx[i]) + f.delta[i]))
                     throw new AdapterFormatException("buffer " + b + ": the requested combination produces non-finite weights");
             }
-            plans.put(b, new Plan(ix, d));
+            plans.put(b, new Plan(f.idx, f.delta));
+        }
+        for (String b : quantized.keySet()) {
+            List<Object[]> parts = terms.get(b);
+            if (parts == null) { plans.put(b, new Plan(new int[0], new byte[0], 0)); continue; }
+            plans.put(b, requantize(b, fuseTerms(parts)));
         }
         return plans;
+    }
+
+    private static final class Fused {
+        final int[] idx; final float[] delta; final float[] qscale;
+        Fused(int[] i, float[] d, float[] q) { idx = i; delta = d; qscale = q; }
+    }
+
+    /** One buffer's terms -> sorted unique indices and their binary32 deltas (FORMAT.md §6), with entry scales. */
+    private static Fused fuseTerms(List<Object[]> parts) {
+        if (parts.size() == 1) {
+            Mapped m = (Mapped) parts.get(0)[0];
+            double scale = (Double) parts.get(0)[1];
+            float[] d = new float[m.idx.length];
+            for (int i = 0; i < d.length; i++) d[i] = scale == 1.0 ? m.delta[i] : (float) ((double) m.delta[i] * scale);
+            return new Fused(m.idx, d, m.qscale);
+        }
+        // union of indices; scaled deltas summed in binary64 in adapter order, rounded once
+        java.util.TreeMap<Integer, Double> sum = new java.util.TreeMap<>();
+        Map<Integer, Float> qs = new HashMap<>();
+        for (Object[] p : parts) {
+            Mapped m = (Mapped) p[0];
+            double scale = (Double) p[1];
+            for (int i = 0; i < m.idx.length; i++) {
+                sum.merge(m.idx[i], (double) m.delta[i] * scale, Double::sum);
+                if (m.qscale != null) qs.put(m.idx[i], m.qscale[i]);
+            }
+        }
+        int[] ix = new int[sum.size()];
+        float[] d = new float[sum.size()];
+        float[] q = qs.isEmpty() ? null : new float[sum.size()];
+        int i = 0;
+        for (Map.Entry<Integer, Double> e : sum.entrySet()) {
+            ix[i] = e.getKey(); d[i] = (float) (double) e.getValue();
+            if (q != null) q[i] = qs.get(e.getKey());
+            i++;
+        }
+        return new Fused(ix, d, q);
+    }
+
+    /** Entries re-quantized from the base's integers with their scales -> the bytes that hold them. */
+    private Plan requantize(String b, Fused f) throws AdapterFormatException {
+        Quant q = quantOf.get(b);
+        int z = q.zeroPoint();
+        java.util.TreeMap<Integer, Integer> bytes = new java.util.TreeMap<>();
+        int clampedHere = 0;
+        for (int i = 0; i < f.idx.length; i++) {
+            if (!Float.isFinite(f.delta[i]))
+                throw new AdapterFormatException("buffer " + b + ": the requested combination produces non-finite weights");
+            int e = f.idx[i];
+            int at = q.bits == 8 ? e : e >> 1;
+            int cur = bytes.containsKey(at) ? bytes.get(at) : baseByte(b, at);
+            int shift = q.bits == 8 ? 0 : 4 * (e & 1);
+            int mask = q.bits == 8 ? 0xFF : 0x0F;
+            int u = (cur >> shift) & mask; // the base's entry: only the other nibble of `cur` may be new
+            double t = Math.rint((double) (u - z) + (double) f.delta[i] / (double) f.qscale[i]);
+            if (t < -z || t > z - 1) { clampedHere++; t = Math.max(-z, Math.min(z - 1, t)); }
+            int nu = (int) t + z;
+            bytes.put(at, (cur & ~(mask << shift) & 0xFF) | (nu << shift));
+        }
+        int[] ix = new int[bytes.size()];
+        byte[] v = new byte[bytes.size()];
+        int i = 0;
+        for (Map.Entry<Integer, Integer> e : bytes.entrySet()) { ix[i] = e.getKey(); v[i] = (byte) (int) e.getValue(); i++; }
+        return new Plan(ix, v, clampedHere);
+    }
+
+    private int baseByte(String b, int at) {
+        int pos = Arrays.binarySearch(idx.get(b), at);
+        return (pos >= 0 ? savedBytes.get(b)[pos] : quantized.get(b).get(at)) & 0xFF;
     }
 
     private float baseValue(String b, FloatBuffer buf, int at) {
@@ -144,8 +271,22 @@ public final class WeightPatcher {
 
     /** Restore, save, write. */
     public void commit(Map<String, Plan> plans) {
+        clamped = 0;
         for (Map.Entry<String, Plan> e : plans.entrySet()) {
             String b = e.getKey();
+            if (e.getValue().bytes != null) {
+                ByteBuffer buf = quantized.get(b);
+                int[] old = idx.get(b);
+                byte[] oldSaved = savedBytes.get(b);
+                for (int i = 0; i < old.length; i++) buf.put(old[i], oldSaved[i]);
+                Plan p = e.getValue();
+                byte[] base = new byte[p.idx.length];
+                for (int i = 0; i < p.idx.length; i++) { base[i] = buf.get(p.idx[i]); buf.put(p.idx[i], p.bytes[i]); }
+                idx.put(b, p.idx);
+                savedBytes.put(b, base);
+                clamped += p.clamped;
+                continue;
+            }
             FloatBuffer buf = buffers.get(b);
             int[] old = idx.get(b);
             float[] oldSaved = saved.get(b);
@@ -168,6 +309,7 @@ public final class WeightPatcher {
     private Map<String, Plan> emptyPlans() {
         Map<String, Plan> m = new LinkedHashMap<>();
         for (String b : buffers.keySet()) m.put(b, new Plan(new int[0], new float[0]));
+        for (String b : quantized.keySet()) m.put(b, new Plan(new int[0], new byte[0], 0));
         return m;
     }
 

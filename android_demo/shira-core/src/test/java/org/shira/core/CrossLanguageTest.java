@@ -189,4 +189,52 @@ public class CrossLanguageTest {
         assertArrayEquals(before, bitsOf(buffers.get("fc_T")));
         assertNotEquals(0, patcher.patchedEntries());
     }
+
+    @Test
+    public void quantizedPatcherReproducesThePythonRuntimeByteForByte() throws Exception {
+        File dir = new File(VECTORS, "patch_quant");
+        Map<?, ?> c = (Map<?, ?>) json(new File(dir, "steps.json"));
+        List<?> steps = (List<?>) c.get("steps");
+        Map<?, ?> first = (Map<?, ?>) ((Map<?, ?>) steps.get(0)).get("buffers");
+        Map<String, java.nio.ByteBuffer> bytes = new LinkedHashMap<>();
+        for (Map.Entry<?, ?> e : first.entrySet()) {
+            List<?> l = (List<?>) e.getValue();
+            java.nio.ByteBuffer b = java.nio.ByteBuffer.allocateDirect(l.size());
+            for (int i = 0; i < l.size(); i++) b.put(i, (byte) (long) (Long) l.get(i));
+            bytes.put((String) e.getKey(), b);
+        }
+        Map<String, List<WeightPatcher.Placement>> placements = new LinkedHashMap<>();
+        for (Map.Entry<?, ?> e : ((Map<?, ?>) c.get("placements")).entrySet()) {
+            Map<?, ?> p = (Map<?, ?>) e.getValue();
+            List<?> sh = (List<?>) p.get("torch_shape");
+            List<?> sc = (List<?>) p.get("scales");
+            float[] scales = new float[sc.size()];
+            for (int i = 0; i < scales.length; i++) scales[i] = (float) ((Number) sc.get(i)).doubleValue();
+            WeightPatcher.Quant q = new WeightPatcher.Quant((int) (long) (Long) p.get("bits"),
+                    (int) (long) (Long) p.get("block"), scales);
+            placements.put((String) e.getKey(), Arrays.asList(new WeightPatcher.Placement((String) p.get("buffer"),
+                    new long[]{(Long) sh.get(0), (Long) sh.get(1)}, q)));
+        }
+        WeightPatcher patcher = new WeightPatcher(new LinkedHashMap<>(), bytes, placements);
+        for (Map.Entry<?, ?> e : ((Map<?, ?>) c.get("adapters")).entrySet()) {
+            File f = new File(dir, (String) e.getValue());
+            patcher.load((String) e.getKey(), AdapterBlob.read(Files.readAllBytes(f.toPath()), f.getName(), null, null));
+        }
+        for (int s = 1; s < steps.size(); s++) {
+            Map<?, ?> step = (Map<?, ?>) steps.get(s);
+            Map<String, Double> scales = new LinkedHashMap<>();
+            for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("scales")).entrySet())
+                scales.put((String) e.getKey(), ((Number) e.getValue()).doubleValue());
+            patcher.fuse(scales);
+            assertEquals("step " + s + " clamped", (long) (Long) step.get("clamped"), patcher.clamped());
+            for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("buffers")).entrySet()) {
+                List<?> want = (List<?>) e.getValue();
+                java.nio.ByteBuffer got = bytes.get((String) e.getKey());
+                for (int i = 0; i < want.size(); i++)
+                    assertEquals("step " + s + " " + scales + " " + e.getKey() + "[" + i + "]",
+                            (long) (Long) want.get(i), got.get(i) & 0xFF);
+            }
+        }
+        assertEquals(0, patcher.patchedEntries());
+    }
 }
