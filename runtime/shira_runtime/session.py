@@ -146,6 +146,8 @@ class ShiraSession:
         self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads,
                                                          getattr(self.backend, "absmax", None), quant)
         self.clamped = 0  # quantized bases: entries of the active state clamped to the integer range
+        self._placement_of = {key: pname for pname, copies in getattr(self.backend, "copies", {}).items()
+                              for c in copies for key in c.keys}  # in place: copy buffer -> its placement
         self.adapters: dict[str, Adapter] = {}
         # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -281,7 +283,8 @@ class ShiraSession:
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
                 self.active = dict(scales)
-                self.clamped = sum(p.clamped for p in plans.values())
+                # once per placement: in place, one placement's plan is written into each of its copies
+                self.clamped = sum({self._placement_of.get(b, b): p.clamped for b, p in plans.items()}.values())
         if rebuilder is not None:
             rebuilder.kick()
 
