@@ -412,3 +412,36 @@ def test_the_packed_integer_forms_are_found_and_read_back_by_reshaping():
     slots = np.random.default_rng(0).integers(0, 16, rows * cols).astype(np.uint8)
     assert np.array_equal(unpack_groups(slots, form), slots[positions])
     assert describe(np.random.default_rng(1).permutation(rows * cols), (rows, cols)) is None  # no formula: a map
+
+
+def test_scales_that_are_not_positive_are_refused_before_any_engine(qbase, tmp_path):
+    import shutil
+
+    from shira_format.errors import ManifestError
+    from shira_format.safetensors_file import read_file
+    from shira_runtime import ShiraSession
+
+    base = tmp_path / "base"
+    shutil.copytree(qbase[1], base)
+    raw = json.loads((base / "manifest.json").read_text())
+    scales = next(iter(raw["tensors"].values()))["placements"]["onnxruntime"][0]["quant"]["scales"]
+    st = read_file(base / "weights.safetensors")
+    e = st.tensors[scales]
+    data = bytearray((base / "weights.safetensors").read_bytes())
+    data[st.data_start + e.start:st.data_start + e.start + 4] = np.float32(0).tobytes()  # a zero scale
+    (base / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="not all finite and positive") as err:
+        ShiraSession(base, prepack="off")
+    assert str(base / "weights.safetensors") in str(err.value)
+
+
+def test_export_cli_refuses_quantization_options_without_quantize(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path as P
+
+    exe = P(sys.executable).parent / "shira-export"
+    r = subprocess.run([str(exe), "model", "tiny-llama", "--out", str(tmp_path / "o"), "--format", "onnx",
+                        "--headroom", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "add --quantize" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
