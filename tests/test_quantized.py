@@ -445,3 +445,20 @@ def test_export_cli_refuses_quantization_options_without_quantize(tmp_path):
                         "--headroom", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "add --quantize" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_pack_reports_the_error_against_merging_in_float_then_quantizing(qbase, llama, tmp_path):
+    """`shira-pack --float-base`: the adapter's added error on this quantized base, next to the reference the
+    issue names (merge in float32, then quantize the whole model with the same settings)."""
+    from shira_toolchain.pack import PackError, pack_adapter
+
+    _, base = qbase
+    r = pack_adapter(llama.peft_dirs["zen"], base, tmp_path / "a.shira", float_base=llama.base_dir)
+    q = r.quantized
+    assert q is not None and 0 < q["error_merged_then_quantized"] and 0 < q["error_patched"] < 1
+    assert q["error_patched"] >= q["error_merged_then_quantized"] * 0.5  # same order: both quantize the same model
+    with pytest.raises(PackError, match="applies to a quantized base"):
+        pack_adapter(llama.peft_dirs["zen"], llama.base_dir, tmp_path / "b.shira", float_base=llama.base_dir)
+    with pytest.raises(PackError, match="must be a float32 export"):
+        pack_adapter(llama.peft_dirs["zen"], base, tmp_path / "c.shira", float_base=base)
+    assert not (tmp_path / "b.shira").exists() and not (tmp_path / "c.shira").exists()

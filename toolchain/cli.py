@@ -169,7 +169,10 @@ def pack_group():
 @click.option("--density", type=float, default=None,
               help="For LoRA checkpoints (required) and full fine-tunes: keep this share of each weight, the "
                    "largest |delta|. A full fine-tune without it keeps its exact nonzero difference.")
-def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, density):
+@click.option("--float-base", default=None, type=click.Path(exists=True, file_okay=False),
+              help="With a quantized --base: the float32 export of the same model, to report the error of the "
+                   "patched base against merging in float32 and then quantizing the whole model.")
+def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, density, float_base):
     """Pack SRC into a blob bound to the base: a PEFT SHiRA checkpoint directory, a PEFT LoRA checkpoint
     directory (sparsified at --density), or a full fine-tune (.safetensors file or directory) diffed against
     the base. Every module must be a patchable tensor of the base, every index in range, every value finite."""
@@ -178,7 +181,7 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
     from .pack import PackError, pack_adapter
 
     try:
-        r = pack_adapter(src, base_dir, out, name, value_coding, index_coding, density)
+        r = pack_adapter(src, base_dir, out, name, value_coding, index_coding, density, float_base)
     except (PackError, ShiraError) as e:
         _fail(e)
     codings = ", ".join(f"{k} x{v}" for k, v in sorted(r.index_codings.items()))
@@ -194,6 +197,9 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
                    f"integers hold {q['kept']:.1%} of the delta"
                    + ("" if q["clamped"] <= 0.01 * q["entries"] else
                       " (train it on this base: shira-train --quantized-base, or export with more --headroom)"))
+        if "error_patched" in q:
+            click.echo(f"  against merging in float32: relative error {q['error_patched']:.4f} patched into this "
+                       f"base, {q['error_merged_then_quantized']:.4f} merged then quantized whole")
     if r.ignored and r.ignored_checked:
         click.echo(f"  warning: {len(r.ignored)} changed weight(s) of the fine-tune are not patchable in this base, "
                    f"so their change is lost: {', '.join(r.ignored[:3])}{'...' if len(r.ignored) > 3 else ''} "

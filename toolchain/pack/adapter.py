@@ -370,11 +370,12 @@ def finetune_deltas(src: Path, manifest, density: float | None) -> tuple[list[Sp
     return deltas, float(np.sqrt(lost / total)) if total else 0.0, ignored, changed is not None
 
 
-def quantized_fit(manifest, deltas: list[SparseTensor]) -> dict | None:
+def quantized_fit(manifest, deltas: list[SparseTensor], float_base=None) -> dict | None:
     """For a quantized base: how many of the adapter's entries the base's scales clamp, and how much of its delta
-    the integers hold after re-quantization (1 - |held - delta| / |delta|; docs/QUANTIZATION.md). None for a float
-    base."""
-    from shira_format.quant import entries, requantize
+    the integers hold after re-quantization (1 - |held - delta| / |delta|; docs/QUANTIZATION.md). With
+    `float_base` (the float32 export of the same model) also the error against merging in float32: of the patched
+    base, and of the merged model quantized whole with the same settings. None for a float base."""
+    from shira_format.quant import dequantize, entries, pack_entries, quantize, requantize
     from shira_format.weights import open_weights, quant_scales, safetensors_views
 
     places = {d.target: manifest.tensors[d.target].placements.get("onnxruntime", ()) for d in deltas}
@@ -383,26 +384,60 @@ def quantized_fit(manifest, deltas: list[SparseTensor]) -> dict | None:
     path = manifest.file(manifest.files_of("onnxruntime").weights)
     st = open_weights(path)
     stored, scales = safetensors_views(manifest, st, path), quant_scales(manifest, st, path)
+    floats, headroom = None, 1.0
+    if float_base is not None:
+        fman = manifest_mod.load(float_base)
+        if fman.base_fingerprint != manifest.base_fingerprint:
+            raise PackError(f"{fman.path}: --float-base is another model's export (base fingerprint differs)")
+        if any(p.quant is not None for t in fman.tensors.values() for ps in t.placements.values() for p in ps):
+            raise PackError(f"{fman.path}: --float-base must be a float32 export (this one is quantized)")
+        missing = [d.target for d in deltas if d.target not in fman.tensors]
+        if missing:
+            raise PackError(f"{fman.path}: {missing[0]} is not patchable in --float-base: export it with the same "
+                            "--targets")
+        floats = base_weights(fman, [d.target for d in deltas])
+        headroom = float(json.loads(manifest.path.read_text()).get("quantization", {}).get("headroom") or 1.0)
     n = clamped = 0
     err = ref = 0.0
+    ours = whole = merged_norm = 0.0
     for d in deltas:
         for p in places[d.target]:
             if p.quant is None:
                 continue
-            s = p.quant.scale_of(scales[p.name], d.indices, manifest.tensors[d.target].shape[1])
-            u = entries(stored[p.name], p.quant)[d.indices]
+            rows, cols = manifest.tensors[d.target].shape
+            s = p.quant.scale_of(scales[p.name], d.indices, cols)
+            ent = entries(stored[p.name], p.quant)
+            u = ent[d.indices]
             new, c = requantize(u, d.values, s, p.quant)
             held = (new.astype(np.float64) - u.astype(np.float64)) * s.astype(np.float64)
             n, clamped = n + d.indices.size, clamped + c
             err += float(np.sum((held - d.values.astype(np.float64)) ** 2))
             ref += float(np.sum(d.values.astype(np.float64) ** 2))
+            if floats is not None:
+                merged = floats[d.target].reshape(-1).copy()
+                merged[d.indices] += d.values
+                patched = ent[np.arange(rows * cols, dtype=np.int64)]
+                patched[d.indices] = new
+                mine = dequantize(pack_entries(patched, p.quant), scales[p.name], p.quant, rows, cols).reshape(-1)
+                q_bytes, q_scales = quantize(merged.reshape(rows, cols), p.quant.bits, p.quant.block,
+                                             p.quant.per_channel, headroom)
+                theirs = dequantize(q_bytes, q_scales, p.quant, rows, cols).reshape(-1)
+                ours += float(np.sum((mine.astype(np.float64) - merged) ** 2))
+                whole += float(np.sum((theirs.astype(np.float64) - merged) ** 2))
+                merged_norm += float(np.sum(merged.astype(np.float64) ** 2))
             break  # one placement tells: every copy holds the same integers
-    return {"entries": n, "clamped": clamped, "kept": 1.0 - float(np.sqrt(err / ref)) if ref else 1.0}
+    out = {"entries": n, "clamped": clamped, "kept": 1.0 - float(np.sqrt(err / ref)) if ref else 1.0}
+    if floats is not None and merged_norm:
+        out["error_patched"] = float(np.sqrt(ours / merged_norm))  # |patched base - merged float| / |merged|
+        out["error_merged_then_quantized"] = float(np.sqrt(whole / merged_norm))
+    return out
 
 
 # ---- packing ------------------------------------------------------------------------------------------------
 def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str = DEFAULT_VALUES,
-                 index_coding: str = "auto", density: float | None = None) -> PackReport:
+                 index_coding: str = "auto", density: float | None = None, float_base=None) -> PackReport:
+    """`float_base`: for a quantized base, the float32 export of the same model, to report the error against
+    merging in float32 and then quantizing (quantized_fit)."""
     if density is not None and not 0 < density <= 1:
         raise PackError(f"--density {density}: must be in (0, 1]")
     manifest = manifest_mod.load(base_dir)
@@ -432,6 +467,9 @@ def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str 
     except ValueError as e:
         raise PackError(f"{src}: {e}") from None
     adapter = read_adapter(blob, manifest, source=str(out))  # the runtime's reader must accept it before we write
+    fit = quantized_fit(manifest, list(adapter.tensors.values()), float_base)  # before writing: it may refuse
+    if fit is None and float_base is not None:
+        raise PackError(f"--float-base applies to a quantized base; {manifest.root} is float32")
     write_bytes(out, blob)
     codings: dict[str, int] = {}
     for t in adapter.tensors.values():
@@ -440,7 +478,7 @@ def pack_adapter(src, base_dir, out, name: str | None = None, value_coding: str 
     return PackReport(name, Path(out), source_kind, len(deltas), adapter.nnz,
                       sum(manifest.tensors[d.target].numel for d in deltas), len(blob), src_bytes, value_coding,
                       codings, max(value_error(value_coding, d) for d in deltas), rel_err, ignored, checked,
-                      quantized_fit(manifest, list(adapter.tensors.values())))
+                      fit)
 
 
 def pack_peft_shira(src, base_dir, out, name: str | None = None, value_coding: str = "f32",
