@@ -17,7 +17,7 @@ import numpy as np
 from . import layouts
 from .errors import ManifestError, printable
 from .layouts import LAYOUTS
-from .quant import BITS, BLOCKS, Quant
+from .quant import BITS, BLOCKS, SCALE_DTYPES, Quant
 
 FORMAT = "shira-manifest"
 FORMAT_VERSION = 3  # what export writes. 3 added folded placements (channel_scale), which a version-2 reader
@@ -227,15 +227,17 @@ def _placement(p, tname: str, backend: str, torch_shape) -> Placement:
         scale = tuple(float(v) for v in scale)
     elif folded_sha is not None:
         raise _Bad(f"{where} {name}: folded_sha256 without channel_scale")
-    quant = None if p.get("quant") is None else _quant(p["quant"], f"{where} {name}", shape, layout, torch_shape)
-    if quant is not None and (scale is not None or backend != "onnxruntime"):
-        raise _Bad(f"{where} {name}: quant is for unfolded onnxruntime placements only")
+    quant = None if p.get("quant") is None else _quant(p["quant"], f"{where} {name}", shape, layout, torch_shape,
+                                                       backend)
+    if quant is not None and scale is not None:
+        raise _Bad(f"{where} {name}: quant is for unfolded placements only")
     return Placement(name, shape, layout, offset, reload, crc, scale, folded_sha, quant)
 
 
-def _quant(q, where: str, shape, layout, torch_shape) -> Quant:
+def _quant(q, where: str, shape, layout, torch_shape, backend: str) -> Quant:
     q = _dict(q, f"{where} quant")
     bits, block, per_channel = q.get("bits"), q.get("block"), q.get("per_channel", False)
+    signed, s_off, s_dtype = q.get("signed", False), q.get("scales_offset"), q.get("scales_dtype", "float32")
     if bits not in BITS or not is_int(bits):
         raise _Bad(f"{where}: quant bits must be one of {BITS}, got {str(bits)[:20]}")
     if block not in BLOCKS or not is_int(block):
@@ -245,6 +247,15 @@ def _quant(q, where: str, shape, layout, torch_shape) -> Quant:
     if layout != "identity" or len(torch_shape) != 2 or tuple(shape) != tuple(torch_shape) or torch_shape[1] % block:
         raise _Bad(f"{where}: a quantized placement stores a 2-D weight [N, K] as it is (identity layout), K a "
                    f"multiple of the block {block}; got {list(shape)}, {layout}")
+    if type(signed) is not bool or (signed and bits != 8):
+        raise _Bad(f"{where}: quant signed must be true or false, and true only for 8 bits")
+    if backend == "executorch":  # scales inside the program, addressed by offset (docs/QUANTIZATION.md)
+        if q.get("scales") is not None or not is_int(s_off) or s_off < 0 or s_dtype not in SCALE_DTYPES:
+            raise _Bad(f"{where}: an executorch quant needs scales_offset (a non-negative integer) and scales_dtype "
+                       f"({' or '.join(SCALE_DTYPES)}), and no scales name")
+        return Quant(bits, block, None, per_channel, signed, s_off, s_dtype)
+    if signed or s_off is not None or "scales_dtype" in q:
+        raise _Bad(f"{where}: signed, scales_offset and scales_dtype are for executorch placements only")
     return Quant(bits, block, _str(q.get("scales"), f"{where} quant scales"), per_channel)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 BITS = (4, 8)
 BLOCKS = (16, 32, 64, 128, 256)  # what MatMulNBits accepts (a power of two, at least 16)
+SCALE_DTYPES = ("float32", "bfloat16")  # how a program (ExecuTorch) stores a quantized placement's scales
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,28 @@ class Quant:
 
     bits: int
     block: int
-    scales: str  # the name of its float32 scales, [N * K/block], in the same weights file
-    per_channel: bool = False  # informative: every block of a row has its channel's scale (int8 per channel)
+    scales: str | None  # ONNX Runtime: the name of its float32 scales, [N * K/block], in the same weights file
+    per_channel: bool = False  # every block of a row has its channel's scale (int8 per channel)
+    signed: bool = False  # int8 stored as two's complement q = u - z (XNNPACK's qc8w): byte = u XOR 0x80
+    scales_offset: int | None = None  # ExecuTorch: the byte offset of its scales inside the .pte
+    scales_dtype: str = "float32"  # ExecuTorch: "float32", or "bfloat16" (XNNPACK's blockwise 4-bit scales)
 
     @property
     def zero_point(self) -> int:
         return 1 << (self.bits - 1)
+
+    @property
+    def flip(self) -> np.uint8:
+        """XOR between a stored byte and its entry u: 0x80 for signed int8, else 0."""
+        return np.uint8(0x80 if self.signed else 0)
+
+    def stored_scales_count(self, rows: int, cols: int) -> int:
+        """How many scales a program stores: one per row for per-channel scales held by offset (ExecuTorch),
+        else one per block (MatMulNBits repeats a channel's scale in each of its blocks)."""
+        return rows if self.per_channel and self.scales_offset is not None else self.scales_count(rows, cols)
+
+    def stored_scales_bytes(self, rows: int, cols: int) -> int:
+        return self.stored_scales_count(rows, cols) * (2 if self.scales_dtype == "bfloat16" else 4)
 
     def stored_bytes(self, rows: int, cols: int) -> int:
         return rows * cols * self.bits // 8
@@ -82,9 +99,46 @@ class Nibbles:
         self.data[b] = (self.data[b] & np.uint8(0x0F)) | (values[~low] << np.uint8(4))
 
 
+class SignedBytes:
+    """Signed int8 entries (two's complement, XNNPACK) addressed as their unsigned u = byte XOR 0x80."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.data[idx] ^ np.uint8(0x80)
+
+    def __setitem__(self, idx, values) -> None:
+        self.data[idx] = np.asarray(values, dtype=np.uint8) ^ np.uint8(0x80)
+
+
 def entries(buf: np.ndarray, quant: Quant):
-    """A stored byte buffer as the patcher addresses it: one element per weight entry."""
-    return Nibbles(buf) if quant.bits == 4 else buf
+    """A stored byte buffer as the patcher addresses it: one element per weight entry, its unsigned u."""
+    if quant.bits == 4:
+        return Nibbles(buf)
+    return SignedBytes(buf) if quant.signed else buf
+
+
+def decode_scales(raw: np.ndarray, quant: Quant, rows: int, cols: int) -> np.ndarray:
+    """A program's stored scales (bytes: float32 or bfloat16, little-endian; one per row or per block) -> the
+    float32 scales [N * K/block] the patcher indexes (bfloat16 widens exactly: its bits are float32's top half)."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    if quant.scales_dtype == "bfloat16":
+        s = (raw.view("<u2").astype(np.uint32) << np.uint32(16)).view(np.float32)
+    else:
+        s = raw.view("<f4").astype(np.float32)
+    if s.size == rows and quant.per_channel:
+        s = np.repeat(s, cols // quant.block)
+    return s
 
 
 def requantize(base: np.ndarray, delta: np.ndarray, scale: np.ndarray, quant: Quant) -> tuple[np.ndarray, int]:
@@ -118,7 +172,7 @@ def quantize(w: np.ndarray, bits: int, block: int, per_channel: bool, headroom: 
 def pack_entries(u: np.ndarray, quant: Quant) -> np.ndarray:
     """Integer entries in torch order -> the stored bytes (flat)."""
     u = np.asarray(u, dtype=np.uint8).reshape(-1)
-    return u.copy() if quant.bits == 8 else (u[0::2] & np.uint8(15)) | (u[1::2] << np.uint8(4))
+    return u ^ quant.flip if quant.bits == 8 else (u[0::2] & np.uint8(15)) | (u[1::2] << np.uint8(4))
 
 
 def dequantize_entries(u: np.ndarray, scales: np.ndarray, quant: Quant, rows: int, cols: int) -> np.ndarray:
@@ -130,5 +184,5 @@ def dequantize_entries(u: np.ndarray, scales: np.ndarray, quant: Quant, rows: in
 def dequantize(stored: np.ndarray, scales: np.ndarray, quant: Quant, rows: int, cols: int) -> np.ndarray:
     """Stored bytes -> the float32 weight [N, K] they hold."""
     u = entries(stored.reshape(-1), quant)[np.arange(rows * cols, dtype=np.int64)] if quant.bits == 4 \
-        else stored.reshape(-1)
+        else stored.reshape(-1) ^ quant.flip
     return dequantize_entries(u, scales, quant, rows, cols)

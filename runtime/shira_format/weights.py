@@ -15,16 +15,41 @@ from .safetensors_file import SafetensorsError, read_file
 
 def program_views(manifest, memory: np.ndarray, source, prepacked: bool = False) -> dict[str, np.ndarray]:
     """Placement name -> flat float32 view into `memory` (the uint8 bytes of an ExecuTorch program), for the
-    patchable program, or with `prepacked` for the prepacked one. Views write through."""
+    patchable program, or with `prepacked` for the prepacked one; a quantized placement's stored bytes (uint8).
+    Views write through."""
     out = {}
     for info in manifest.tensors.values():
         places = (info.prepacked_placements if prepacked else info.placements).get("executorch", ())
         for p in places:
-            n = 4 * int(np.prod(p.shape))
+            n = 4 * int(np.prod(p.shape)) if p.quant is None else p.quant.stored_bytes(*p.shape)
             if p.offset < 0 or p.offset + n > memory.size:
                 raise ManifestError(f"{source}: weight {info.name} at byte {p.offset} (+{n}) lies outside the "
                                     f"{memory.size}-byte program (truncated file?)")
-            out[p.name] = memory[p.offset : p.offset + n].view(np.float32)
+            view = memory[p.offset : p.offset + n]
+            out[p.name] = view if p.quant is not None else view.view(np.float32)
+    return out
+
+
+def program_scales(manifest, memory: np.ndarray, source) -> dict[str, np.ndarray]:
+    """Quantized ExecuTorch placement name -> its scales as float32 [N * K/block] (decoded copies: a patch never
+    changes a scale), checked finite and positive."""
+    from .quant import decode_scales
+
+    out = {}
+    for info in manifest.tensors.values():
+        for p in info.placements.get("executorch", ()):
+            if p.quant is None:
+                continue
+            q = p.quant
+            n = q.stored_scales_bytes(*p.shape)
+            if q.scales_offset + n > memory.size:
+                raise ManifestError(f"{source}: scales of {info.name} at byte {q.scales_offset} (+{n}) lie outside "
+                                    f"the {memory.size}-byte program (truncated file?)")
+            s = decode_scales(memory[q.scales_offset : q.scales_offset + n], q, *p.shape)
+            if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+                raise ManifestError(f"{source}: the scales of {info.name} at byte {q.scales_offset} are not all "
+                                    "finite and positive")
+            out[p.name] = s
     return out
 
 
@@ -97,6 +122,29 @@ def stored_weights(manifest, runtime: str) -> tuple[dict[str, np.ndarray], objec
     except OSError as e:
         raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
     return program_views(manifest, memory, path), path
+
+
+def quantized_placements(manifest) -> dict[str, tuple]:
+    """Read-only: target -> (its first quantized placement, stored bytes (uint8, flat), scales (float32 [N*K/block]))
+    for a quantized base: ONNX Runtime's where the base has both runtimes (their integers can differ: ExecuTorch's
+    int4 scales are bfloat16), else ExecuTorch's. Empty for a float base."""
+    runtime = "onnxruntime" if "onnxruntime" in manifest.runtimes else "executorch"
+    if not any(p.quant is not None for info in manifest.tensors.values() for p in info.placements.get(runtime, ())):
+        return {}
+    if runtime == "onnxruntime":
+        path = manifest.file(manifest.files_of(runtime).weights)
+        st = open_weights(path)
+        stored, scales = safetensors_views(manifest, st, path), quant_scales(manifest, st, path)
+    else:
+        stored, path = stored_weights(manifest, runtime)
+        memory = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        scales = program_scales(manifest, memory, path)
+    out = {}
+    for target, info in manifest.tensors.items():
+        p = next((p for p in info.placements.get(runtime, ()) if p.quant is not None), None)
+        if p is not None:
+            out[target] = (p, stored[p.name], scales[p.name])
+    return out
 
 
 def torch_layout(manifest, runtime: str, buffers: dict[str, np.ndarray], target: str) -> np.ndarray:

@@ -22,11 +22,15 @@ VERIFY_MODES = ("fast", "full", "off")
 
 def placement_record(tensor: str, torch_shape, p) -> bytes:
     """`tensor|name|layout|stored shape|torch shape|offset` + newline, shapes as `AxBxC`, offset empty if none;
-    a quantized placement adds `|q<bits>/<block>/<scales name>/<c if per channel, else b>` before the newline."""
+    a quantized placement adds `|q<bits>/<block>/<scales>/<c if per channel, else b>` before the newline, <scales>
+    its scales' name, or `@<scales_offset>:<scales_dtype>` for scales held in a program, and `/s` after if signed."""
     dims = lambda s: "x".join(str(int(d)) for d in s)  # noqa: E731
     offset = "" if p.offset is None else str(int(p.offset))
-    q = "" if p.quant is None else \
-        f"|q{p.quant.bits}/{p.quant.block}/{p.quant.scales}/{'c' if p.quant.per_channel else 'b'}"
+    q = ""
+    if p.quant is not None:
+        qt = p.quant
+        where = qt.scales if qt.scales_offset is None else f"@{qt.scales_offset}:{qt.scales_dtype}"
+        q = f"|q{qt.bits}/{qt.block}/{where}/{'c' if qt.per_channel else 'b'}" + ("/s" if qt.signed else "")
     return f"{tensor}|{p.name}|{p.layout}|{dims(p.shape)}|{dims(torch_shape)}|{offset}{q}\n".encode("utf-8")
 
 

@@ -94,9 +94,9 @@ class WeightPatcher:
         """Entries (sorted) re-quantized from the base's integers -> the bytes that hold them, with their new
         values: at 4 bits a byte's other nibble keeps its base value unless it is patched too."""
         q = self.quant[name]
-        if q.bits == 8:
-            values, clamped = requantize(self._base_values(name, idx), delta, qscale, q)
-            return BufferPlan(idx, delta, values, clamped)
+        if q.bits == 8:  # signed storage (ExecuTorch): stored byte = u XOR 0x80, both ways
+            values, clamped = requantize(self._base_values(name, idx) ^ q.flip, delta, qscale, q)
+            return BufferPlan(idx, delta, values ^ q.flip, clamped)
         byte_idx, where = np.unique(idx >> 1, return_inverse=True)
         base_bytes = self._base_values(name, byte_idx)
         high = (idx & 1).astype(bool)

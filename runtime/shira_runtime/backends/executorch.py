@@ -4,6 +4,9 @@ How a weight stays patchable (docs/MANIFEST.md; measured again at every export):
   * Linear weights are lowered with XNNPACK's `force_non_static_weights_for_f32_linear`, so XNNPACK does not
     pack them at load: every execute() reads them from the program's constant data. A write into those bytes
     reaches the very next execute().
+  * Quantized Linear weights (`shira-export --quantize`: XNNPACK's 4-bit blockwise or 8-bit per-channel
+    integers with dynamically quantized activations) are always packed at method load, so they are patched
+    like conv weights: written, then the method reloaded (docs/QUANTIZATION.md).
   * Conv weights cannot take that flag (the method then fails to load), so XNNPACK packs them at method load,
     stored channels-last (OHWI) inside the delegate payload. A change to one is written into the same bytes and
     the method is reloaded (`reload: true` in the manifest); the switch time includes that reload.
@@ -21,7 +24,7 @@ import threading
 
 import numpy as np
 from shira_format.errors import ManifestError, ShiraError, first_line
-from shira_format.weights import program_views
+from shira_format.weights import program_scales, program_views
 
 NAME = "executorch"
 METHOD = "forward"
@@ -131,8 +134,13 @@ class ExecuTorchBackend:
         self.buffers: dict[str, np.ndarray] = {}
         self._reload_on: set[str] = set()
 
+        self.scales: dict[str, np.ndarray] = {}  # quantized placements: their scales (never patched)
+        self._quant = {p.name: p.quant for info in manifest.tensors.values() for p in info.placements[NAME]
+                       if p.quant is not None}
+
         def locate(program: PatchableProgram) -> None:  # runs before ExecuTorch parses the program
             self.buffers.update(program_views(manifest, program.memory, path))
+            self.scales.update(program_scales(manifest, program.memory, path))
             self._reload_on.update(p.name for info in manifest.tensors.values() for p in info.placements[NAME]
                                    if p.reload)
             self._check(self.buffers, path)
@@ -151,7 +159,12 @@ class ExecuTorchBackend:
     def _check(self, buffers: dict[str, np.ndarray], path, prepacked: bool = False) -> None:
         from ..integrity import verify_placements
 
-        verify_placements(self._verify, self._manifest, NAME, buffers, path, self._threads, prepacked)
+        verify_placements(self._verify, self._manifest, NAME, buffers, path, self._threads, prepacked,
+                          scales=self.scales)
+
+    def entry_scales(self, pname: str, flat: np.ndarray, cols: int) -> np.ndarray:
+        """The quantization scale of each of a quantized placement's entries (torch flat indices)."""
+        return self._quant[pname].scale_of(self.scales[pname], flat, cols)
 
     def close(self) -> None:
         """Free both programs; the session object calls this once, from close()."""
