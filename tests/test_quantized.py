@@ -22,7 +22,7 @@ def qbase(request, tmp_path_factory) -> tuple[str, Path]:
     from shira_toolchain.model_source import resolve
 
     out = tmp_path_factory.mktemp(f"tiny-llama-{request.param}")
-    export_model(resolve("tiny-llama"), out, formats=("onnx",), log=lambda *a: None, quantize=request.param)
+    export_model(resolve("tiny-llama"), out, formats=("onnx", "pte"), log=lambda *a: None, quantize=request.param)
     return request.param, out
 
 
@@ -206,6 +206,7 @@ def test_a_refused_fusion_leaves_the_integers_untouched(qbase):
     (lambda pl: pl["quant"].update(block=24), "quant block must be one of"),
     (lambda pl: pl.update(layout="transpose2d", shape=pl["shape"][::-1]), "identity layout"),
     (lambda pl: pl["quant"].pop("scales"), "quant scales"),
+    (lambda pl: pl["quant"].update(scales_offset=0), "executorch placements only"),
 ])
 def test_a_damaged_quant_entry_is_refused_in_one_line(qbase, tmp_path, edit, message):
     import shutil
@@ -247,12 +248,113 @@ def test_an_older_version_and_a_changed_scale_are_refused(qbase, tmp_path):
         ShiraSession(base, prepack="off")
 
 
-def test_quantize_needs_onnx_only(tmp_path):
-    from shira_toolchain.export import ExportError, export_model
+def test_executorch_holds_xnnpack_integers_and_scales_by_offset(qbase):
+    """The .pte holds XNNPACK's integers (int4: nibbles as MatMulNBits; int8: signed bytes) and scales (int4:
+    bfloat16 per block; int8: float32 per channel) at the manifest's offsets: they dequantize to the float weights
+    within half a step, and every quantized placement is patched by method reload."""
+    from shira_format.manifest import load
+    from shira_format.quant import dequantize, entries
+    from shira_runtime.backends.executorch import ExecuTorchBackend
     from shira_toolchain.model_source import resolve
 
-    with pytest.raises(ExportError, match="--format onnx"):
-        export_model(resolve("tiny-llama"), tmp_path, formats=("onnx", "pte"), quantize="int4", log=lambda *a: None)
+    mode, base = qbase
+    raw = json.loads((base / "manifest.json").read_text())
+    assert raw["quantization"]["executorch"]["patchable"] == len(raw["tensors"])
+    manifest = load(base)
+    backend = ExecuTorchBackend(manifest)
+    params = dict(resolve("tiny-llama").model.named_parameters())
+    try:
+        for target, info in manifest.tensors.items():
+            (p,) = info.placements["executorch"]
+            q = p.quant
+            assert p.reload and p.layout == "identity" and q.signed == (mode == "int8")
+            assert q.scales_dtype == {"int8": "float32", "int4": "bfloat16"}[mode] and q.per_channel == (mode == "int8")
+            u = entries(backend.buffers[p.name].copy(), q)[np.arange(int(np.prod(info.shape)))]
+            assert int(u.min()) >= 0 and int(u.max()) <= 2 * q.zero_point - 1
+            w = params[target].detach().numpy()
+            back = dequantize(backend.buffers[p.name].copy(), backend.scales[p.name], q, *info.shape)
+            step = np.repeat(backend.scales[p.name], q.block).reshape(info.shape)
+            assert np.all(np.abs(back - w) <= step / 2 * 1.0001 + 1e-7), target
+    finally:
+        backend.close()
+
+
+def _torchao_twin(session):
+    """tiny-llama quantized by torchao as the export does, then given the session's current integers."""
+    from shira_format.quant import entries
+    from shira_toolchain.export.quantize_executorch import quantize_linears
+    from shira_toolchain.model_source import resolve
+
+    q = json.loads((session.manifest.path.parent / "manifest.json").read_text())["quantization"]
+    twin, ours, _, _ = quantize_linears(resolve("tiny-llama"), set(session.manifest.tensors), q["mode"],
+                                        q["headroom"], q["patchable_mode"], log=lambda *a: None)
+    modules = dict(twin.model.named_modules())
+    for target, info in session.manifest.tensors.items():
+        (p,) = info.placements["executorch"]
+        e = entries(session.backend.buffers[p.name].copy(), p.quant)
+        u = e[np.arange(int(np.prod(info.shape)))].reshape(info.shape)
+        qt = modules[target.rsplit(".", 1)[0]].weight
+        with torch.no_grad():
+            qt.qdata.copy_(torch.from_numpy(u.astype(np.int16) - p.quant.zero_point))
+    return twin
+
+
+def test_executorch_switch_requantizes_reloads_and_resets_bit_exactly(qbase):
+    """A switch writes q' with the program's own scales into the .pte's integers and reloads the method: the
+    output is torchao's for the same integers (XNNPACK computes with the bytes written); reset gives the base's
+    bytes and output back exactly."""
+    from shira_format.adapter import read_adapter
+    from shira_runtime import ShiraSession
+
+    mode, base = qbase
+    with ShiraSession(base, backend="executorch") as s:
+        x = s.manifest.sample_inputs()
+        before, out0 = snapshot(s), s.run(x)
+        s.load(ADAPTERS["upper"])
+        s.switch("upper")
+        assert s.backend.program.reloads == 1
+        adapter = read_adapter(ADAPTERS["upper"], s.manifest)
+        for t in adapter.tensors.values():
+            info = s.manifest.tensors[t.target]
+            (p,) = info.placements["executorch"]
+            base_u = _entries_of_bytes(before[p.name], p)[t.indices]
+            scale = p.quant.scale_of(s.backend.scales[p.name], t.indices, info.shape[1])
+            want = _requantized(base_u, t.values, scale, p.quant.bits)
+            assert np.array_equal(_entries(s, p.name, p)[t.indices], want), t.target
+        assert s.clamped > 0
+        out = s.run(x)
+        twin = _torchao_twin(s)
+        with torch.no_grad():
+            ref = twin.export_module()(*(torch.from_numpy(v) for v in x.values()))
+        ref = (ref[0] if isinstance(ref, tuple) else ref).numpy()
+        (key,) = out
+        assert np.max(np.abs(out[key] - out0[key])) > 1e-2
+        assert np.max(np.abs(out[key] - ref)) <= 1e-4 * np.max(np.abs(ref))
+        s.reset()
+        assert snapshot(s) == before and s.clamped == 0
+        assert np.array_equal(s.run(x)[key], out0[key])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda q: q.update(bits=4, signed=True), "true only for 8 bits"),
+    (lambda q: q.pop("scales_offset"), "needs scales_offset"),
+    (lambda q: q.update(scales_dtype="float16"), "needs scales_offset"),
+    (lambda q: q.update(scales="w.scales"), "no scales name"),
+])
+def test_a_damaged_executorch_quant_entry_is_refused_in_one_line(qbase, tmp_path, edit, message):
+    import shutil
+
+    from shira_format.errors import ManifestError
+    from shira_runtime import ShiraSession
+
+    base = tmp_path / "base"
+    shutil.copytree(qbase[1], base)
+    raw = json.loads((base / "manifest.json").read_text())
+    edit(next(iter(raw["tensors"].values()))["placements"]["executorch"][0]["quant"])
+    (base / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=message) as e:
+        ShiraSession(base, backend="executorch")
+    assert "\n" not in str(e.value) and str(base / "manifest.json") in str(e.value)
 
 
 def test_in_place_patches_the_packed_integers_at_once_and_resets_them(qbase, tmp_path):
@@ -462,3 +564,33 @@ def test_pack_reports_the_error_against_merging_in_float_then_quantizing(qbase, 
     with pytest.raises(PackError, match="must be a float32 export"):
         pack_adapter(llama.peft_dirs["zen"], base, tmp_path / "c.shira", float_base=base)
     assert not (tmp_path / "b.shira").exists() and not (tmp_path / "c.shira").exists()
+
+
+def _executorch_only(base: Path, out: Path) -> Path:
+    """A copy of a two-runtime quantized base as `--format pte` writes it: the ONNX Runtime entries removed."""
+    import shutil
+
+    shutil.copytree(base, out)
+    raw = json.loads((out / "manifest.json").read_text())
+    del raw["artifacts"]["onnxruntime"]
+    for t in raw["tensors"].values():
+        t["placements"].pop("onnxruntime")
+    (out / "manifest.json").write_text(json.dumps(raw))
+    return out
+
+
+def test_an_executorch_only_base_is_packed_against_the_program_integers(qbase, llama, tmp_path):
+    """Without ONNX Runtime files the pack report reads the .pte's integers and scales: its clamped count is the
+    ExecuTorch session's, and the --float-base errors are reported as for ONNX Runtime."""
+    from shira_runtime import ShiraSession
+    from shira_toolchain.pack import pack_adapter
+
+    base = _executorch_only(qbase[1], tmp_path / "et")
+    r = pack_adapter(llama.peft_dirs["zen"], base, tmp_path / "a.shira", float_base=llama.base_dir)
+    q = r.quantized
+    assert q is not None and 0 < q["error_merged_then_quantized"] and 0 < q["error_patched"] < 1
+    assert q["error_patched"] >= q["error_merged_then_quantized"] * 0.5
+    with ShiraSession(base, backend="executorch") as s:
+        s.load(tmp_path / "a.shira", "zen")
+        s.switch("zen")
+        assert s.clamped == q["clamped"]

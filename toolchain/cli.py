@@ -106,9 +106,10 @@ def export_group():
               help="Causal LMs: export with the key/value cache as inputs (past.<i>.key/value) and outputs "
                    "(present.<i>.key/value), as on-device generation runs (`shira generate`), on both runtimes.")
 @click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
-              help="A weight-only quantized base (ONNX Runtime, --format onnx): every MatMul weight becomes "
-                   "MatMulNBits integers, int8 with one scale per output channel or int4 with one per block of "
-                   "32. Adapters are patched into the integers with the base's scales (docs/QUANTIZATION.md).")
+              help="A weight-only quantized base, int8 with one scale per output channel or int4 with one per "
+                   "block of 32: ONNX Runtime's MatMulNBits for every MatMul weight, ExecuTorch's XNNPACK "
+                   "integer Linear (int8 dynamic activations) for every Linear. Adapters are patched into the "
+                   "integers with the base's scales (docs/QUANTIZATION.md).")
 @click.option("--quantize-patchable", type=click.Choice(["int8", "int4"]), default=None,
               help="With --quantize: the patchable weights' own mode (default: the same), e.g. --quantize int4 "
                    "--quantize-patchable int8 keeps the weights adapters touch at 8 bits under a 4-bit base.")

@@ -247,7 +247,8 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     """Export `subject` once per format into out_dir, with one manifest for all of them. Returns the manifest.
 
     Files: model.onnx + weights.safetensors (onnx), model.pte (pte), sample.npz, manifest.json (written last).
-    `quantize`: "int8" or "int4", a weight-only quantized base (ONNX Runtime only; quantize.py); `headroom`: its
+    `quantize`: "int8" or "int4", a weight-only quantized base (quantize.py for ONNX Runtime, quantize_executorch.py
+    for ExecuTorch); `headroom`: its
     patchable weights' scales cover headroom x their largest entry (room for adapters; docs/QUANTIZATION.md);
     `quantize_patchable`: the patchable weights' own mode (default: `quantize`), e.g. int8 under an int4 base.
     """
@@ -265,9 +266,6 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
                               f"{quantize!r}, {quantize_patchable!r}")
         if headroom is not None and not (1.0 <= headroom <= 16.0):
             raise ExportError(f"--headroom must be between 1 and 16, got {headroom}")
-        if formats != ("onnx",):
-            raise ExportError("--quantize: only ONNX Runtime bases are quantized so far; export with --format onnx "
-                              "(ExecuTorch's XNNPACK 4/8-bit weights are not wired in yet)")
     model = subject.model.eval()
     t0 = time.perf_counter()
     wanted = patchable_weights(model, targets)
@@ -296,18 +294,38 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     if "pte" in formats:
         from . import executorch as et
 
-        pte, dynamic, lowering = et.lower(esubject, log)
-        pl, ex, sh = et.locate_in_program(pte, emodel, wanted)
+        qsubject, qours = esubject, {}
+        if quantize is not None:  # XNNPACK's integer Linear weights (quantize_executorch.py)
+            from . import quantize_executorch as qet
+
+            qsubject, qours, qsummary, et_quantization = qet.quantize_linears(
+                esubject, set(wanted), quantize, headroom, quantize_patchable, log)
+        pte, dynamic, lowering = et.lower(qsubject, log)
+        pl, ex, sh = et.locate_in_program(pte, emodel, [p for p in wanted if p not in qours])
         reload, ex2 = et.probe_reload(pte, pl, esubject.example_inputs)
         ex.update(ex2)
         pl = {k: v for k, v in pl.items() if k not in ex2}
+        if qours:
+            qfound, qex = qet.locate_quantized(pte, qours)
+            shapes = {k: v[0].shape for k, v in qours.items()}
+            qex.update(qet.probe_quantized(pte, {k: v for k, v in qfound.items() if k not in qex}, shapes,
+                                           esubject.example_inputs))
+            ex.update(qex)
+            for k, (off, q) in qfound.items():
+                if k not in qex:
+                    pl[k] = [(off, "identity", shapes[k], q)]
+                    reload[(k, off)] = True
         located["executorch"], per_backend_excluded["executorch"] = pl, ex
         shared += sh
-        n_reload = sum(reload.values())
+        n_reload = sum(reload[(k, h[0])] for k, hs in pl.items() for h in hs)
         log(f"  pte: {len(pte):,} bytes, {lowering['delegates']} XNNPACK delegate calls, {len(pl)} weights "
-            f"located ({n_reload} need a method reload when patched: conv)")
-        static_pte, _, _ = et.lower(esubject, lambda *a: None, static=True)
-        static_pl, static_ex, _ = et.locate_in_program(static_pte, emodel, wanted)
+            f"located ({n_reload} need a method reload when patched: conv, quantized)")
+        if quantize is None:
+            static_pte, _, _ = et.lower(esubject, lambda *a: None, static=True)
+            static_pl, static_ex, _ = et.locate_in_program(static_pte, emodel, wanted)
+        else:  # quantized weights are packed at load anyway: the reloaded program is the prepacked one
+            static_pl, static_ex = {}, {p: "a quantized base has no separate prepacked program" for p in wanted}
+    quantization = {} if quantize is not None else None
     excluded = _combine_exclusions(per_backend_excluded, located, wanted)
     reach = weight_reach(subject, [p for p in excluded if "not found" in excluded[p] or "changed no output" in excluded[p]])
     for pname, how in reach.items():  # the true reason, where torch agrees the weight does not matter
@@ -323,6 +341,8 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         raise ExportError("no targeted weight could be made patchable (see the reasons above)")
 
     static_missing = [p for p in patchable if p not in static_pl] if "pte" in formats else []
+    if "pte" in formats and quantize is not None:
+        quantization = {**qsummary, **(quantization or {}), "executorch": et_quantization}
     eparams = dict(emodel.named_parameters())
     tensors = {}
     for pname in patchable:
@@ -337,8 +357,9 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
                                          for n, lay, shp in located["onnxruntime"][pname]]
         if "executorch" in located:
             placements["executorch"] = [{"name": f"model.pte@{off}", "shape": list(shp), "layout": lay,
-                                         "offset": off, "reload": reload[(pname, off)], **fold}
-                                        for off, lay, shp in located["executorch"][pname]]
+                                         "offset": off, "reload": reload[(pname, off)], **fold,
+                                         **({"quant": rest[0]} if rest else {})}
+                                        for off, lay, shp, *rest in located["executorch"][pname]]
             if not static_missing:
                 prepacked_placements["executorch"] = [
                     {"name": f"model_prepacked.pte@{off}", "shape": list(shp), "layout": lay, "offset": off,
@@ -356,7 +377,6 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     ref_outputs = {n: r.detach().numpy() for n, r in zip(subject.output_names, ref)}
     artifacts = {}
     files = ["sample.npz"]
-    quantization = None
     if "onnx" in formats:
         moved = {pl["name"] for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
         _to_graph_inputs(proto, moved)
@@ -367,7 +387,8 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
             for t in tensors.values():
                 for pl in t["placements"]["onnxruntime"]:
                     pl["torch_shape"] = t["shape"]
-            quantization = quantize_graph(proto, quantize, entries, init_arrays, log, headroom, quantize_patchable)
+            quantization.update(quantize_graph(proto, quantize, entries, init_arrays, log, headroom,
+                                               quantize_patchable))
             for pl in entries.values():
                 del pl["torch_shape"]
                 if "quant" in pl:
@@ -452,6 +473,7 @@ def add_checksums(base_dir: Path, manifest: dict) -> None:
     """Record every placement's CRC-32 (its manifest record + its stored bytes): the runtime checks them at
     load, so a changed file, a moved offset or an edited layout is refused instead of patched wrongly."""
     from shira_format.manifest import Placement
+    from shira_format.quant import decode_scales
     from shira_format.safetensors_file import read_file
     from shira_runtime.integrity import placement_crc32
 
@@ -473,9 +495,16 @@ def add_checksums(base_dir: Path, manifest: dict) -> None:
                                   channel_scale=None if scale is None else tuple(scale), quant=quant_of(pl))
                     if runtime == "onnxruntime":
                         stored = weights.raw(p.name)
+                        scales = None if p.quant is None else weights.array(p.quant.scales)
                     else:
-                        stored = memoryview(programs[(key, runtime)])[p.offset : p.offset + 4 * int(np.prod(p.shape))]
-                    scales = None if p.quant is None else weights.array(p.quant.scales)
+                        prog = programs[(key, runtime)]
+                        n = 4 * int(np.prod(p.shape)) if p.quant is None else p.quant.stored_bytes(*p.shape)
+                        stored = memoryview(prog)[p.offset : p.offset + n]
+                        scales = None
+                        if p.quant is not None:
+                            so = p.quant.scales_offset
+                            raw = np.frombuffer(prog, np.uint8)[so : so + p.quant.stored_scales_bytes(*p.shape)]
+                            scales = decode_scales(raw, p.quant, *p.shape)
                     pl["crc32"] = placement_crc32(tname, t["shape"], p, stored, scales)
 
 

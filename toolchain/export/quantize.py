@@ -123,4 +123,7 @@ def quantize_graph(proto: onnx.ModelProto, mode: str, placements: dict[str, dict
 
 def quant_of(entry: dict) -> Quant | None:
     q = entry.get("quant")
-    return None if q is None else Quant(q["bits"], q["block"], q["scales"], q.get("per_channel", False))
+    if q is None:
+        return None
+    return Quant(q["bits"], q["block"], q.get("scales"), q.get("per_channel", False), q.get("signed", False),
+                 q.get("scales_offset"), q.get("scales_dtype", "float32"))

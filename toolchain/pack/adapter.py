@@ -375,15 +375,15 @@ def quantized_fit(manifest, deltas: list[SparseTensor], float_base=None) -> dict
     the integers hold after re-quantization (1 - |held - delta| / |delta|; docs/QUANTIZATION.md). With
     `float_base` (the float32 export of the same model) also the error against merging in float32: of the patched
     base, and of the merged model quantized whole with the same settings. None for a float base."""
-    from shira_format.quant import dequantize, entries, pack_entries, quantize, requantize
-    from shira_format.weights import open_weights, quant_scales, safetensors_views
+    import dataclasses
 
-    places = {d.target: manifest.tensors[d.target].placements.get("onnxruntime", ()) for d in deltas}
-    if not any(p.quant is not None for ps in places.values() for p in ps):
+    from shira_format.quant import dequantize, entries, pack_entries, quantize, requantize
+    from shira_format.weights import quantized_placements
+
+    if not any(p.quant is not None for d in deltas for ps in manifest.tensors[d.target].placements.values()
+               for p in ps):
         return None
-    path = manifest.file(manifest.files_of("onnxruntime").weights)
-    st = open_weights(path)
-    stored, scales = safetensors_views(manifest, st, path), quant_scales(manifest, st, path)
+    stores = quantized_placements(manifest)
     floats, headroom = None, 1.0
     if float_base is not None:
         fman = manifest_mod.load(float_base)
@@ -401,31 +401,33 @@ def quantized_fit(manifest, deltas: list[SparseTensor], float_base=None) -> dict
     err = ref = 0.0
     ours = whole = merged_norm = 0.0
     for d in deltas:
-        for p in places[d.target]:
-            if p.quant is None:
-                continue
-            rows, cols = manifest.tensors[d.target].shape
-            s = p.quant.scale_of(scales[p.name], d.indices, cols)
-            ent = entries(stored[p.name], p.quant)
-            u = ent[d.indices]
-            new, c = requantize(u, d.values, s, p.quant)
-            held = (new.astype(np.float64) - u.astype(np.float64)) * s.astype(np.float64)
-            n, clamped = n + d.indices.size, clamped + c
-            err += float(np.sum((held - d.values.astype(np.float64)) ** 2))
-            ref += float(np.sum(d.values.astype(np.float64) ** 2))
-            if floats is not None:
-                merged = floats[d.target].reshape(-1).copy()
-                merged[d.indices] += d.values
-                patched = ent[np.arange(rows * cols, dtype=np.int64)]
-                patched[d.indices] = new
-                mine = dequantize(pack_entries(patched, p.quant), scales[p.name], p.quant, rows, cols).reshape(-1)
-                q_bytes, q_scales = quantize(merged.reshape(rows, cols), p.quant.bits, p.quant.block,
-                                             p.quant.per_channel, headroom)
-                theirs = dequantize(q_bytes, q_scales, p.quant, rows, cols).reshape(-1)
-                ours += float(np.sum((mine.astype(np.float64) - merged) ** 2))
-                whole += float(np.sum((theirs.astype(np.float64) - merged) ** 2))
-                merged_norm += float(np.sum(merged.astype(np.float64) ** 2))
-            break  # one placement tells: every copy holds the same integers
+        if d.target not in stores:
+            continue
+        p, stored, scales = stores[d.target]  # one placement tells: every copy holds the same integers
+        rows, cols = manifest.tensors[d.target].shape
+        s = p.quant.scale_of(scales, d.indices, cols)
+        ent = entries(stored, p.quant)
+        u = ent[d.indices]
+        new, c = requantize(u, d.values, s, p.quant)
+        held = (new.astype(np.float64) - u.astype(np.float64)) * s.astype(np.float64)
+        n, clamped = n + d.indices.size, clamped + c
+        err += float(np.sum((held - d.values.astype(np.float64)) ** 2))
+        ref += float(np.sum(d.values.astype(np.float64) ** 2))
+        if floats is not None:
+            merged = floats[d.target].reshape(-1).copy()
+            merged[d.indices] += d.values
+            patched = ent[np.arange(rows * cols, dtype=np.int64)]
+            patched[d.indices] = new
+            mine = dequantize(pack_entries(patched, p.quant), scales, p.quant, rows, cols).reshape(-1)
+            # the whole merged weight quantized by the export's rule (shira_format.quant.quantize: unsigned
+            # entries, float32 scales), whatever form this runtime stores them in
+            plain = dataclasses.replace(p.quant, signed=False)
+            q_bytes, q_scales = quantize(merged.reshape(rows, cols), p.quant.bits, p.quant.block,
+                                         p.quant.per_channel, headroom)
+            theirs = dequantize(q_bytes, q_scales, plain, rows, cols).reshape(-1)
+            ours += float(np.sum((mine.astype(np.float64) - merged) ** 2))
+            whole += float(np.sum((theirs.astype(np.float64) - merged) ** 2))
+            merged_norm += float(np.sum(merged.astype(np.float64) ** 2))
     out = {"entries": n, "clamped": clamped, "kept": 1.0 - float(np.sqrt(err / ref)) if ref else 1.0}
     if floats is not None and merged_norm:
         out["error_patched"] = float(np.sqrt(ours / merged_norm))  # |patched base - merged float| / |merged|

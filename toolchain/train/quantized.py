@@ -26,7 +26,7 @@ class QuantizedBase:
     def __init__(self, base_dir, model: torch.nn.Module):
         from shira_format import manifest as manifest_mod
         from shira_format.quant import dequantize_entries, entries
-        from shira_format.weights import open_weights, quant_scales, safetensors_views
+        from shira_format.weights import quantized_placements
 
         from ..export import base_fingerprint
 
@@ -34,19 +34,14 @@ class QuantizedBase:
         if man.base_fingerprint != base_fingerprint(model):
             raise ValueError(f"{Path(base_dir) / 'manifest.json'}: exported from another model (base fingerprint "
                              "differs): give the quantized export of this model")
-        path = man.file(man.files_of("onnxruntime").weights)
-        st = open_weights(path)
-        stored, scales = safetensors_views(man, st, path), quant_scales(man, st, path)
         self.weights, self.low, self.high = {}, {}, {}
-        for target, info in man.tensors.items():
-            p = info.placements["onnxruntime"][0]
-            if p.quant is None:
-                continue
+        for target, (p, stored, scales) in quantized_placements(man).items():
+            info = man.tensors[target]
             rows, cols = info.shape
-            u = entries(stored[p.name], p.quant)[np.arange(rows * cols, dtype=np.int64)].astype(np.float64)
-            s = p.quant.scale_of(scales[p.name], np.arange(rows * cols, dtype=np.int64), cols).astype(np.float64)
+            u = entries(stored, p.quant)[np.arange(rows * cols, dtype=np.int64)].astype(np.float64)
+            s = p.quant.scale_of(scales, np.arange(rows * cols, dtype=np.int64), cols).astype(np.float64)
             z = p.quant.zero_point
-            self.weights[target] = dequantize_entries(u, scales[p.name], p.quant, rows, cols)
+            self.weights[target] = dequantize_entries(u, scales, p.quant, rows, cols)
             self.low[target] = torch.from_numpy((-s * u).astype(np.float32))  # down to the integer -z
             self.high[target] = torch.from_numpy((s * (2 * z - 1 - u)).astype(np.float32))  # up to z - 1
         if not self.weights:
