@@ -399,7 +399,9 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
     if "pte" in formats:
         artifacts["executorch"] = {"patchable": "model.pte", "method": "forward", "dynamic_shapes": dynamic,
                                    "lowering": lowering}
-        if static_missing:
+        if static_missing and quantize is not None:
+            log("  model_prepacked.pte not written: a quantized program packs its weights at load already")
+        elif static_missing:
             m0 = static_missing[0]
             log(f"  model_prepacked.pte not written: {len(static_missing)} weight(s) not located in it, e.g. {m0}: "
                 f"{static_ex.get(m0, 'not found')}")
