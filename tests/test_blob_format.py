@@ -290,7 +290,9 @@ def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces
     assert [s["scales"] for s in case["steps"]] == [{}] + QUANT_STEPS
     assert case["steps"][0]["buffers"] == case["steps"][-1]["buffers"]
     buffers = {n: np.array(b, dtype=np.uint8) for n, b in case["steps"][0]["buffers"].items()}
-    quant = {p["buffer"]: Quant(p["bits"], p["block"], "s", p["per_channel"]) for p in case["placements"].values()}
+    quant = {p["buffer"]: Quant(p["bits"], p["block"], "s", p["per_channel"], p.get("signed", False))
+             for p in case["placements"].values()}
+    assert any(q.signed for q in quant.values())
     mapped = {}
     for name, fname in case["adapters"].items():
         ad = read_adapter((VECTORS / "patch_quant" / fname).read_bytes())

@@ -431,7 +431,8 @@ class ReferenceQuantPatcher:
     def __init__(self, base_bytes: dict[str, list[int]], placements: dict[str, dict]):
         self.base = {k: list(v) for k, v in base_bytes.items()}
         self.live = {k: list(v) for k, v in base_bytes.items()}
-        self.placements = placements  # target -> {"buffer", "torch_shape": [N, K], "bits", "block", "scales"}
+        # target -> {"buffer", "torch_shape": [N, K], "bits", "block", "scales", "signed" (optional)}
+        self.placements = placements
         self.clamped = 0
 
     @staticmethod
@@ -468,8 +469,9 @@ class ReferenceQuantPatcher:
                 raise RefError(f"{target}[{f}]: non-finite delta")
             s = _f32(p["scales"][(f // cols) * (cols // block) + (f % cols) // block])
             z = 1 << (bits - 1)
-            u = self._get(self.base[p["buffer"]], f, bits)
+            flip = 0x80 if p.get("signed") else 0  # signed int8: the byte is u - z in two's complement
+            u = self._get(self.base[p["buffer"]], f, bits) ^ flip
             t = round((u - z) + d / s)  # binary64; Python's round() is half to even, as rint
             if t < -z or t > z - 1:
                 self.clamped += 1
-            self._set(self.live[p["buffer"]], f, bits, min(max(t, -z), z - 1) + z)
+            self._set(self.live[p["buffer"]], f, bits, (min(max(t, -z), z - 1) + z) ^ flip)

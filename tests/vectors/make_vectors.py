@@ -179,8 +179,8 @@ QUANT_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"a": 3.0}, {"a": 
 
 
 def build_quant_patch_case() -> dict[str, bytes]:
-    """Quantized buffers for a second runtime (docs/QUANTIZATION.md): an int8 weight with one scale per channel and
-    an int4 weight with one per block of 32; adapters that touch both nibbles of some bytes and push some entries
+    """Quantized buffers for a second runtime (docs/QUANTIZATION.md): an int8 weight with one scale per channel,
+    the same stored signed (ExecuTorch), and an int4 weight with one per block of 32; adapters that touch both nibbles of some bytes and push some entries
     past the scales (clamped); the exact bytes after each fuse() of the reference patcher."""
     from shira_format.quant import quantize
 
@@ -194,16 +194,25 @@ def build_quant_patch_case() -> dict[str, bytes]:
         base[buf] = stored.reshape(-1).tolist()
         places[target] = {"buffer": buf, "torch_shape": list(shapes[target]), "bits": bits, "block": 32,
                           "per_channel": per_channel, "scales": [float(v) for v in scales]}
+    # ExecuTorch's int8 (XNNPACK qc8w): the same per-channel integers stored as signed bytes, u XOR 0x80
+    stored, scales = quantize(np.random.default_rng(12).normal(0, 0.5, (5, 64)).astype(np.float32), 8, 32, True, 4.0)
+    shapes["s8.weight"] = (5, 64)
+    base["s8_B"] = (stored.reshape(-1) ^ np.uint8(0x80)).tolist()
+    places["s8.weight"] = {"buffer": "s8_B", "torch_shape": [5, 64], "bits": 8, "block": 32, "per_channel": True,
+                           "signed": True, "scales": [float(v) for v in scales]}
+    s8 = np.sort(np.random.default_rng(13).choice(320, 40, replace=False))
     pairs = np.array([10, 11, 40, 41, 100, 101, 254, 255])  # both nibbles of four int4 bytes
     a4 = np.union1d(pairs, np.sort(rng.choice(256, 30, replace=False)))
     adapters = {
         "a": encode_adapter("a", FINGERPRINT, [
             SparseTensor("q8.weight", shapes["q8.weight"], np.sort(rng.choice(384, 40, replace=False)),
                          _vals(40, 21) * 20),
-            SparseTensor("q4.weight", shapes["q4.weight"], a4, _vals(a4.size, 22) * 20)], "f32", "flat-u32"),
+            SparseTensor("q4.weight", shapes["q4.weight"], a4, _vals(a4.size, 22) * 20),
+            SparseTensor("s8.weight", shapes["s8.weight"], s8, _vals(40, 24) * 20)], "f32", "flat-u32"),
         "b": encode_adapter("b", FINGERPRINT, [
             SparseTensor("q4.weight", shapes["q4.weight"], np.union1d(a4[::3], [0, 1, 255]),
-                         _vals(np.union1d(a4[::3], [0, 1, 255]).size, 23) * 30)], "f16", "elias-fano"),
+                         _vals(np.union1d(a4[::3], [0, 1, 255]).size, 23) * 30),
+            SparseTensor("s8.weight", shapes["s8.weight"], s8[::2], _vals(20, 25) * 30)], "f16", "elias-fano"),
     }
     decoded = {name: read_blob(blob) for name, blob in adapters.items()}
     patcher = ReferenceQuantPatcher(base, places)

@@ -21,18 +21,27 @@ import java.util.Map;
  *  (at 4 bits a byte's other nibble keeps its base value unless it is patched too). */
 public final class WeightPatcher {
     /** A quantized placement's integers (MANIFEST.md "quant"): bits 4 or 8, blocks of `block` inputs, and the
-     *  float32 scales, N * (K / block) of them. */
+     *  float32 scales, N * (K / block) of them (an ExecuTorch program's bfloat16 or per-channel scales widened and
+     *  repeated by the caller, docs/QUANTIZATION.md). `signed` (8 bits only, ExecuTorch/XNNPACK): each byte holds
+     *  the two's complement u - z, that is u XOR 0x80. */
     public static final class Quant {
         public final int bits, block;
         public final float[] scales;
+        public final boolean signed;
 
-        public Quant(int bits, int block, float[] scales) {
+        public Quant(int bits, int block, float[] scales) { this(bits, block, scales, false); }
+
+        public Quant(int bits, int block, float[] scales, boolean signed) {
             if (bits != 4 && bits != 8) throw new IllegalArgumentException("quant bits must be 4 or 8, got " + bits);
             if (block < 16 || Integer.bitCount(block) != 1) throw new IllegalArgumentException("bad block " + block);
-            this.bits = bits; this.block = block; this.scales = scales;
+            if (signed && bits != 8) throw new IllegalArgumentException("signed storage is for 8 bits only");
+            this.bits = bits; this.block = block; this.scales = scales; this.signed = signed;
         }
 
         int zeroPoint() { return 1 << (bits - 1); }
+
+        /** XOR between a stored byte and its unsigned entry. */
+        int flip() { return signed ? 0x80 : 0; }
     }
 
     /** Where a torch weight lives in an engine buffer (MANIFEST.md "Placement layouts"). */
@@ -246,10 +255,11 @@ public final class WeightPatcher {
             int cur = bytes.containsKey(at) ? bytes.get(at) : baseByte(b, at);
             int shift = q.bits == 8 ? 0 : 4 * (e & 1);
             int mask = q.bits == 8 ? 0xFF : 0x0F;
-            int u = (cur >> shift) & mask; // the base's entry: only the other nibble of `cur` may be new
+            // the base's entry: only the other nibble of `cur` may be new
+            int u = ((cur >> shift) & mask) ^ q.flip();
             double t = Math.rint((double) (u - z) + (double) f.delta[i] / (double) f.qscale[i]);
             if (t < -z || t > z - 1) { clampedHere++; t = Math.max(-z, Math.min(z - 1, t)); }
-            int nu = (int) t + z;
+            int nu = ((int) t + z) ^ q.flip();
             bytes.put(at, (cur & ~(mask << shift) & 0xFF) | (nu << shift));
         }
         int[] ix = new int[bytes.size()];

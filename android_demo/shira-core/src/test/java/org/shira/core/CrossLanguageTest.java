@@ -211,7 +211,7 @@ public class CrossLanguageTest {
             float[] scales = new float[sc.size()];
             for (int i = 0; i < scales.length; i++) scales[i] = (float) ((Number) sc.get(i)).doubleValue();
             WeightPatcher.Quant q = new WeightPatcher.Quant((int) (long) (Long) p.get("bits"),
-                    (int) (long) (Long) p.get("block"), scales);
+                    (int) (long) (Long) p.get("block"), scales, Boolean.TRUE.equals(p.get("signed")));
             placements.put((String) e.getKey(), Arrays.asList(new WeightPatcher.Placement((String) p.get("buffer"),
                     new long[]{(Long) sh.get(0), (Long) sh.get(1)}, q)));
         }
