@@ -77,7 +77,7 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
-@pytest.mark.long  # two tiny-llama exports, one short training, a small Llama in three bases: ~3 min
+@pytest.mark.long  # two tiny-llama exports, one short training, a small Llama in three bases, twice: ~5 min
 def test_quantized_bench_measures_quality_and_size(tmp_path):
     """`shira-bench --quantized` end to end, reduced: an int4 base's accuracy rows (float-trained, trained on the
     base, merged then quantized), then a small Llama in fp32/int8/int4, in place, each mode in its own process."""
@@ -98,9 +98,14 @@ def test_quantized_bench_measures_quality_and_size(tmp_path):
         assert r["modes"]["in-place"]["session_mode"] == "in-place", label
         assert r["modes"]["in-place"]["switch_median_ms"] > 0 and r["modes"]["constant"]["rss_rest"] > 0
     assert real["int4"]["weights_bytes"] < real["int8"]["weights_bytes"] < real["fp32"]["weights_bytes"]
-    report = {"quality": quality, "real_size": {"llama-small": real}, "command": "test", "threads": 1,
-              "seconds": 1.0, "machine": {"cpu": "x", "cores": 1}}
+    et = q.executorch_real_size(work, threads=1, repeats=2, log=lambda *a: None, models=spec)["llama-small"]
+    assert set(et) == set(q.REAL_BASES) and not {k: r["error"] for k, r in et.items() if "error" in r}
+    assert et["fp32"]["reloads_per_switch"] == 0 and et["int4"]["reloads_per_switch"] == 1  # live vs packed
+    assert et["int4"]["pte_bytes"] < et["int8"]["pte_bytes"] < et["fp32"]["pte_bytes"]
+    assert all(r["plain_rss_rest"] > 0 and r["run_ms"]["decode"] > 0 for r in et.values())
+    report = {"quality": quality, "real_size": {"llama-small": real}, "executorch": {"llama-small": et},
+              "command": "test", "threads": 1, "seconds": 1.0, "machine": {"cpu": "x", "cores": 1}}
     md = q.markdown(report)
-    assert "| int4 |" in md and "| llama-small int4 |" in md
+    assert "| int4 |" in md and "| llama-small int4 |" in md and "ExecuTorch (XNNPACK)" in md
     q.plot(report, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000

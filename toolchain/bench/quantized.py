@@ -7,7 +7,9 @@ with the same --quantize), which the issue names as the reference.
 
 Size and speed, on a Llama-shaped model of 168M parameters (random weights, two random 1% adapters): the weights'
 bytes, RSS at rest, the bake (first load), the switch, and runs against the same base's constant-weight session
-side by side; every base and mode in its own process (toolchain/bench/real_size.py's children).
+side by side; every base and mode in its own process (toolchain/bench/real_size.py's children). The same for
+ExecuTorch (XNNPACK): the .pte's size, RSS beside the plain program's, the switch (a method reload when the
+weights are integers) and runs after it against the .pte loaded the plain way.
 """
 from __future__ import annotations
 
@@ -187,6 +189,113 @@ def _build_real(name: str, spec, work: Path, log) -> dict[str, Path]:
     return bases
 
 
+def _export_pte(src: Path, out: Path, label: str) -> Path:
+    from ..export import export_model
+    from ..model_source import resolve
+
+    if not (out / "manifest.json").exists():
+        export_model(resolve(str(src)), out, None, formats=("pte",), log=lambda *a: None, **BASES[label])
+    return out
+
+
+def run_executorch(base: Path, threads: int, repeats: int) -> dict:
+    """One ExecuTorch base in this (child) process: load, RSS at rest, the switch between two adapters (a float
+    Linear is written live; a quantized one is written and its method reloaded), and runs after a switch against
+    the same .pte loaded the plain way (ExecuTorch's Runtime, no ShiraSession): the constant-weight program."""
+    from executorch.runtime import Runtime
+    from shira_runtime import ShiraSession
+
+    from .real_size import _median_ms, _reset_peak, _status, inputs_for
+
+    import torch
+
+    loads = inputs_for(base)
+    res: dict = {"rss_start": _status("VmRSS")}
+    t = time.perf_counter()
+    sess = ShiraSession(base, backend="executorch", threads=threads)
+    res["load_s"] = time.perf_counter() - t
+    for feed in loads.values():
+        sess.run(feed)
+    res["rss_rest"] = _status("VmRSS")
+    names = [sess.load(base.parent / f"{tag}.shira", tag) for tag in ("a", "b")]
+    prog = sess.backend.program
+    _reset_peak()
+    times = []
+    for i in range(max(4, repeats)):
+        t = time.perf_counter()
+        sess.switch(names[i % 2])
+        times.append((time.perf_counter() - t) * 1e3)
+    res["switch_median_ms"] = float(np.median(times[1:]))
+    res["reloads_per_switch"] = prog.reloads / len(times)
+    res["peak_rss_switch"] = _status("VmHWM")
+    method = Runtime.get().load_program(base / "model.pte").load_method("forward")
+    res["run_ms"], res["vs_constant"] = {}, {}
+    for k, feed in loads.items():
+        args = [torch.from_numpy(v) for v in feed.values()]
+        n = max(2, (repeats if k != "prefill128" else max(3, repeats // 3)) // 2)
+        mine, theirs = [], []
+        for _ in range(4):
+            mine.append(_median_ms(lambda: sess.run(feed), n))
+            theirs.append(_median_ms(lambda: method.execute(args), n))
+        res["run_ms"][k] = float(np.median(theirs))
+        res["vs_constant"][k] = float(np.median(mine) / np.median(theirs))
+    sess.close()
+    return res
+
+
+def run_executorch_plain(base: Path) -> dict:
+    """The .pte loaded the plain way (ExecuTorch's Runtime, no ShiraSession) in this (child) process: RSS at rest
+    after one run of each workload, the reference for run_executorch's."""
+    from executorch.runtime import Runtime
+
+    from .real_size import _status, inputs_for
+
+    import torch
+
+    method = Runtime.get().load_program(base / "model.pte").load_method("forward")
+    for feed in inputs_for(base).values():
+        method.execute([torch.from_numpy(v) for v in feed.values()])
+    return {"rss_rest": _status("VmRSS")}
+
+
+def _child(*args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.quantized", *args], capture_output=True,
+                       text=True, timeout=1800)
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def executorch_real_size(work: Path, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
+    """The same 168M model exported for ExecuTorch (XNNPACK) in float32, int8 and int4, each in its own child."""
+    out = {}
+    for name, spec in (models or REAL).items():
+        root = work / name
+        _build_real(name, spec, work, log)  # the saved model and its adapters (exports are reused)
+        rows = {}
+        for label in REAL_BASES:
+            t0 = time.perf_counter()
+            base = _export_pte(root / "hf", root / f"et-{label}", label)
+            for tag in ("a", "b"):  # the adapters next to the base, where run_executorch looks for them
+                if not (base.parent / f"{tag}.shira").exists():
+                    (base.parent / f"{tag}.shira").write_bytes((root / f"{tag}.shira").read_bytes())
+            export_s = time.perf_counter() - t0
+            row = _child("executorch", str(base), str(threads), str(repeats))
+            if "error" in row:
+                rows[label] = row
+                log(f"  {name} executorch {label}: FAILED {row['error']}")
+                continue
+            row["plain_rss_rest"] = _child("executorch-plain", str(base)).get("rss_rest", 0)
+            row["pte_bytes"] = (base / "model.pte").stat().st_size
+            row["export_s"] = export_s
+            rows[label] = row
+            log(f"  {name} executorch {label}: .pte {row['pte_bytes'] / 1e6:.0f} MB, rss {row['rss_rest'] / 2**20:.0f}"
+                f" MB, switch {row['switch_median_ms']:.0f} ms, decode {row['run_ms'].get('decode', 0):.1f} ms, "
+                f"vs constant {row['vs_constant']}")
+        out[name] = rows
+    return out
+
+
 def real_size(work: Path, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
     from .real_size import bake_once
 
@@ -263,6 +372,26 @@ def markdown(report: dict) -> str:
                 f"{ip.get('rss_rest', 0) / 2**20:.0f} MB ({ip.get('session_mode', ip.get('error', '?'))}) | "
                 f"{ip.get('switch_median_ms', float('nan')):.1f} | {ip.get('first_run_ms', float('nan')):.1f} | "
                 f"{vs.get('decode', float('nan')):.2f}x | {vs.get('prefill128', float('nan')):.2f}x |")
+    if report.get("executorch"):
+        lines += ["", "## ExecuTorch (XNNPACK) at 168M parameters", "",
+                  "The same model exported with `--format pte`. A float32 Linear is patched live (XNNPACK reads it "
+                  "at every run); XNNPACK packs integer weights at load, so a quantized switch writes the .pte's "
+                  "integers and reloads the method (`reloads`). `constant`: the same .pte loaded the plain way "
+                  "(ExecuTorch's Runtime), run side by side in one process after a switch (1.00 = as fast).", "",
+                  "| base | .pte | RSS at rest: constant | ShiraSession | switch ms | reloads per switch | decode, "
+                  "constant | prefill 128, constant | runs after: decode | prefill 128 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, rows in report["executorch"].items():
+            for label, r in rows.items():
+                if "error" in r:
+                    lines.append(f"| {name} {label} | failed: {r['error']} | | | | | | | | |")
+                    continue
+                vs, ms = r["vs_constant"], r["run_ms"]
+                lines.append(f"| {name} {label} | {r['pte_bytes'] / 1e6:.0f} MB | "
+                             f"{r.get('plain_rss_rest', 0) / 2**20:.0f} MB | {r['rss_rest'] / 2**20:.0f} MB | "
+                             f"{r['switch_median_ms']:.0f} | {r['reloads_per_switch']:.1f} | "
+                             f"{ms.get('decode', float('nan')):.1f} ms | {ms.get('prefill128', float('nan')):.0f} ms | "
+                             f"{vs.get('decode', float('nan')):.2f}x | {vs.get('prefill128', float('nan')):.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -334,8 +463,10 @@ def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int =
         if not quick or models:
             log("quantized bases: size and speed")
             report["real_size"] = real_size(w, threads, repeats, log, models)
+            log("quantized bases: ExecuTorch at real size")
+            report["executorch"] = executorch_real_size(w, threads, repeats, log, models)
         else:
-            report["real_size"] = {}
+            report["real_size"], report["executorch"] = {}, {}
     report.update({"command": f"shira-bench --quantized {'--quick ' if quick else ''}--out {out_dir} "
                               f"--threads {threads}", "machine": machine(), "threads": threads,
                    "seconds": time.time() - t0})
@@ -344,3 +475,14 @@ def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int =
     plot(report, out_dir / "quantized.png")
     log(f"quantized -> {out_dir} ({report['seconds']:.0f}s)")
     return report
+
+
+if __name__ == "__main__":  # a child: one ExecuTorch base, JSON on the last line of stdout
+    import os
+
+    if sys.argv[1] == "executorch-plain":
+        print(json.dumps(run_executorch_plain(Path(sys.argv[2]))))
+    else:
+        _, base_dir, n_threads, n_repeats = sys.argv[1:5]
+        os.environ.setdefault("OMP_NUM_THREADS", n_threads)
+        print(json.dumps(run_executorch(Path(base_dir), int(n_threads), int(n_repeats))))
