@@ -312,8 +312,8 @@ def train_main():
 @click.option("--quantized", is_flag=True,
               help="Instead: quantized bases (int8, int4) against float32: tiny-llama's task adapters written into "
                    "the integers (accuracy, bits/byte, clamped entries, against merging in float32 and then "
-                   "quantizing), and a 168M Llama's memory, bake, switch and speed in place. Writes "
-                   "quantized.{json,md,png}; --quick: the tiny-llama part only.")
+                   "quantizing), and a 168M Llama's memory, bake, switch and speed in place on ONNX Runtime and "
+                   "on ExecuTorch. Writes quantized.{json,md,png}; --quick: the tiny-llama part only.")
 def bench_cmd(out_dir, quick, threads, real_size, quantized):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
