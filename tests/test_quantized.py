@@ -22,8 +22,42 @@ def qbase(request, tmp_path_factory) -> tuple[str, Path]:
     from shira_toolchain.model_source import resolve
 
     out = tmp_path_factory.mktemp(f"tiny-llama-{request.param}")
-    export_model(resolve("tiny-llama"), out, formats=("onnx", "pte"), log=lambda *a: None, quantize=request.param)
+    export_model(resolve("tiny-llama"), out, formats=("onnx",), log=lambda *a: None, quantize=request.param)
     return request.param, out
+
+
+# ExecuTorch's quantized export lowers through torchao and probes every weight with a method reload (about a
+# minute for tiny-llama): with the long cases. The default run checks the signed bytes and program scales below,
+# and the Java/Python vectors (tests/vectors/patch_quant) hold a signed int8 weight.
+@pytest.fixture(scope="module", params=[pytest.param("int8", marks=pytest.mark.long),
+                                        pytest.param("int4", marks=pytest.mark.long)])
+def qbase_et(request, tmp_path_factory) -> tuple[str, Path]:
+    from shira_toolchain.export import export_model
+    from shira_toolchain.model_source import resolve
+
+    out = tmp_path_factory.mktemp(f"tiny-llama-pte-{request.param}")
+    export_model(resolve("tiny-llama"), out, formats=("pte",), log=lambda *a: None, quantize=request.param)
+    return request.param, out
+
+
+def test_signed_bytes_and_program_scales_decode_as_the_spec_says():
+    """ExecuTorch's forms (docs/QUANTIZATION.md): a signed int8 byte is u XOR 0x80 both ways; bfloat16 scales
+    widen exactly to float32; per-channel scales repeat over a row's blocks."""
+    from shira_format.quant import Quant, decode_scales, dequantize, entries, pack_entries
+
+    q8 = Quant(8, 32, None, True, True, 0, "float32")
+    raw = np.array([0x00, 0x7F, 0x80, 0xFF], dtype=np.uint8)  # q = 0, 127, -128, -1
+    e = entries(raw, q8)
+    assert e[np.arange(4)].tolist() == [128, 255, 0, 127]
+    e[np.array([3])] = np.array([130], dtype=np.uint8)  # q = 2
+    assert raw.tolist() == [0x00, 0x7F, 0x80, 0x02] and pack_entries(np.array([128, 0]), q8).tolist() == [0, 0x80]
+    s = decode_scales(np.array([0.5, 2.0], dtype="<f4").view(np.uint8), q8, 2, 64)
+    assert s.tolist() == [0.5, 0.5, 2.0, 2.0]
+    w = dequantize(np.full(128, 0x01, dtype=np.uint8), s, q8, 2, 64)  # q = 1 everywhere
+    assert w[0, 0] == 0.5 and w[1, 63] == 2.0
+    q4 = Quant(4, 32, None, False, False, 0, "bfloat16")
+    bf = np.array([0x3F80, 0x3E20], dtype="<u2")  # bfloat16 1.0 and 0.15625
+    assert decode_scales(bf.view(np.uint8), q4, 1, 64).tolist() == [1.0, 0.15625]
 
 
 def test_nibbles_address_entries_and_keep_their_neighbours():
@@ -248,7 +282,7 @@ def test_an_older_version_and_a_changed_scale_are_refused(qbase, tmp_path):
         ShiraSession(base, prepack="off")
 
 
-def test_executorch_holds_xnnpack_integers_and_scales_by_offset(qbase):
+def test_executorch_holds_xnnpack_integers_and_scales_by_offset(qbase_et):
     """The .pte holds XNNPACK's integers (int4: nibbles as MatMulNBits; int8: signed bytes) and scales (int4:
     bfloat16 per block; int8: float32 per channel) at the manifest's offsets: they dequantize to the float weights
     within half a step, and every quantized placement is patched by method reload."""
@@ -257,7 +291,7 @@ def test_executorch_holds_xnnpack_integers_and_scales_by_offset(qbase):
     from shira_runtime.backends.executorch import ExecuTorchBackend
     from shira_toolchain.model_source import resolve
 
-    mode, base = qbase
+    mode, base = qbase_et
     raw = json.loads((base / "manifest.json").read_text())
     assert raw["quantization"]["executorch"]["patchable"] == len(raw["tensors"])
     manifest = load(base)
@@ -299,14 +333,14 @@ def _torchao_twin(session):
     return twin
 
 
-def test_executorch_switch_requantizes_reloads_and_resets_bit_exactly(qbase):
+def test_executorch_switch_requantizes_reloads_and_resets_bit_exactly(qbase_et):
     """A switch writes q' with the program's own scales into the .pte's integers and reloads the method: the
     output is torchao's for the same integers (XNNPACK computes with the bytes written); reset gives the base's
     bytes and output back exactly."""
     from shira_format.adapter import read_adapter
     from shira_runtime import ShiraSession
 
-    mode, base = qbase
+    mode, base = qbase_et
     with ShiraSession(base, backend="executorch") as s:
         x = s.manifest.sample_inputs()
         before, out0 = snapshot(s), s.run(x)
@@ -341,14 +375,14 @@ def test_executorch_switch_requantizes_reloads_and_resets_bit_exactly(qbase):
     (lambda q: q.update(scales_dtype="float16"), "needs scales_offset"),
     (lambda q: q.update(scales="w.scales"), "no scales name"),
 ])
-def test_a_damaged_executorch_quant_entry_is_refused_in_one_line(qbase, tmp_path, edit, message):
+def test_a_damaged_executorch_quant_entry_is_refused_in_one_line(qbase_et, tmp_path, edit, message):
     import shutil
 
     from shira_format.errors import ManifestError
     from shira_runtime import ShiraSession
 
     base = tmp_path / "base"
-    shutil.copytree(qbase[1], base)
+    shutil.copytree(qbase_et[1], base)
     raw = json.loads((base / "manifest.json").read_text())
     edit(next(iter(raw["tensors"].values()))["placements"]["executorch"][0]["quant"])
     (base / "manifest.json").write_text(json.dumps(raw))
@@ -566,26 +600,13 @@ def test_pack_reports_the_error_against_merging_in_float_then_quantizing(qbase, 
     assert not (tmp_path / "b.shira").exists() and not (tmp_path / "c.shira").exists()
 
 
-def _executorch_only(base: Path, out: Path) -> Path:
-    """A copy of a two-runtime quantized base as `--format pte` writes it: the ONNX Runtime entries removed."""
-    import shutil
-
-    shutil.copytree(base, out)
-    raw = json.loads((out / "manifest.json").read_text())
-    del raw["artifacts"]["onnxruntime"]
-    for t in raw["tensors"].values():
-        t["placements"].pop("onnxruntime")
-    (out / "manifest.json").write_text(json.dumps(raw))
-    return out
-
-
-def test_an_executorch_only_base_is_packed_against_the_program_integers(qbase, llama, tmp_path):
+def test_an_executorch_only_base_is_packed_against_the_program_integers(qbase_et, llama, tmp_path):
     """Without ONNX Runtime files the pack report reads the .pte's integers and scales: its clamped count is the
     ExecuTorch session's, and the --float-base errors are reported as for ONNX Runtime."""
     from shira_runtime import ShiraSession
     from shira_toolchain.pack import pack_adapter
 
-    base = _executorch_only(qbase[1], tmp_path / "et")
+    base = qbase_et[1]
     r = pack_adapter(llama.peft_dirs["zen"], base, tmp_path / "a.shira", float_base=llama.base_dir)
     q = r.quantized
     assert q is not None and 0 < q["error_merged_then_quantized"] and 0 < q["error_patched"] < 1
