@@ -247,7 +247,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
             coded[which] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
             log(f"baked the {which} positions in {time.perf_counter() - t1:.1f}s")
         real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
-        found = _decode(regions, coded, floats, starts) if floats else {}
+        found = _decode(regions, coded, floats, starts, real) if floats else {}
         del coded
         if quants:
             from .bake_quantized import learn_quantized
@@ -301,22 +301,27 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
     return out
 
 
-def _decode(regions, coded: dict[str, np.ndarray], placements, starts) -> dict[str, list]:
+def _decode(regions, coded: dict[str, np.ndarray], placements, starts, real: np.ndarray) -> dict[str, list]:
     """placement name -> [(region, positions)]: positions[flat] = the float32 index of that entry in the region.
 
     The column pass codes the tensor (i * 4096 + flat % 4096), the row pass its rows (starts[i] + flat // 4096):
-    an entry is decoded from the two, and both must agree on the tensor."""
+    an entry is decoded from the two, and both must agree on the tensor. A slot holds a code only where both
+    passes read as one and the real bake differs: other bytes (integers of a quantized weight, any constant)
+    are the same in every bake and may read as a code by chance (about 1 in 500 random 4-byte groups)."""
     sizes = np.array([int(np.prod(p.shape)) for p in placements], dtype=np.int64)
     row_starts = np.array([starts[p.name] for p in placements], dtype=np.int64)
     row_ends = row_starts + -(-sizes // ROW_WIDTH)
     found: dict[str, list] = {}
     for region in regions:
-        rows = _region_view(coded["row"], region)
-        hit = np.flatnonzero((rows >= CODE_BASE) & (rows < 2 * CODE_BASE))
+        rows, cols = _region_view(coded["row"], region), _region_view(coded["col"], region)
+        hit = np.flatnonzero((rows >= CODE_BASE) & (rows < 2 * CODE_BASE) & (cols >= CODE_BASE)
+                             & (cols < 2 * CODE_BASE))
+        if hit.size:
+            hit = hit[_region_view(real, region)[hit] != rows[hit]]
         if not hit.size:
             continue
         r = rows[hit].astype(np.int64) - CODE_BASE
-        c = _region_view(coded["col"], region)[hit].astype(np.int64) - CODE_BASE
+        c = cols[hit].astype(np.int64) - CODE_BASE
         t = c // ROW_WIDTH
         if t[0] == t[-1] and (t == t[0]).all():  # the usual case: the region holds one weight
             groups = [(int(t[0]), slice(None))]
