@@ -278,7 +278,7 @@ def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces
     """tests/vectors/patch_quant: int8 and int4 bytes after each fuse (docs/QUANTIZATION.md), from the loop-based
     reference patcher; the runtime's WeightPatcher (whole-byte plans, a plan made ahead for one adapter) lands on
     the same bytes and clamp counts at every step, and the last step is the base again."""
-    from shira_format.quant import Quant
+    from shira_format.quant import Quant, matrix_shape
     from shira_runtime.patcher import WeightPatcher
 
     from .vectors.make_vectors import QUANT_STEPS, build_quant_patch_case
@@ -292,7 +292,7 @@ def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces
     buffers = {n: np.array(b, dtype=np.uint8) for n, b in case["steps"][0]["buffers"].items()}
     quant = {p["buffer"]: Quant(p["bits"], p["block"], "s", p["per_channel"], p.get("signed", False))
              for p in case["placements"].values()}
-    assert any(q.signed for q in quant.values())
+    assert any(q.signed for q in quant.values()) and any(len(p["torch_shape"]) == 4 for p in case["placements"].values())
     mapped = {}
     for name, fname in case["adapters"].items():
         ad = read_adapter((VECTORS / "patch_quant" / fname).read_bytes())
@@ -301,7 +301,8 @@ def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces
             p = case["placements"][t.target]
             scales = np.array(p["scales"], dtype=np.float32)
             mapped[name][p["buffer"]] = (t.indices, t.values,
-                                         quant[p["buffer"]].scale_of(scales, t.indices, p["torch_shape"][1]))
+                                         quant[p["buffer"]].scale_of(scales, t.indices,
+                                                                     matrix_shape(p["torch_shape"])[1]))
     patcher = WeightPatcher(buffers, quant=quant)
     for step in case["steps"][1:]:
         terms = {}

@@ -107,9 +107,10 @@ def export_group():
                    "(present.<i>.key/value), as on-device generation runs (`shira generate`), on both runtimes.")
 @click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
               help="A weight-only quantized base, int8 with one scale per output channel or int4 with one per "
-                   "block of 32: ONNX Runtime's MatMulNBits for every MatMul weight, ExecuTorch's XNNPACK "
-                   "integer Linear (int8 dynamic activations) for every Linear. Adapters are patched into the "
-                   "integers with the base's scales (docs/QUANTIZATION.md).")
+                   "block of 32 (16 where K is not a multiple of 32): ONNX Runtime's MatMulNBits for every MatMul "
+                   "weight and 8-bit per-channel integers behind a DequantizeLinear for every Conv weight (no 4-bit "
+                   "conv kernel exists), ExecuTorch's XNNPACK integer Linear (int8 dynamic activations) for every "
+                   "Linear. Adapters are patched into the integers with the base's scales (docs/QUANTIZATION.md).")
 @click.option("--quantize-patchable", type=click.Choice(["int8", "int4"]), default=None,
               help="With --quantize: the patchable weights' own mode (default: the same), e.g. --quantize int4 "
                    "--quantize-patchable int8 keeps the weights adapters touch at 8 bits under a 4-bit base.")
@@ -312,18 +313,29 @@ def train_main():
 @click.option("--quantized", is_flag=True,
               help="Instead: quantized bases (int8, int4) against float32: tiny-llama's task adapters written into "
                    "the integers (accuracy, bits/byte, clamped entries, against merging in float32 and then "
-                   "quantizing), and a 168M Llama's memory, bake, switch and speed in place on ONNX Runtime and "
-                   "on ExecuTorch. Writes quantized.{json,md,png}; --quick: the tiny-llama part only.")
-def bench_cmd(out_dir, quick, threads, real_size, quantized):
+                   "quantizing), the style net's style adapters (PSNR), and a 168M Llama's memory, bake, switch and "
+                   "speed in place on ONNX Runtime and on ExecuTorch. Writes quantized.{json,md,png}; --quick: "
+                   "tiny-llama and the style net only.")
+@click.option("--parts", default=",".join(("lm", "style", "real", "executorch")), show_default=True,
+              help="With --quantized: the sections to measure (lm: tiny-llama, style: the style net, real: 168M on "
+                   "ONNX Runtime, executorch: 168M on ExecuTorch); the others are kept from quantized.json in --out, "
+                   "which says which command measured each.")
+def bench_cmd(out_dir, quick, threads, real_size, quantized, parts):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
     a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
     switch time against model size from ~10M to ~1.1B parameters."""
     quiet_third_party()
     if quantized:
-        from .bench.quantized import run_quantized
+        from .bench.quantized import PARTS, run_quantized
 
-        run_quantized(out_dir, quick, threads, log=click.echo)
+        chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+        if not chosen or set(chosen) - set(PARTS):
+            raise click.UsageError(f"--parts takes a comma-separated list of {', '.join(PARTS)}; got {parts!r}")
+        try:
+            run_quantized(out_dir, quick, threads, log=click.echo, parts=chosen)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
         return
     if real_size:
         from .bench.real_size import run_real_size

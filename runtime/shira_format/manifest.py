@@ -17,7 +17,7 @@ import numpy as np
 from . import layouts
 from .errors import ManifestError, printable
 from .layouts import LAYOUTS
-from .quant import BITS, BLOCKS, SCALE_DTYPES, Quant
+from .quant import BITS, BLOCKS, SCALE_DTYPES, Quant, matrix_shape
 
 FORMAT = "shira-manifest"
 FORMAT_VERSION = 3  # what export writes. 3 added folded placements (channel_scale), which a version-2 reader
@@ -244,9 +244,11 @@ def _quant(q, where: str, shape, layout, torch_shape, backend: str) -> Quant:
         raise _Bad(f"{where}: quant block must be one of {BLOCKS}, got {str(block)[:20]}")
     if type(per_channel) is not bool:
         raise _Bad(f"{where}: quant per_channel must be true or false")
-    if layout != "identity" or len(torch_shape) != 2 or tuple(shape) != tuple(torch_shape) or torch_shape[1] % block:
-        raise _Bad(f"{where}: a quantized placement stores a 2-D weight [N, K] as it is (identity layout), K a "
-                   f"multiple of the block {block}; got {list(shape)}, {layout}")
+    if (layout != "identity" or len(torch_shape) < 2 or tuple(shape) != matrix_shape(torch_shape)
+            or matrix_shape(torch_shape)[1] % block):
+        raise _Bad(f"{where}: a quantized placement stores its weight as the matrix [N, K] of its entries in torch "
+                   f"order (identity layout; a conv's [N, C*kh*kw]), K a multiple of the block {block}; got "
+                   f"{list(shape)}, {layout} for torch {list(torch_shape)}")
     if type(signed) is not bool or (signed and bits != 8):
         raise _Bad(f"{where}: quant signed must be true or false, and true only for 8 bits")
     if backend == "executorch":  # scales inside the program, addressed by offset (docs/QUANTIZATION.md)

@@ -2,7 +2,7 @@
 (spec: docs/QUANTIZATION.md).
 
 A quantized placement stores a torch weight [N, K] (N output channels, K inputs, K a multiple of the block) as
-unsigned integers u, one per entry in torch row-major order: bytes for 8 bits, two per byte for 4 bits (entry
+unsigned integers u; a convolution's weight [N, C, kh, kw] is held as the matrix [N, C*kh*kw] (matrix_shape), one per entry in torch row-major order: bytes for 8 bits, two per byte for 4 bits (entry
 2j in the low nibble of byte j, entry 2j+1 in the high one). That is ONNX Runtime's MatMulNBits layout
 [N, K/block, block*bits/8]. The weight is w = s * (u - z), z = 2^(bits-1) (symmetric), s the scale of the
 entry's block: scales[n * (K/block) + k // block], float32. Per-channel int8 repeats its channel's scale in
@@ -21,6 +21,16 @@ import numpy as np
 BITS = (4, 8)
 BLOCKS = (16, 32, 64, 128, 256)  # what MatMulNBits accepts (a power of two, at least 16)
 SCALE_DTYPES = ("float32", "bfloat16")  # how a program (ExecuTorch) stores a quantized placement's scales
+
+
+def matrix_shape(torch_shape) -> tuple[int, int]:
+    """A torch weight's shape -> the matrix [N, K] its entries form in row-major order: rows are output channels,
+    K the product of the other dimensions (a Linear's [N, K] itself; a conv's [N, C/groups, kh, kw])."""
+    rows = int(torch_shape[0])
+    cols = 1
+    for d in torch_shape[1:]:
+        cols *= int(d)
+    return rows, cols
 
 
 @dataclass(frozen=True)

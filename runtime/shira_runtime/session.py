@@ -38,7 +38,7 @@ import numpy as np
 from shira_format import manifest as manifest_mod
 from shira_format.adapter import Adapter, read_adapter
 from shira_format.errors import AdapterError, ManifestError, ShiraError, first_line
-from shira_format.quant import dequantize, dequantize_entries
+from shira_format.quant import dequantize, dequantize_entries, matrix_shape
 
 from .integrity import VERIFY_MODES
 from .patcher import WeightPatcher
@@ -227,7 +227,7 @@ class ShiraSession:
             for p in info.placements.get(self.backend.name, ()):
                 mapped[p.name] = p.patch_terms(t.indices, t.values, info.shape)  # scaled where BN was folded
                 if p.quant is not None:  # each entry's quantization scale travels with it (quant.py)
-                    mapped[p.name] += (self.backend.entry_scales(p.name, mapped[p.name][0], info.shape[1]),)
+                    mapped[p.name] += (self.backend.entry_scales(p.name, mapped[p.name][0], matrix_shape(info.shape)[1]),)
         if hasattr(self.backend, "to_buffers"):  # in place: each placement's copies in the baked file
             mapped = self.backend.to_buffers(mapped)
         with self._patch_mutex:
@@ -335,9 +335,10 @@ class ShiraSession:
         p = info.placements[self.backend.name][0]
         if p.quant is not None:
             if hasattr(self.backend, "placement_values"):
-                return dequantize_entries(self.backend.placement_values(p.name),
-                                          self.backend.placement_scales(p.name), p.quant, *info.shape)
-            return dequantize(self.backend.buffers[p.name], self.backend.scales[p.name], p.quant, *info.shape)
+                return dequantize_entries(self.backend.placement_values(p.name), self.backend.placement_scales(p.name),
+                                          p.quant, *matrix_shape(info.shape)).reshape(info.shape)
+            return dequantize(self.backend.buffers[p.name], self.backend.scales[p.name], p.quant,
+                              *matrix_shape(info.shape)).reshape(info.shape)
         if hasattr(self.backend, "placement_values"):
             return p.to_torch_layout(self.backend.placement_values(p.name), info.shape).copy()
         return p.to_torch_layout(self.backend.buffers[p.name], info.shape).copy()

@@ -431,7 +431,7 @@ class ReferenceQuantPatcher:
     def __init__(self, base_bytes: dict[str, list[int]], placements: dict[str, dict]):
         self.base = {k: list(v) for k, v in base_bytes.items()}
         self.live = {k: list(v) for k, v in base_bytes.items()}
-        # target -> {"buffer", "torch_shape": [N, K], "bits", "block", "scales", "signed" (optional)}
+        # target -> {"buffer", "torch_shape": [N, K] or [N, C, kh, kw], "bits", "block", "scales", "signed" (optional)}
         self.placements = placements
         self.clamped = 0
 
@@ -459,7 +459,8 @@ class ReferenceQuantPatcher:
         self.clamped = 0
         for (target, f), ts in terms.items():
             p = self.placements[target]
-            bits, block, cols = p["bits"], p["block"], p["torch_shape"][1]
+            bits, block = p["bits"], p["block"]
+            cols = math.prod(p["torch_shape"][1:])  # a conv [N, C, kh, kw] is the matrix [N, C*kh*kw]
             d = ts[0]
             if not single:
                 for x in ts[1:]:

@@ -180,7 +180,8 @@ QUANT_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"a": 3.0}, {"a": 
 
 def build_quant_patch_case() -> dict[str, bytes]:
     """Quantized buffers for a second runtime (docs/QUANTIZATION.md): an int8 weight with one scale per channel,
-    the same stored signed (ExecuTorch), and an int4 weight with one per block of 32; adapters that touch both nibbles of some bytes and push some entries
+    the same stored signed (ExecuTorch), a conv weight [N, C, kh, kw] at 8 bits (block 16), and an int4 weight
+    with one per block of 32; adapters that touch both nibbles of some bytes and push some entries
     past the scales (clamped); the exact bytes after each fuse() of the reference patcher."""
     from shira_format.quant import quantize
 
@@ -200,6 +201,13 @@ def build_quant_patch_case() -> dict[str, bytes]:
     base["s8_B"] = (stored.reshape(-1) ^ np.uint8(0x80)).tolist()
     places["s8.weight"] = {"buffer": "s8_B", "torch_shape": [5, 64], "bits": 8, "block": 32, "per_channel": True,
                            "signed": True, "scales": [float(v) for v in scales]}
+    # a conv weight [N, C, kh, kw] (int8 per channel, the matrix [N, C*kh*kw] = [4, 48], block 16)
+    stored, scales = quantize(np.random.default_rng(14).normal(0, 0.5, (4, 48)).astype(np.float32), 8, 16, True, 4.0)
+    shapes["c8.weight"] = (4, 3, 2, 8)
+    base["c8_B"] = stored.reshape(-1).tolist()
+    places["c8.weight"] = {"buffer": "c8_B", "torch_shape": [4, 3, 2, 8], "bits": 8, "block": 16,
+                           "per_channel": True, "scales": [float(v) for v in scales]}
+    c8 = np.sort(np.random.default_rng(15).choice(192, 30, replace=False))
     s8 = np.sort(np.random.default_rng(13).choice(320, 40, replace=False))
     pairs = np.array([10, 11, 40, 41, 100, 101, 254, 255])  # both nibbles of four int4 bytes
     a4 = np.union1d(pairs, np.sort(rng.choice(256, 30, replace=False)))
@@ -208,11 +216,13 @@ def build_quant_patch_case() -> dict[str, bytes]:
             SparseTensor("q8.weight", shapes["q8.weight"], np.sort(rng.choice(384, 40, replace=False)),
                          _vals(40, 21) * 20),
             SparseTensor("q4.weight", shapes["q4.weight"], a4, _vals(a4.size, 22) * 20),
-            SparseTensor("s8.weight", shapes["s8.weight"], s8, _vals(40, 24) * 20)], "f32", "flat-u32"),
+            SparseTensor("s8.weight", shapes["s8.weight"], s8, _vals(40, 24) * 20),
+            SparseTensor("c8.weight", shapes["c8.weight"], c8, _vals(30, 26) * 20)], "f32", "flat-u32"),
         "b": encode_adapter("b", FINGERPRINT, [
             SparseTensor("q4.weight", shapes["q4.weight"], np.union1d(a4[::3], [0, 1, 255]),
                          _vals(np.union1d(a4[::3], [0, 1, 255]).size, 23) * 30),
-            SparseTensor("s8.weight", shapes["s8.weight"], s8[::2], _vals(20, 25) * 30)], "f16", "elias-fano"),
+            SparseTensor("s8.weight", shapes["s8.weight"], s8[::2], _vals(20, 25) * 30),
+            SparseTensor("c8.weight", shapes["c8.weight"], c8[1::2], _vals(15, 27) * 30)], "f16", "elias-fano"),
     }
     decoded = {name: read_blob(blob) for name, blob in adapters.items()}
     patcher = ReferenceQuantPatcher(base, places)

@@ -52,17 +52,20 @@ public final class WeightPatcher {
         /** Folded weight (MANIFEST.md "Folded weights"): stored = torch weight * channelScale[c], c = output
          *  channel (torch dim 0); null when stored as it is. */
         public final float[] channelScale;
-        /** A quantized placement ([N, K] in torch order, identity layout), or null for float32. */
+        /** A quantized placement (the matrix [N, K] of its entries in torch order, identity layout; a conv's
+         *  [N, C, kh, kw] is [N, C*kh*kw]), or null for float32. */
         public final Quant quant;
 
         public Placement(String buffer, String layout, long[] torchShape) { this(buffer, layout, torchShape, null); }
 
-        /** A quantized placement: a weight [N, K] stored as integers in torch order. */
+        /** A quantized placement: a weight [N, ...] stored as integers in torch order, K = the product of the
+         *  dimensions after the first. */
         public Placement(String buffer, long[] torchShape, Quant quant) {
-            if (torchShape.length != 2 || torchShape[1] % quant.block != 0
-                    || (long) quant.scales.length != torchShape[0] * (torchShape[1] / quant.block))
-                throw new IllegalArgumentException("a quantized placement needs [N, K], K a multiple of the block, "
-                        + "and N * K / block scales");
+            long k = torchShape.length < 2 ? 0 : Codings.numel(torchShape) / torchShape[0];
+            if (torchShape.length < 2 || k % quant.block != 0
+                    || (long) quant.scales.length != torchShape[0] * (k / quant.block))
+                throw new IllegalArgumentException("a quantized placement needs [N, ...] with K (the product of the "
+                        + "other dimensions) a multiple of the block, and N * K / block scales");
             this.buffer = buffer; this.layout = "identity"; this.torchShape = torchShape; this.channelScale = null;
             this.quant = quant;
         }
@@ -79,7 +82,7 @@ public final class WeightPatcher {
 
         /** The quantization scale of torch entry f. */
         float entryScale(long f) {
-            long cols = torchShape[1];
+            long cols = Codings.numel(torchShape) / torchShape[0];
             return quant.scales[(int) ((f / cols) * (cols / quant.block) + (f % cols) / quant.block)];
         }
 

@@ -212,8 +212,10 @@ public class CrossLanguageTest {
             for (int i = 0; i < scales.length; i++) scales[i] = (float) ((Number) sc.get(i)).doubleValue();
             WeightPatcher.Quant q = new WeightPatcher.Quant((int) (long) (Long) p.get("bits"),
                     (int) (long) (Long) p.get("block"), scales, Boolean.TRUE.equals(p.get("signed")));
+            long[] shape = new long[sh.size()]; // [N, K], or a conv's [N, C, kh, kw]
+            for (int i = 0; i < shape.length; i++) shape[i] = (Long) sh.get(i);
             placements.put((String) e.getKey(), Arrays.asList(new WeightPatcher.Placement((String) p.get("buffer"),
-                    new long[]{(Long) sh.get(0), (Long) sh.get(1)}, q)));
+                    shape, q)));
         }
         WeightPatcher patcher = new WeightPatcher(new LinkedHashMap<>(), bytes, placements);
         for (Map.Entry<?, ?> e : ((Map<?, ?>) c.get("adapters")).entrySet()) {
