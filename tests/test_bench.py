@@ -1,4 +1,6 @@
 """`shira-bench` smoke test: the JSON's structure and that every measurement is a real sample, not its speed."""
+import json
+
 import pytest
 from shira_toolchain.bench.run import bench_model, markdown, plot
 from shira_toolchain.bench.scaling import bench_size, copy_bandwidth
@@ -77,7 +79,8 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
-@pytest.mark.long  # two tiny-llama exports, one short training, a small Llama in three bases, twice: ~5 min
+@pytest.mark.long  # two tiny-llama exports, one short training, a small Llama in three bases, twice, the style
+# net in four bases: ~6 min
 def test_quantized_bench_measures_quality_and_size(tmp_path):
     """`shira-bench --quantized` end to end, reduced: an int4 base's accuracy rows (float-trained, trained on the
     base, merged then quantized), then a small Llama in fp32/int8/int4, in place, each mode in its own process."""
@@ -103,9 +106,24 @@ def test_quantized_bench_measures_quality_and_size(tmp_path):
     assert et["fp32"]["reloads_per_switch"] == 0 and et["int4"]["reloads_per_switch"] == 1  # live vs packed
     assert et["int4"]["pte_bytes"] < et["int8"]["pte_bytes"] < et["fp32"]["pte_bytes"]
     assert all(r["plain_rss_rest"] > 0 and r["run_ms"]["decode"] > 0 for r in et.values())
+    from shira_toolchain.bench.measure import machine
+
+    earlier = {"command": "shira-bench --quantized --out test --threads 1", "seconds": 1.0, "date": "earlier"}
     report = {"quality": quality, "real_size": {"llama-small": real}, "executorch": {"llama-small": et},
-              "command": "test", "threads": 1, "seconds": 1.0, "machine": {"cpu": "x", "cores": 1}}
-    md = q.markdown(report)
+              "sections": {k: earlier for k in ("lm", "real", "executorch")}, "threads": 1, "machine": machine()}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "quantized.json").write_text(json.dumps(report))
+    # --parts style: the style net measured now, the other sections kept from the report already there
+    merged = q.run_quantized(out, quick=True, threads=1, work=work, log=lambda *a: None, parts=("style",))
+    assert merged["quality"] == quality and merged["executorch"] == {"llama-small": et}
+    assert set(merged["style"]) == set(q.STYLE_BASES)
+    for label, row in merged["style"].items():
+        assert row["session_mode"] == "in-place", label
+        assert all(r["psnr"] > r["psnr_base"] for n, r in row["styles"].items() if n != "posterize"), label
+    assert merged["style"]["int8"]["styles"]["sepia"]["clamped"] < merged["style"]["int4"]["styles"]["sepia"]["clamped"]
+    assert merged["sections"]["style"]["command"].startswith("shira-bench --quantized --quick --parts style")
+    md = (out / "quantized.md").read_text()
     assert "| int4 |" in md and "| llama-small int4 |" in md and "ExecuTorch (XNNPACK)" in md
-    q.plot(report, tmp_path / "q.png")
-    assert (tmp_path / "q.png").stat().st_size > 1000
+    assert "the style net and its style adapters" in md and earlier["command"] in md
+    assert (out / "quantized.png").stat().st_size > 1000

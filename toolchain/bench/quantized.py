@@ -156,6 +156,85 @@ def quality(work: Path, log=print, threads: int = 2, bases=tuple(BASES), tasks=T
     return out
 
 
+STYLE_DIR = Path(__file__).resolve().parents[2] / "models" / "styles"
+STYLE_BASES = ("fp32", "int8", "int4", "int4, patchable int8")
+STYLE_SIZE = 256  # the demo's image size
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1).astype(np.float64) - b) ** 2)))
+
+
+def _styled(sess, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([next(iter(sess.run({"image": im[None]}).values())) for im in images])
+
+
+def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, repeats: int = 10) -> dict:
+    """The style net on float32 and quantized bases, each with the four shipped style adapters: PSNR to the style
+    on the held-out photo (as models/styles/build_report.json measures it, through the runtime), entries
+    clamped, the delta kept, the same adapter merged in float32 then quantized, and the time of one
+    256x256 image: the session after a switch against the same base's constant-weight session, side by side."""
+    import torch
+    from shira_format.adapter import read_adapter
+    from shira_runtime import ShiraSession
+
+    from ..model_source import resolve
+    from ..train import photos
+    from ..train.styles import STYLES
+    from .real_size import _constant_session, _median_ms
+
+    targets = json.loads((STYLE_DIR / "build_report.json").read_text())["targets"]  # what the adapters touch
+    ev = photos.eval_crops().numpy()
+    image = photos.eval_crops(1, STYLE_SIZE).numpy()
+    float_weights = {n: p.detach().numpy().copy() for n, p in resolve("style-net").model.named_parameters()}
+    out = {}
+    for label in bases:
+        t0 = time.perf_counter()
+        slug = label.replace(", ", "-").replace(" ", "")
+        base = _export(resolve("style-net"), work / f"style-net-{slug}", label, targets)
+        row = {"weights_bytes": sum(f.stat().st_size for f in base.iterdir() if f.suffix in (".safetensors", ".onnx")
+                                    and f.name != "model_prepacked.onnx"),
+               "settings": BASES[label], "styles": {}}
+        with ShiraSession(base, threads=threads, cache_dir=work / "cache") as sess:
+            row["session_mode"] = sess.mode
+            for style, fn in STYLES.items():
+                target = fn(torch.from_numpy(ev)).numpy()
+                path = STYLE_DIR / f"{style}.shira"
+                adapter = read_adapter(path, sess.manifest)
+                r = {"psnr_base": _psnr(_styled(sess, ev), target), "entries": adapter.nnz}
+                name = sess.load(path, style)
+                sess.switch(name)
+                r.update(psnr=_psnr(_styled(sess, ev), target), clamped=sess.clamped,
+                         delta_kept=_delta_kept(sess, adapter, float_weights))
+                sess.reset()
+                sess.unload(name)
+                if BASES[label]:  # the reference: merged in float32, then the whole net quantized alike
+                    subject = resolve("style-net")
+                    params = dict(subject.model.named_parameters())
+                    with torch.no_grad():
+                        for t in adapter.tensors.values():
+                            params[t.target].view(-1)[torch.from_numpy(t.indices)] += torch.from_numpy(t.values)
+                    merged = _export(subject, work / f"style-merged-{style}-{slug}", label, targets)
+                    with ShiraSession(merged, threads=threads, cache_dir=work / "cache") as ms:
+                        r["merged_then_quantized"] = _psnr(_styled(ms, ev), target)
+                row["styles"][style] = r
+            # speed: the session with an adapter switched in, against the constant-weight session of this base
+            sess.switch(sess.load(STYLE_DIR / "sepia.shira", "sepia"))
+            const = _constant_session(base, threads)
+            feed = {"image": image}
+            mine, theirs = [], []
+            for _ in range(4):
+                mine.append(_median_ms(lambda: sess.run(feed), repeats))
+                theirs.append(_median_ms(lambda: const.run(None, feed), repeats))
+            row["image_ms"] = {"session": float(np.median(mine)), "constant": float(np.median(theirs))}
+            const = None  # close it before the next base
+        out[label] = row
+        log(f"  style-net {label} ({row['session_mode']}): " + ", ".join(
+            f"{s} {r['psnr']:.1f} dB" for s, r in row["styles"].items())
+            + f"; {row['image_ms']['session']:.1f} ms per {STYLE_SIZE}px image [{time.perf_counter() - t0:.0f}s]")
+    return out
+
+
 def _build_real(name: str, spec, work: Path, log) -> dict[str, Path]:
     """The HF model saved once, exported float32, int8 and int4, and two random 1% adapters (a, b)."""
     import torch
@@ -339,9 +418,13 @@ def real_size(work: Path, threads: int, repeats: int, log=print, models: dict | 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    names = {"lm": "tiny-llama", "style": "style net", "real": "168M, ONNX Runtime", "executorch": "168M, ExecuTorch"}
+    runs = {}
+    for part, sec in report.get("sections", {}).items():
+        runs.setdefault(sec["command"], []).append(names[part] + (f" {sec['seconds']:.0f} s" if sec["seconds"] else ""))
     lines = ["# Quantized bases", "",
-             f"`{report['command']}` on {m['cpu']} ({m['cores']} cores), {report['threads']} thread(s); "
-             f"{report['seconds']:.0f} s in all.", "",
+             f"On {m['cpu']} ({m['cores']} cores), {report['threads']} thread(s). Measured by:", "",
+             *[f"- `{cmd}`: {', '.join(parts)}" for cmd, parts in runs.items()], "",
              "## Quality: tiny-llama and its task adapters (models/lm_tasks)", "",
              "Accuracy: teacher-forced answer characters on 32 held-out snippets. `float-trained`: the shipped "
              "adapter (trained on the float32 base), written into the integers. `trained on the base`: the same "
@@ -365,6 +448,24 @@ def markdown(report: dict) -> str:
                          + (" / ".join(f"{x['accuracy']:.2f}" for x in q) + " | "
                             + " / ".join(str(x["clamped"]) for x in q) + " | " if q else "- | - | ")
                          + (f"{m['accuracy']:.2f} |" if m else "- |"))
+    if report.get("style"):
+        lines += ["", "## Quality: the style net and its style adapters (models/styles)", "",
+                  "PSNR to each style on the held-out photo (8 crops of 96 px, as models/styles/build_report.json), "
+                  "through the runtime. Convolutions are 8-bit per channel in every quantized base (DequantizeLinear "
+                  "feeding Conv); the Linear layers follow the mode. Patchable: what the adapters touch (enc.2, mix.0, "
+                  "dec.3); the other weights are quantized constants. `image`: one 256x256 image with `sepia` "
+                  "switched in, against the same base's constant-weight session, side by side.", "",
+                  "| base | weights | session | image ms: session / constant | style | base alone | adapter | "
+                  "clamped | kept | merged, then quantized |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for label, row in report["style"].items():
+            for i, (style, r) in enumerate(row["styles"].items()):
+                im = row["image_ms"]
+                head = (f"{label} | {row['weights_bytes'] / 1e3:.0f} kB | {row['session_mode']} | "
+                        f"{im['session']:.1f} / {im['constant']:.1f}" if i == 0 else " | | | ")
+                mq = r.get("merged_then_quantized")
+                lines.append(f"| {head} | {style} | {r['psnr_base']:.2f} dB | {r['psnr']:.2f} dB | "
+                             f"{r['clamped']} of {r['entries']} | {r['delta_kept']:.2f} | "
+                             + (f"{mq:.2f} dB |" if mq is not None else "- |"))
     lines += ["", "## Size and speed at 168M parameters (Llama-shaped, random weights, random 1% adapters)", "",
               "In place against the same base's constant-weight session (`model_prepacked.onnx` as ORT loads it), "
               "each in its own process; `runs after` is side by side in one process (1.00 = as fast).", "",
@@ -420,7 +521,23 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from shira_format.atomic import atomic_path
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    style = report.get("style") or {}
+    fig, axes = plt.subplots(1, 3 if style else 2, figsize=(19 if style else 13, 4.5))
+    a, b = axes[0], axes[1]
+    if style:  # PSNR to each style with its adapter written into each base
+        c = axes[2]
+        names = list(next(iter(style.values()))["styles"])
+        x = np.arange(len(names))
+        width = 0.8 / len(style)
+        for i, (label, row) in enumerate(style.items()):
+            c.bar(x + (i - (len(style) - 1) / 2) * width, [row["styles"][n]["psnr"] for n in names], width,
+                  label=label)
+        c.plot(x, [next(iter(style.values()))["styles"][n]["psnr_base"] for n in names], "k_", markersize=25,
+               label="float32 base alone")
+        c.set_xticks(x, names)
+        c.set_ylabel("PSNR to the style, dB")
+        c.set_title("style net: style adapters on quantized bases")
+        c.legend(fontsize=7)
     labels = list(report["quality"])
     x = np.arange(len(labels))
     kinds = (("float_trained", "float-trained adapter"), ("trained_on_base", "trained on the base"),
@@ -460,9 +577,15 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+PARTS = ("lm", "style", "real", "executorch")
+
+
 def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int = 10, work=None, log=print,
-                  models: dict | None = None) -> dict:
-    """quantized.{json,md,png} in out_dir. `quick`: quality only (tiny-llama), no 168M model."""
+                  models: dict | None = None, parts=PARTS) -> dict:
+    """quantized.{json,md,png} in out_dir. `quick`: tiny-llama and the style net only, no 168M model. `parts`:
+    the sections to measure (lm: tiny-llama, style: the style net, real: 168M on ONNX Runtime, executorch: 168M
+    on ExecuTorch); the others are kept from the quantized.json already in out_dir, each section saying which
+    command measured it and when."""
     import tempfile
 
     from shira_format.atomic import write_text
@@ -471,25 +594,41 @@ def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int =
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    old = out_dir / "quantized.json"
+    keys = {"lm": "quality", "style": "style", "real": "real_size", "executorch": "executorch"}
+    prev = json.loads(old.read_text()) if old.exists() and set(parts) != set(PARTS) else {}
+    if prev and "sections" not in prev:  # written by one run of every part, before sections were recorded
+        prev["sections"] = {part: {"command": prev["command"], "seconds": None, "date": None}
+                            for part, key in keys.items() if prev.get(key)}
+    mine = machine()
+    if prev and ({k: prev["machine"].get(k) for k in ("cpu", "cores")} != {k: mine[k] for k in ("cpu", "cores")}
+                 or prev["threads"] != threads):
+        raise ValueError(f"{old}: measured on another machine or thread count; rerun every part (no --parts)")
+    report = {k: prev.get(k, {}) for k in (*keys.values(), "sections")}
+    command = (f"shira-bench --quantized {'--quick ' if quick else ''}"
+               + (f"--parts {','.join(parts)} " if set(parts) != set(PARTS) else "")
+               + f"--out {out_dir} --threads {threads}")
+    steps = {"lm": lambda w: quality(w, log, threads), "style": lambda w: style_quality(w, log, threads),
+             "real": lambda w: real_size(w, threads, repeats, log, models),
+             "executorch": lambda w: executorch_real_size(w, threads, repeats, log, models)}
+    t_all = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         w = Path(work or tmp)
-        log("quantized bases: quality (tiny-llama)")
-        report = {"quality": quality(w, log, threads)}
-        if not quick or models:
-            log("quantized bases: size and speed")
-            report["real_size"] = real_size(w, threads, repeats, log, models)
-            log("quantized bases: ExecuTorch at real size")
-            report["executorch"] = executorch_real_size(w, threads, repeats, log, models)
-        else:
-            report["real_size"], report["executorch"] = {}, {}
-    report.update({"command": f"shira-bench --quantized {'--quick ' if quick else ''}--out {out_dir} "
-                              f"--threads {threads}", "machine": machine(), "threads": threads,
-                   "seconds": time.time() - t0})
+        for part in parts:
+            if part in ("real", "executorch") and quick and not models:
+                report[keys[part]] = {}
+                continue
+            log(f"quantized bases: {part}")
+            t0 = time.time()
+            report[keys[part]] = steps[part](w)
+            report["sections"][part] = {"command": command, "seconds": time.time() - t0,
+                                        "date": time.strftime("%Y-%m-%d")}
+    report.update({"command": command, "machine": mine, "threads": threads,
+                   "seconds": sum(v["seconds"] or 0 for v in report["sections"].values())})
     write_text(out_dir / "quantized.json", json.dumps(report, indent=1))
     write_text(out_dir / "quantized.md", markdown(report))
     plot(report, out_dir / "quantized.png")
-    log(f"quantized -> {out_dir} ({report['seconds']:.0f}s)")
+    log(f"quantized -> {out_dir} ({time.time() - t_all:.0f}s)")
     return report
 
 
