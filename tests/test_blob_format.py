@@ -241,7 +241,7 @@ def test_patch_case_for_other_runtimes_regenerates_identically():
     for fname, data in built.items():
         assert (VECTORS / "patch" / fname).read_bytes() == data, f"patch/{fname} is stale: run make_vectors"
     case = json.loads(built["steps.json"])
-    assert [s["scales"] for s in case["steps"]] == [{}] + PATCH_STEPS
+    assert [(s["scales"], s["rule"]) for s in case["steps"]] == [({}, "sum")] + [(a, r) for a, r in PATCH_STEPS]
     assert case["steps"][0]["buffers"] == case["steps"][-1]["buffers"]  # reset is bit-exact
     assert len({json.dumps(s["buffers"]) for s in case["steps"]}) == len(PATCH_STEPS)  # every other state differs
 
@@ -269,9 +269,9 @@ def test_runtime_patcher_reproduces_the_patch_case_bit_for_bit():
         for name, scale in step["scales"].items():
             for buf, (idx, delta) in mapped[name].items():
                 terms.setdefault(buf, []).append((idx, delta, float(scale)))
-        patcher.commit(patcher.plan(terms))
+        patcher.commit(patcher.plan(terms, rule=step["rule"]))
         for n, bits in step["buffers"].items():
-            assert buffers[n].view(np.uint32).tolist() == bits, (step["scales"], n)
+            assert buffers[n].view(np.uint32).tolist() == bits, (step["scales"], step["rule"], n)
 
 
 def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces_it():
@@ -287,7 +287,7 @@ def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces
     for fname, data in built.items():
         assert (VECTORS / "patch_quant" / fname).read_bytes() == data, f"patch_quant/{fname} is stale"
     case = json.loads(built["steps.json"])
-    assert [s["scales"] for s in case["steps"]] == [{}] + QUANT_STEPS
+    assert [(s["scales"], s["rule"]) for s in case["steps"]] == [({}, "sum")] + [(a, r) for a, r in QUANT_STEPS]
     assert case["steps"][0]["buffers"] == case["steps"][-1]["buffers"]
     buffers = {n: np.array(b, dtype=np.uint8) for n, b in case["steps"][0]["buffers"].items()}
     quant = {p["buffer"]: Quant(p["bits"], p["block"], "s", p["per_channel"], p.get("signed", False))
@@ -309,8 +309,8 @@ def test_quantized_patch_case_regenerates_identically_and_the_runtime_reproduces
         for name, scale in step["scales"].items():
             for buf, (idx, delta, qs) in mapped[name].items():
                 terms.setdefault(buf, []).append((idx, delta, float(scale), qs))
-        plans = patcher.plan(terms)
+        plans = patcher.plan(terms, rule=step["rule"])
         patcher.commit(plans)
-        assert sum(p.clamped for p in plans.values()) == step["clamped"], step["scales"]
+        assert sum(p.clamped for p in plans.values()) == step["clamped"], (step["scales"], step["rule"])
         for n, b in step["buffers"].items():
             assert buffers[n].tolist() == b, (step["scales"], n)

@@ -1,12 +1,13 @@
 import pytest
 """Outputs equal PEFT's merged torch model after every switch and fusion, on the same loaded session."""
 import numpy as np
+import torch
 
 from shira_runtime import ShiraSession
 from shira_toolchain.train import peft_shira
 from shira_toolchain.pack import pack_peft_shira
 
-from .helpers import patched_copy, random_sparse, write_peft_layout_checkpoint
+from .helpers import patched_copy, random_sparse, snapshot, write_peft_layout_checkpoint
 
 SCALE_PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": 0.7, "b": -0.4}, {}, {"b": 2.0}, {"a": 1.0}]
 
@@ -70,6 +71,67 @@ def test_fusion_sums_overlapping_deltas(stylenet, tmp_path, backend):
     np.testing.assert_allclose(sess.weight("mix.0.weight"), ref.mix[0].weight.detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(sess.run(stylenet.inputs)["styled"],
                                peft_shira.reference_output("image", ref, stylenet.inputs), atol=2e-5, rtol=1e-5)
+
+
+def _rule_delta(terms: list[tuple[np.ndarray, np.ndarray]], size: int, rule: str) -> np.ndarray:
+    """FORMAT.md §6.1 written out per entry: [(flat indices, scaled binary64 terms)] in adapter order -> binary64
+    delta per flat index (0 where no adapter touches it)."""
+    per: dict[int, list[float]] = {}
+    for idx, t in terms:
+        for f, x in zip(idx.tolist(), t.tolist()):
+            per.setdefault(f, []).append(x)
+    out = np.zeros(size)
+    for f, ts in per.items():
+        if rule == "sum":
+            out[f] = sum(ts)
+        elif rule == "mean":
+            out[f] = sum(ts) / len(ts)
+        elif rule == "ties":
+            kept = [x for x in ts if x * sum(ts) > 0]
+            out[f] = sum(kept) / len(kept) if kept else 0.0
+        else:
+            out[f] = max(ts, key=abs)  # max() keeps the first among equals
+    return out
+
+
+def test_merge_rules_combine_only_where_adapters_overlap(stylenet, tmp_path, backend):
+    """fuse(rule=...): each rule's weights, entry by entry as FORMAT.md §6.1 defines them, reach the engine; an
+    unknown rule is refused with the weights untouched; reset is bit-exact after every rule."""
+    from shira_format.adapter import read_adapter
+    from shira_format.errors import AdapterError
+
+    shape = tuple(stylenet.subject.model.mix[0].weight.shape)
+    sess = ShiraSession(stylenet.base_dir, backend=backend)
+    blobs = {}
+    for name, seed in (("x", 1), ("y", 2)):
+        ckpt = write_peft_layout_checkpoint(tmp_path / name, {"mix.0": random_sparse(shape, 0.3, seed=seed)})
+        blobs[name] = pack_peft_shira(ckpt, stylenet.base_dir, tmp_path / f"{name}.shira").out
+        sess.load(blobs[name], name=name)
+    base = sess.weight("mix.0.weight")
+    scales = {"x": 0.5, "y": -2.0}
+    terms = [(t.indices, t.values.astype(np.float64) * scales[n])
+             for n in scales for t in read_adapter(blobs[n], sess.manifest).tensors.values()]
+    results = {}
+    for rule in ("sum", "mean", "ties", "magnitude"):
+        sess.fuse(scales, rule=rule)
+        assert sess.rule == rule
+        want = (base.reshape(-1) + _rule_delta(terms, base.size, rule).astype(np.float32)).reshape(shape)
+        results[rule] = sess.weight("mix.0.weight")
+        np.testing.assert_array_equal(results[rule], want)
+        ref = patched_copy(stylenet.subject.model, {}, 1.0)
+        ref.mix[0].weight.data[:] = torch.from_numpy(want)
+        np.testing.assert_allclose(sess.run(stylenet.inputs)["styled"],
+                                   peft_shira.reference_output("image", ref, stylenet.inputs), atol=2e-5, rtol=1e-5)
+    only_one = np.setxor1d(*(t[0] for t in terms))  # touched by one adapter: the same under every rule
+    assert all(np.array_equal(r.reshape(-1)[only_one], results["sum"].reshape(-1)[only_one]) for r in results.values())
+    assert len({r.tobytes() for r in results.values()}) == 4  # overlaps differ
+    before = snapshot(sess)
+    with pytest.raises(AdapterError, match="unknown merge rule"):
+        sess.fuse(scales, rule="average")
+    assert snapshot(sess) == before and sess.rule == "magnitude"
+    sess.reset()
+    np.testing.assert_array_equal(sess.weight("mix.0.weight"), base)
+    sess.close()
 
 
 @pytest.mark.slow

@@ -17,6 +17,10 @@ import numpy as np
 from shira_format.errors import AdapterError
 from shira_format.quant import Quant, requantize
 
+# How overlapping entries combine when several adapters are fused (docs/FORMAT.md §6.1). Every rule gives the
+# plain scaled delta where one adapter touches an entry; they differ only where adapters overlap.
+RULES = ("sum", "mean", "ties", "magnitude")
+
 EMPTY_IDX = np.zeros(0, dtype=np.int64)
 EMPTY_VAL = np.zeros(0, dtype=np.float32)
 
@@ -30,6 +34,27 @@ class BufferPlan:
 
 
 F32_MAX = float(np.finfo(np.float32).max)
+
+
+def merge(group: np.ndarray, terms: np.ndarray, n: int, rule: str) -> np.ndarray:
+    """Scaled deltas (binary64, in adapter order) and the entry each belongs to (`group`, 0..n-1) -> one binary64
+    delta per entry (docs/FORMAT.md §6.1). Sums run in term order (np.bincount adds sequentially), so a second
+    runtime that adds in adapter order gets the same bits."""
+    total = np.bincount(group, weights=terms, minlength=n)
+    if rule == "sum":
+        return total
+    if rule == "mean":  # each entry's sum over the adapters that touch it
+        return total / np.bincount(group, minlength=n)
+    if rule == "ties":  # the sum's sign is elected; the terms of that sign are averaged, the others dropped
+        sign = np.sign(total)[group]
+        keep = (np.sign(terms) == sign) & (sign != 0)
+        kept = np.bincount(group, weights=np.where(keep, terms, 0.0), minlength=n)
+        count = np.bincount(group, weights=keep.astype(np.float64), minlength=n)
+        return np.divide(kept, count, out=np.zeros(n), where=count > 0)
+    # magnitude: the term of largest magnitude wins, the first in adapter order among equals
+    order = np.lexsort((np.arange(terms.size), -np.abs(terms), group))
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
+    return terms[order[starts]]
 
 
 class WeightPatcher:
@@ -54,12 +79,15 @@ class WeightPatcher:
         self._absmax = absmax if absmax is not None else {
             n: float(np.max(np.abs(b))) if b.size else 0.0 for n, b in buffers.items() if n not in self.quant}
 
-    def plan(self, terms: dict[str, list[tuple]], ready: dict[str, BufferPlan] | None = None
+    def plan(self, terms: dict[str, list[tuple]], ready: dict[str, BufferPlan] | None = None, rule: str = "sum"
              ) -> dict[str, BufferPlan]:
         """`terms`: buffer name -> [(indices, deltas, scale), ...], for a quantized buffer
-        [(indices, deltas, scale, entry scales), ...]. Buffers not named are restored to base. `ready`: plans
-        made earlier for some buffers (a quantized buffer's plan depends on the base only, so one adapter's plan
-        at scale 1 is made once, at load)."""
+        [(indices, deltas, scale, entry scales), ...], in adapter order. Buffers not named are restored to base.
+        `ready`: plans made earlier for some buffers (a quantized buffer's plan depends on the base only, so one
+        adapter's plan at scale 1 is made once, at load). `rule`: how entries that several adapters touch combine
+        (RULES, docs/FORMAT.md §6.1)."""
+        if rule not in RULES:
+            raise AdapterError(f"unknown merge rule {rule!r} (known: {', '.join(RULES)})")
         plans = {}
         for name in self.buffers:
             parts = terms.get(name, [])
@@ -75,11 +103,13 @@ class WeightPatcher:
                     # scaled in binary64 and rounded once, exactly as a sum of several (FORMAT.md §6)
                     delta = delta if scale == 1.0 else (delta.astype(np.float64) * scale).astype(np.float32)
                     qscale = parts[0][3] if name in self.quant else None
-                else:  # overlapping indices sum their scaled deltas
+                else:  # overlapping indices combine their scaled deltas by the rule
                     idx, first, inverse = np.unique(np.concatenate([p[0] for p in parts]), return_index=True,
                                                     return_inverse=True)
                     weights = np.concatenate([p[1].astype(np.float64) * p[2] for p in parts])
-                    delta = np.bincount(inverse, weights=weights, minlength=idx.size).astype(np.float32)
+                    if not np.all(np.isfinite(weights)):
+                        raise AdapterError(f"buffer {name}: the requested combination produces non-finite weights")
+                    delta = merge(inverse, weights, idx.size, rule).astype(np.float32)
                     qscale = np.concatenate([p[3] for p in parts])[first] if name in self.quant else None
                 if name in self.quant:  # the fused delta, re-quantized once per entry with the base's scale
                     if not np.all(np.isfinite(delta)):

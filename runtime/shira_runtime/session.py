@@ -41,7 +41,7 @@ from shira_format.errors import AdapterError, ManifestError, ShiraError, first_l
 from shira_format.quant import dequantize, dequantize_entries, matrix_shape
 
 from .integrity import VERIFY_MODES
-from .patcher import WeightPatcher
+from .patcher import RULES, WeightPatcher
 from .prepack import PrepackedRebuilder
 from .rwlock import RWLock
 
@@ -153,6 +153,7 @@ class ShiraSession:
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self._ready: dict[str, dict] = {}  # per adapter: its quantized buffers' plans at scale 1 (made at load)
         self.active: dict[str, float] = {}
+        self.rule = "sum"  # the merge rule of the active state (fuse)
         self.rebuilder: PrepackedRebuilder | None = None
         self.calibration: dict | None = None
         self.mode = "in-place" if prepack == "inplace" else "patchable"
@@ -259,10 +260,15 @@ class ShiraSession:
         """Make `name` the only active adapter, at scale 1."""
         self.fuse({name: 1.0})
 
-    def fuse(self, scales: dict[str, float]) -> None:
-        """Activate several adapters at once, each with its scale. Replaces whatever was active."""
+    def fuse(self, scales: dict[str, float], rule: str = "sum") -> None:
+        """Activate several adapters at once, each with its scale. Replaces whatever was active. `rule`: how an
+        entry that several adapters touch combines their scaled deltas (docs/FORMAT.md §6.1): "sum" (the
+        default), "mean" (their average), "ties" (the sum's sign elected, the agreeing terms averaged) or
+        "magnitude" (the largest term wins). Entries one adapter touches get its scaled delta under every rule."""
         with self._patch_mutex:
             self._check_open()
+            if rule not in RULES:
+                raise AdapterError(f"unknown merge rule {rule!r} (known: {', '.join(RULES)})")
             rebuilder = self.rebuilder
             for name, scale in scales.items():
                 if name not in self._mapped:
@@ -276,13 +282,14 @@ class ShiraSession:
                 for buf, (idx, delta, *qscale) in self._mapped[name].items():
                     terms.setdefault(buf, []).append((idx, delta, float(scale), *qscale))
             (only, scale), = scales.items() if len(scales) == 1 else ((None, None),)
-            plans = self.patcher.plan(terms, self._ready.get(only) if scale == 1.0 else None)
+            plans = self.patcher.plan(terms, self._ready.get(only) if scale == 1.0 else None, rule)
             with self._lock.write():
                 changed = self.patcher.commit(plans)
                 self.backend.weights_changed(changed)  # e.g. ExecuTorch reloads a method whose conv weights changed
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
                 self.active = dict(scales)
+                self.rule = rule
                 # once per placement: in place, one placement's plan is written into each of its copies
                 self.clamped = sum({self._placement_of.get(b, b): p.clamped for b, p in plans.items()}.values())
         if rebuilder is not None:

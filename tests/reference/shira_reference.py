@@ -384,6 +384,33 @@ def buffer_index(f: int, layout: str, torch_shape: list[int]) -> int:
     raise RefError(f"unknown layout {layout}")
 
 
+def merge_terms(ts: list[float], rule: str) -> float:
+    """FORMAT.md §6.1: one entry's scaled deltas (binary64, in adapter order) -> its binary64 delta."""
+    def total(xs):
+        d = xs[0]
+        for x in xs[1:]:
+            d = d + x  # binary64, in adapter order
+        return d
+
+    if not all(math.isfinite(x) for x in ts):
+        raise RefError("non-finite scaled delta")
+    if rule == "sum":
+        return total(ts)
+    if rule == "mean":
+        return total(ts) / len(ts)
+    if rule == "ties":
+        s = total(ts)
+        kept = [x for x in ts if (x > 0 and s > 0) or (x < 0 and s < 0)]
+        return total(kept) / len(kept) if kept else 0.0
+    if rule == "magnitude":
+        best = ts[0]
+        for x in ts[1:]:
+            if abs(x) > abs(best):  # strictly larger: the first among equals stays
+                best = x
+        return best
+    raise RefError(f"unknown rule {rule}")
+
+
 class ReferencePatcher:
     """Buffers as lists of float32 bit patterns; fuse() recomputes every touched entry from the base copy."""
 
@@ -392,10 +419,11 @@ class ReferencePatcher:
         self.live = {k: list(v) for k, v in base_bits.items()}
         self.placements = placements  # target -> {"buffer", "layout", "torch_shape"[, "channel_scale"]}
 
-    def fuse(self, adapters: list[tuple[dict, float]]) -> None:
-        """`adapters`: (read_blob() result, scale) in order. FORMAT.md §6: binary64 scaled sum in adapter order,
-        rounded once to binary32, added to the base in binary32; a single adapter at scale 1 adds its binary32
-        delta directly (the same thing). Untouched entries hold the base."""
+    def fuse(self, adapters: list[tuple[dict, float]], rule: str = "sum") -> None:
+        """`adapters`: (read_blob() result, scale) in order. FORMAT.md §6: binary64 scaled terms combined by
+        `rule` (§6.1; "sum": their sum in adapter order), rounded once to binary32, added to the base in
+        binary32; a single adapter at scale 1 adds its binary32 delta directly (the same thing). Untouched
+        entries hold the base."""
         terms: dict[tuple[str, int], list[float]] = {}
         for blob, scale in adapters:
             for target, t in blob["tensors"].items():
@@ -415,10 +443,7 @@ class ReferencePatcher:
             if single:
                 new = _f32(w + ts[0])  # the binary32 sum W + delta
             else:
-                d = ts[0]
-                for x in ts[1:]:
-                    d = d + x  # binary64, in adapter order
-                new = _f32(w + _f32(d))
+                new = _f32(w + _f32(merge_terms(ts, rule)))
             if not math.isfinite(new):
                 raise RefError(f"{buf}[{i}]: non-finite weight")
             self.live[buf][i] = struct.unpack("<I", struct.pack("<f", new))[0]
@@ -447,7 +472,7 @@ class ReferenceQuantPatcher:
             shift = 4 * (f % 2)
             buf[f // 2] = (buf[f // 2] & (0xF0 >> shift)) | (u << shift)
 
-    def fuse(self, adapters: list[tuple[dict, float]]) -> None:
+    def fuse(self, adapters: list[tuple[dict, float]], rule: str = "sum") -> None:
         terms: dict[tuple[str, int], list[float]] = {}
         for blob, scale in adapters:
             for target, t in blob["tensors"].items():
@@ -461,11 +486,7 @@ class ReferenceQuantPatcher:
             p = self.placements[target]
             bits, block = p["bits"], p["block"]
             cols = math.prod(p["torch_shape"][1:])  # a conv [N, C, kh, kw] is the matrix [N, C*kh*kw]
-            d = ts[0]
-            if not single:
-                for x in ts[1:]:
-                    d = d + x
-            d = _f32(d)
+            d = _f32(ts[0] if single else merge_terms(ts, rule))
             if not math.isfinite(d):
                 raise RefError(f"{target}[{f}]: non-finite delta")
             s = _f32(p["scales"][(f // cols) * (cols // block) + (f % cols) // block])

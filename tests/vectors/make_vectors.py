@@ -129,7 +129,10 @@ def strict_refusals(ef: bytes, seed: bytes, rowcol: bytes) -> dict[str, tuple[by
     }
 
 
-PATCH_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"b": 2.0}, {"a": 1.0, "b": 1.0}, {}]
+# (scales, merge rule) per fuse; the rules (FORMAT.md §6.1) differ only where a and b overlap
+PATCH_STEPS = [({"a": 1.0}, "sum"), ({"b": 1.0}, "sum"), ({"a": 0.7, "b": -0.4}, "sum"), ({"b": 2.0}, "sum"),
+               ({"a": 1.0, "b": 1.0}, "sum"), ({"a": 1.0, "b": 1.0}, "mean"), ({"a": 0.7, "b": -0.4}, "ties"),
+               ({"a": 1.0, "b": 1.0}, "ties"), ({"a": 1.0, "b": -1.0}, "magnitude"), ({}, "sum")]
 
 
 def build_patch_case() -> dict[str, bytes]:
@@ -164,10 +167,10 @@ def build_patch_case() -> dict[str, bytes]:
     placements["dw.weight"]["channel_scale"] = scale
     decoded = {name: read_blob(blob) for name, blob in adapters.items()}
     patcher = ReferencePatcher({n: b.view(np.uint32).tolist() for n, b in store.items()}, placements)
-    steps = [{"scales": {}, "buffers": patcher.live}]
-    for plan in PATCH_STEPS:
-        patcher.fuse([(decoded[name], scale) for name, scale in plan.items()])
-        steps.append({"scales": plan, "buffers": patcher.live})
+    steps = [{"scales": {}, "rule": "sum", "buffers": patcher.live}]
+    for plan, rule in PATCH_STEPS:
+        patcher.fuse([(decoded[name], scale) for name, scale in plan.items()], rule)
+        steps.append({"scales": plan, "rule": rule, "buffers": patcher.live})
     case = {"placements": placements,
             "adapters": {n: f"{n}.shira" for n in adapters}, "steps": steps}
     files = {f"{n}.shira": b for n, b in adapters.items()}
@@ -175,7 +178,9 @@ def build_patch_case() -> dict[str, bytes]:
     return files
 
 
-QUANT_STEPS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {"a": 3.0}, {"a": 1.0, "b": 1.0}, {}]
+QUANT_STEPS = [({"a": 1.0}, "sum"), ({"b": 1.0}, "sum"), ({"a": 0.7, "b": -0.4}, "sum"), ({"a": 3.0}, "sum"),
+               ({"a": 1.0, "b": 1.0}, "sum"), ({"a": 1.0, "b": 1.0}, "mean"), ({"a": 0.7, "b": -0.4}, "ties"),
+               ({"a": 1.0, "b": 1.0}, "magnitude"), ({}, "sum")]
 
 
 def build_quant_patch_case() -> dict[str, bytes]:
@@ -226,10 +231,10 @@ def build_quant_patch_case() -> dict[str, bytes]:
     }
     decoded = {name: read_blob(blob) for name, blob in adapters.items()}
     patcher = ReferenceQuantPatcher(base, places)
-    steps = [{"scales": {}, "buffers": patcher.live, "clamped": 0}]
-    for plan in QUANT_STEPS:
-        patcher.fuse([(decoded[name], scale) for name, scale in plan.items()])
-        steps.append({"scales": plan, "buffers": patcher.live, "clamped": patcher.clamped})
+    steps = [{"scales": {}, "rule": "sum", "buffers": patcher.live, "clamped": 0}]
+    for plan, rule in QUANT_STEPS:
+        patcher.fuse([(decoded[name], scale) for name, scale in plan.items()], rule)
+        steps.append({"scales": plan, "rule": rule, "buffers": patcher.live, "clamped": patcher.clamped})
     assert any(s["clamped"] for s in steps), "the case must clamp somewhere"
     case = {"placements": places, "adapters": {n: f"{n}.shira" for n in adapters}, "steps": steps}
     files = {f"{n}.shira": b for n, b in adapters.items()}

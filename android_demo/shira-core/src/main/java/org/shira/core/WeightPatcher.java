@@ -177,8 +177,18 @@ public final class WeightPatcher {
         adapters.put(name, mapped);
     }
 
-    /** Compute the state for {adapter: scale}; throws (and writes nothing) if it is not allowed. */
+    /** How entries that several adapters touch combine (FORMAT.md §6.1); all equal the scaled delta elsewhere. */
+    public static final List<String> RULES = Arrays.asList("sum", "mean", "ties", "magnitude");
+
+    /** Compute the state for {adapter: scale} with the "sum" rule. */
     public Map<String, Plan> plan(Map<String, Double> scales) throws AdapterFormatException {
+        return plan(scales, "sum");
+    }
+
+    /** Compute the state for {adapter: scale} (iterated in adapter order) combined by `rule`; throws (and
+     *  writes nothing) if it is not allowed. */
+    public Map<String, Plan> plan(Map<String, Double> scales, String rule) throws AdapterFormatException {
+        if (!RULES.contains(rule)) throw new AdapterFormatException("unknown merge rule " + rule + " (known: " + RULES + ")");
         Map<String, List<Object[]>> terms = new LinkedHashMap<>();
         for (Map.Entry<String, Double> s : scales.entrySet()) {
             Map<String, Mapped> m = adapters.get(s.getKey());
@@ -191,7 +201,7 @@ public final class WeightPatcher {
         for (String b : buffers.keySet()) {
             List<Object[]> parts = terms.get(b);
             if (parts == null) { plans.put(b, new Plan(new int[0], new float[0])); continue; }
-            Fused f = fuseTerms(parts);
+            Fused f = fuseTerms(parts, rule);
             FloatBuffer buf = buffers.get(b);
             for (int i = 0; i < f.idx.length; i++) {
                 if (!Float.isFinite(baseValue(b, buf, f.idx[i]) + f.delta[i]))
@@ -202,7 +212,7 @@ public final class WeightPatcher {
         for (String b : quantized.keySet()) {
             List<Object[]> parts = terms.get(b);
             if (parts == null) { plans.put(b, new Plan(new int[0], new byte[0], 0)); continue; }
-            plans.put(b, requantize(b, fuseTerms(parts)));
+            plans.put(b, requantize(b, fuseTerms(parts, rule)));
         }
         return plans;
     }
@@ -213,7 +223,7 @@ public final class WeightPatcher {
     }
 
     /** One buffer's terms -> sorted unique indices and their binary32 deltas (FORMAT.md §6), with entry scales. */
-    private static Fused fuseTerms(List<Object[]> parts) {
+    private static Fused fuseTerms(List<Object[]> parts, String rule) throws AdapterFormatException {
         if (parts.size() == 1) {
             Mapped m = (Mapped) parts.get(0)[0];
             double scale = (Double) parts.get(0)[1];
@@ -221,27 +231,55 @@ public final class WeightPatcher {
             for (int i = 0; i < d.length; i++) d[i] = scale == 1.0 ? m.delta[i] : (float) ((double) m.delta[i] * scale);
             return new Fused(m.idx, d, m.qscale);
         }
-        // union of indices; scaled deltas summed in binary64 in adapter order, rounded once
-        java.util.TreeMap<Integer, Double> sum = new java.util.TreeMap<>();
+        // union of indices; each entry's scaled deltas (binary64, in adapter order) combined by the rule, rounded once
+        java.util.TreeMap<Integer, List<Double>> terms = new java.util.TreeMap<>();
         Map<Integer, Float> qs = new HashMap<>();
         for (Object[] p : parts) {
             Mapped m = (Mapped) p[0];
             double scale = (Double) p[1];
             for (int i = 0; i < m.idx.length; i++) {
-                sum.merge(m.idx[i], (double) m.delta[i] * scale, Double::sum);
+                double t = (double) m.delta[i] * scale;
+                if (!Double.isFinite(t))
+                    throw new AdapterFormatException("the requested combination produces non-finite weights");
+                terms.computeIfAbsent(m.idx[i], k -> new ArrayList<>(2)).add(t);
                 if (m.qscale != null) qs.put(m.idx[i], m.qscale[i]);
             }
         }
-        int[] ix = new int[sum.size()];
-        float[] d = new float[sum.size()];
-        float[] q = qs.isEmpty() ? null : new float[sum.size()];
+        int[] ix = new int[terms.size()];
+        float[] d = new float[terms.size()];
+        float[] q = qs.isEmpty() ? null : new float[terms.size()];
         int i = 0;
-        for (Map.Entry<Integer, Double> e : sum.entrySet()) {
-            ix[i] = e.getKey(); d[i] = (float) (double) e.getValue();
+        for (Map.Entry<Integer, List<Double>> e : terms.entrySet()) {
+            ix[i] = e.getKey(); d[i] = (float) merge(e.getValue(), rule);
             if (q != null) q[i] = qs.get(e.getKey());
             i++;
         }
         return new Fused(ix, d, q);
+    }
+
+    /** FORMAT.md §6.1: one entry's scaled deltas, in adapter order -> its binary64 delta. */
+    static double merge(List<Double> ts, String rule) {
+        switch (rule) {
+            case "sum": return total(ts);
+            case "mean": return total(ts) / ts.size();
+            case "ties": {
+                double s = total(ts);
+                List<Double> kept = new ArrayList<>();
+                for (double x : ts) if ((x > 0 && s > 0) || (x < 0 && s < 0)) kept.add(x);
+                return kept.isEmpty() ? 0.0 : total(kept) / kept.size();
+            }
+            default: { // magnitude: the largest |term|, the first among equals
+                double best = ts.get(0);
+                for (double x : ts) if (Math.abs(x) > Math.abs(best)) best = x;
+                return best;
+            }
+        }
+    }
+
+    private static double total(List<Double> ts) {
+        double d = ts.get(0);
+        for (int k = 1; k < ts.size(); k++) d += ts.get(k);
+        return d;
     }
 
     /** Entries re-quantized from the base's integers with their scales -> the bytes that hold them. */
@@ -316,6 +354,8 @@ public final class WeightPatcher {
     }
 
     public void fuse(Map<String, Double> scales) throws AdapterFormatException { commit(plan(scales)); }
+
+    public void fuse(Map<String, Double> scales, String rule) throws AdapterFormatException { commit(plan(scales, rule)); }
 
     public void reset() { commit(emptyPlans()); }
 

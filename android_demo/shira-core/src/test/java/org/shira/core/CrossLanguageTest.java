@@ -151,7 +151,7 @@ public class CrossLanguageTest {
             Map<String, Double> scales = new LinkedHashMap<>();
             for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("scales")).entrySet())
                 scales.put((String) e.getKey(), ((Number) e.getValue()).doubleValue());
-            patcher.fuse(scales);
+            patcher.fuse(scales, (String) step.get("rule"));
             for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("buffers")).entrySet())
                 assertArrayEquals("step " + s + " " + scales + " buffer " + e.getKey(), ints((List<?>) e.getValue()),
                         bitsOf(buffers.get((String) e.getKey())));
@@ -227,7 +227,7 @@ public class CrossLanguageTest {
             Map<String, Double> scales = new LinkedHashMap<>();
             for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("scales")).entrySet())
                 scales.put((String) e.getKey(), ((Number) e.getValue()).doubleValue());
-            patcher.fuse(scales);
+            patcher.fuse(scales, (String) step.get("rule"));
             assertEquals("step " + s + " clamped", (long) (Long) step.get("clamped"), patcher.clamped());
             for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("buffers")).entrySet()) {
                 List<?> want = (List<?>) e.getValue();
