@@ -94,6 +94,8 @@ def _rule_delta(terms: list[tuple[np.ndarray, np.ndarray]], size: int, rule: str
     return out
 
 
+# the rules are the patcher's, shared by both backends: ExecuTorch with the long cases
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("executorch", marks=pytest.mark.long)])
 def test_merge_rules_combine_only_where_adapters_overlap(stylenet, tmp_path, backend):
     """fuse(rule=...): each rule's weights, entry by entry as FORMAT.md §6.1 defines them, reach the engine; an
     unknown rule is refused with the weights untouched; reset is bit-exact after every rule."""
