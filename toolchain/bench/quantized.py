@@ -228,10 +228,21 @@ def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, re
                 theirs.append(_median_ms(lambda: const.run(None, feed), repeats))
             row["image_ms"] = {"session": float(np.median(mine)), "constant": float(np.median(theirs))}
             const = None  # close it before the next base
+        row["dir"] = base
         out[label] = row
         log(f"  style-net {label} ({row['session_mode']}): " + ", ".join(
             f"{s} {r['psnr']:.1f} dB" for s, r in row["styles"].items())
             + f"; {row['image_ms']['session']:.1f} ms per {STYLE_SIZE}px image [{time.perf_counter() - t0:.0f}s]")
+    # every base's constant-weight session against the float32 one, alternating in one process: the speed of a
+    # quantized base itself, without the noise between the measurements above
+    consts = {label: _constant_session(row.pop("dir"), threads) for label, row in out.items()}
+    if "fp32" in consts:
+        times = {label: [] for label in consts}
+        for _ in range(4):
+            for label, c in consts.items():
+                times[label].append(_median_ms(lambda: c.run(None, {"image": image}), repeats))
+        for label, row in out.items():
+            row["image_vs_fp32"] = float(np.median(times[label]) / np.median(times["fp32"]))
     return out
 
 
@@ -448,6 +459,11 @@ def markdown(report: dict) -> str:
                          + (" / ".join(f"{x['accuracy']:.2f}" for x in q) + " | "
                             + " / ".join(str(x["clamped"]) for x in q) + " | " if q else "- | - | ")
                          + (f"{m['accuracy']:.2f} |" if m else "- |"))
+    if report.get("blobs"):
+        lines += ["", "Adapter blobs: the same files load on every base (float values, re-quantized by the runtime "
+                  "against each base's scales): " + "; ".join(
+                      f"{d}: " + ", ".join(f"{n} {b / 1e3:.1f} kB" for n, b in blobs.items())
+                      for d, blobs in report["blobs"].items()) + "."]
     if report.get("style"):
         lines += ["", "## Quality: the style net and its style adapters (models/styles)", "",
                   "PSNR to each style on the held-out photo (8 crops of 96 px, as models/styles/build_report.json), "
@@ -455,13 +471,15 @@ def markdown(report: dict) -> str:
                   "feeding Conv); the Linear layers follow the mode. Patchable: what the adapters touch (enc.2, mix.0, "
                   "dec.3); the other weights are quantized constants. `image`: one 256x256 image with `sepia` "
                   "switched in, against the same base's constant-weight session, side by side.", "",
-                  "| base | weights | session | image ms: session / constant | style | base alone | adapter | "
-                  "clamped | kept | merged, then quantized |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "`vs fp32`: this base's constant session against the float32 one, alternating in one process.", "",
+                  "| base | weights | session | image ms: session / constant | vs fp32 | style | base alone | "
+                  "adapter | clamped | kept | merged, then quantized |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, row in report["style"].items():
             for i, (style, r) in enumerate(row["styles"].items()):
                 im = row["image_ms"]
                 head = (f"{label} | {row['weights_bytes'] / 1e3:.0f} kB | {row['session_mode']} | "
-                        f"{im['session']:.1f} / {im['constant']:.1f}" if i == 0 else " | | | ")
+                        f"{im['session']:.1f} / {im['constant']:.1f} | {row.get('image_vs_fp32', float('nan')):.2f}x"
+                        if i == 0 else " | | | | ")
                 mq = r.get("merged_then_quantized")
                 lines.append(f"| {head} | {style} | {r['psnr_base']:.2f} dB | {r['psnr']:.2f} dB | "
                              f"{r['clamped']} of {r['entries']} | {r['delta_kept']:.2f} | "
@@ -605,6 +623,7 @@ def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int =
                  or prev["threads"] != threads):
         raise ValueError(f"{old}: measured on another machine or thread count; rerun every part (no --parts)")
     report = {k: prev.get(k, {}) for k in (*keys.values(), "sections")}
+
     command = (f"shira-bench --quantized {'--quick ' if quick else ''}"
                + (f"--parts {','.join(parts)} " if set(parts) != set(PARTS) else "")
                + f"--out {out_dir} --threads {threads}")
@@ -623,6 +642,9 @@ def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int =
             report[keys[part]] = steps[part](w)
             report["sections"][part] = {"command": command, "seconds": time.time() - t0,
                                         "date": time.strftime("%Y-%m-%d")}
+    # the blobs are the same files on every base (float values, docs/QUANTIZATION.md): their sizes once
+    report["blobs"] = {d.name: {f.stem: f.stat().st_size for f in sorted(d.glob("*.shira"))}
+                       for d in (LM_DIR, STYLE_DIR)}
     report.update({"command": command, "machine": mine, "threads": threads,
                    "seconds": sum(v["seconds"] or 0 for v in report["sections"].values())})
     write_text(out_dir / "quantized.json", json.dumps(report, indent=1))
