@@ -103,3 +103,30 @@ def test_trains_on_a_text_file_and_refuses_bad_data(llama, tmp_path):
         train(llama.subject, TrainConfig(task="text", data=str(tmp_path / "short.txt")), tmp_path / "s", **QUIET)
     with pytest.raises(ValueError, match="language models"):
         train(resolve("style-net"), TrainConfig(task="sepia", data=str(tmp_path / "zen.txt")), tmp_path / "x", **QUIET)
+
+
+def test_avoid_gives_a_mask_disjoint_from_other_adapters(sn, stylenet, tmp_path):
+    """--avoid: a second adapter's snip mask shares no entry with the first's, still has its full count, and
+    differs from the mask it would pick alone; a seed-coded mask, LoRA and another model's blob are refused."""
+    targets = r"^(enc\.2|mix\.0|dec\.3)\.weight$"
+    cfg = dict(mask="snip", r=1, steps=2, lr=2e-2, targets=targets, calib_batches=1)
+    train(sn, TrainConfig(task="sepia", **cfg), tmp_path / "a", **QUIET)
+    first = pack_adapter(tmp_path / "a", stylenet.base_dir, tmp_path / "a.shira").out
+    _, alone = train(sn, TrainConfig(task="invert", **cfg), tmp_path / "b0", **QUIET)
+    _, apart = train(sn, TrainConfig(task="invert", avoid=(str(first),), **cfg), tmp_path / "b", **QUIET)
+    assert apart["trainable_values"] == alone["trainable_values"]
+    blobs = {n: read_adapter(pack_adapter(tmp_path / n, stylenet.base_dir, tmp_path / f"{n}.shira").out)
+             for n in ("b0", "b")}
+    a = read_adapter(first)
+    for t in a.tensors.values():
+        assert np.intersect1d(t.indices, blobs["b"].tensors[t.target].indices).size == 0, t.target
+    assert sum(np.intersect1d(t.indices, blobs["b0"].tensors[t.target].indices).size for t in a.tensors.values()) > 0
+    with pytest.raises(ValueError, match="cannot avoid"):
+        train(sn, TrainConfig(task="invert", mask="rand", r=1, steps=1, targets=targets, avoid=(str(first),)),
+              tmp_path / "c", **QUIET)
+    with pytest.raises(ValueError, match="LoRA"):
+        train(sn, TrainConfig(task="invert", r=1, steps=1, targets=targets, lora=True, avoid=(str(first),)),
+              tmp_path / "d", **QUIET)
+    other = resolve("tiny-llama")
+    with pytest.raises(ValueError, match="another model"):
+        train(other, TrainConfig(task="upper", mask="wm", r=1, steps=1, avoid=(str(first),)), tmp_path / "e", **QUIET)

@@ -260,8 +260,12 @@ def pack_inspect_cmd(file):
               help="An int8/int4 export of MODEL (shira-export --quantize): train on its integers, each trainable "
                    "value kept within what its entry can hold with the base's scales, so the adapter is not "
                    "clamped on the device (docs/QUANTIZATION.md).")
+@click.option("--avoid", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="BLOB",
+              help="An adapter (.shira) whose entries the mask must not pick (repeatable): masks disjoint from "
+                   "adapters this one will be fused with, so no entry takes two adapters' deltas. wm, grad and snip "
+                   "masks only.")
 def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batches, targets, weights, lora,
-              quantized_base):
+              quantized_base, avoid):
     """Fine-tune MODEL (built-in name, package.module:factory, or a local HF directory) with a SHiRA adapter
     and write a checkpoint that `shira-pack adapter` accepts. Linear layers use peft.ShiraConfig with the
     chosen mask; conv layers use the same sparse scheme (PEFT's SHiRA is Linear-only) in the same layout."""
@@ -278,7 +282,7 @@ def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batche
             raise ValueError("give --task (a built-in objective) or --data FILE")
         train(resolve(model, weights), TrainConfig(task=task or "text", mask=mask, r=r, steps=steps, lr=lr, seed=seed,
                                                    calib_batches=calib_batches, targets=targets, lora=lora, data=data,
-                                                   quantized_base=quantized_base),
+                                                   quantized_base=quantized_base, avoid=tuple(avoid)),
               out_dir, log=click.echo)
     except (ModelSourceError, ExportError, ValueError, ShiraError) as e:  # ShiraError: a damaged --quantized-base
         _fail(e)

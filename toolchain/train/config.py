@@ -18,3 +18,4 @@ class TrainConfig:
     lora: bool = False
     data: str | None = None  # LMs: a UTF-8 text file, trained next-token (task "text")
     quantized_base: str | None = None  # an int8/int4 export: train on its integers, within its scales (quantized.py)
+    avoid: tuple[str, ...] = ()  # adapter blobs (.shira) whose entries this mask must not pick: disjoint masks

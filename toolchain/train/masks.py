@@ -40,12 +40,25 @@ def struct_indices(rows: int, cols: int, count: int) -> np.ndarray:
     return np.sort(order[np.sort(first)][:count])
 
 
+AVOIDABLE = ("wm", "grad", "snip")  # masks ranked by a score: entries to avoid are ranked last
+
+
 def mask_indices(kind: str, weight: torch.Tensor, count: int, module: str, seed: int,
-                 grad_score: torch.Tensor | None = None) -> tuple[np.ndarray, int | None]:
-    """-> (sorted flat indices into the weight viewed as [R, C], the PRNG seed if the mask is seed-coded)."""
+                 grad_score: torch.Tensor | None = None, avoid: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, int | None]:
+    """-> (sorted flat indices into the weight viewed as [R, C], the PRNG seed if the mask is seed-coded).
+    `avoid`: flat indices the mask must not pick (other adapters' entries, for disjoint masks that fuse without
+    overlap); only the score-ranked masks (AVOIDABLE) can honour it, and it must leave `count` entries free."""
     rows, cols = weight.shape[0], int(np.prod(weight.shape[1:]))
     if not 0 < count <= rows * cols:
         raise ValueError(f"{module}: {count} entries do not fit a {rows}x{cols} weight")
+    if avoid is not None and avoid.size:
+        if kind not in AVOIDABLE:
+            raise ValueError(f"{module}: mask {kind!r} cannot avoid other adapters' entries (use one of "
+                             f"{', '.join(AVOIDABLE)})")
+        if rows * cols - np.unique(avoid).size < count:
+            raise ValueError(f"{module}: {count} entries do not fit the {rows * cols - np.unique(avoid).size} "
+                             "left free by the adapters to avoid")
     w = weight.detach().float().reshape(rows, cols).numpy()
     if kind == "struct":
         return struct_indices(rows, cols, count), None
@@ -53,9 +66,14 @@ def mask_indices(kind: str, weight: torch.Tensor, count: int, module: str, seed:
         s = layer_seed(seed, module)
         return seeded_indices(s, rows * cols, count), s
     if kind == "wm":
-        return _top(np.abs(w), count), None
-    if grad_score is None:
+        score = np.abs(w)
+    elif grad_score is None:
         raise ValueError(f"{module}: mask {kind!r} needs calibration gradients")
-    if kind in NEEDS_GRADIENTS:  # the caller accumulated the right score: sum |dW| (grad) or sum |W * dW| (snip)
-        return _top(grad_score.reshape(rows, cols).numpy(), count), None
-    raise ValueError(f"unknown mask {kind!r}; choose from {', '.join(MASKS)}")
+    elif kind in NEEDS_GRADIENTS:  # the caller accumulated the right score: sum |dW| (grad) or sum |W * dW| (snip)
+        score = grad_score.reshape(rows, cols).numpy().astype(np.float64)
+    else:
+        raise ValueError(f"unknown mask {kind!r}; choose from {', '.join(MASKS)}")
+    if avoid is not None and avoid.size:
+        score = score.astype(np.float64).reshape(-1).copy()
+        score[avoid] = -np.inf  # below every real score (all are >= 0)
+    return _top(score, count), None

@@ -104,12 +104,36 @@ def calibration_scores(subject, model, targets, cfg: TrainConfig) -> dict[str, t
     return {t: s.detach() for t, s in scores.items()}
 
 
+def avoided_entries(blobs, model) -> dict[str, np.ndarray]:
+    """Adapter blobs -> torch weight name -> the flat indices they touch (their union): entries a disjoint mask
+    leaves alone. A blob made for another model (its base fingerprint) is refused."""
+    from shira_format.adapter import read_adapter
+
+    from ..export.model import base_fingerprint
+
+    if not blobs:
+        return {}
+    params, mine = dict(model.named_parameters()), base_fingerprint(model)
+    out: dict[str, list] = {}
+    for path in blobs:
+        adapter = read_adapter(path)
+        if adapter.base_fingerprint != mine:
+            raise ValueError(f"{path}: made for another model (base fingerprint {adapter.base_fingerprint[:19]}..., "
+                             f"this model's {mine[:19]}...); --avoid takes adapters of the model being trained")
+        for t in adapter.tensors.values():
+            if t.target not in params or tuple(params[t.target].shape) != tuple(t.shape):
+                raise ValueError(f"{path}: tensor {t.target} {list(t.shape)} is not a weight of this model")
+            out.setdefault(t.target, []).append(t.indices)
+    return {k: np.unique(np.concatenate(v)) for k, v in out.items()}
+
+
 def _module_regex(names) -> str:
     return "^(" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
 
 
-def build_adapted(subject: ExportSubject, cfg: TrainConfig):
-    """-> (trainable model, info about the adapter) for SHiRA or, with cfg.lora, the LoRA baseline."""
+def build_adapted(subject: ExportSubject, cfg: TrainConfig, avoid: dict[str, np.ndarray] | None = None):
+    """-> (trainable model, info about the adapter) for SHiRA or, with cfg.lora, the LoRA baseline. `avoid`:
+    avoided_entries(cfg.avoid, ...) made earlier (of the float model, where `subject` is a quantized twin)."""
     from peft import LoraConfig, ShiraConfig, get_peft_model
 
     if cfg.mask not in MASKS:
@@ -130,16 +154,20 @@ def build_adapted(subject: ExportSubject, cfg: TrainConfig):
     linear = {w.removesuffix(".weight") for w, (_, kind) in wanted.items() if kind == "linear"}
     conv = {w.removesuffix(".weight") for w, (_, kind) in wanted.items() if kind.startswith("conv")}
     if cfg.lora:
+        if cfg.avoid:
+            raise ValueError("--avoid picks SHiRA entries; LoRA has no mask to keep apart")
         model = get_peft_model(base, LoraConfig(r=cfg.r, lora_alpha=cfg.r, target_modules=_module_regex(linear | conv)))
         return model, {"kind": "lora", "modules": sorted(linear | conv)}
 
     params = dict(base.named_parameters())
+    if avoid is None:
+        avoid = avoided_entries(cfg.avoid, base)
     scores = calibration_scores(subject, base, list(wanted), cfg) if cfg.mask in NEEDS_GRADIENTS else {}
     chosen, seeds = {}, {}
     for w in wanted:
         p = params[w]
         count = cfg.r * (p.shape[0] + int(np.prod(p.shape[1:])))
-        idx, seed = mask_indices(cfg.mask, p, count, w.removesuffix(".weight"), cfg.seed, scores.get(w))
+        idx, seed = mask_indices(cfg.mask, p, count, w.removesuffix(".weight"), cfg.seed, scores.get(w), avoid.get(w))
         chosen[w.removesuffix(".weight")] = idx
         if seed is not None:
             seeds[w.removesuffix(".weight")] = str(seed)
@@ -170,6 +198,7 @@ def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress
     """Train, save the checkpoint to out_dir, and return (trained model, report). With cfg.quantized_base the
     frozen weights are that export's integers and every trainable value stays within its scale (quantized.py)."""
     project = None
+    avoid = avoided_entries(cfg.avoid, subject.model)  # of the float model: what the blobs were packed against
     if cfg.quantized_base:
         if cfg.lora:
             raise ValueError("--quantized-base trains SHiRA adapters (patched into the integers); not --lora")
@@ -177,7 +206,7 @@ def train(subject: ExportSubject, cfg: TrainConfig, out_dir, log=print, progress
 
         qbase = QuantizedBase(cfg.quantized_base, subject.model)
         subject = qbase.frozen(subject)
-    model, info = build_adapted(subject, cfg)
+    model, info = build_adapted(subject, cfg, avoid)
     if cfg.quantized_base:
         project = qbase.projector(model)
         if info["conv"]:
