@@ -40,7 +40,7 @@ def struct_indices(rows: int, cols: int, count: int) -> np.ndarray:
     return np.sort(order[np.sort(first)][:count])
 
 
-AVOIDABLE = ("wm", "grad", "snip")  # masks ranked by a score: entries to avoid are ranked last
+AVOIDABLE = ("wm", "grad", "snip")  # masks ranked by a score: entries to avoid are never picked
 
 
 def mask_indices(kind: str, weight: torch.Tensor, count: int, module: str, seed: int,
