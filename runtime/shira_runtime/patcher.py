@@ -40,21 +40,21 @@ def merge(group: np.ndarray, terms: np.ndarray, n: int, rule: str) -> np.ndarray
     """Scaled deltas (binary64, in adapter order) and the entry each belongs to (`group`, 0..n-1) -> one binary64
     delta per entry (docs/FORMAT.md §6.1). Sums run in term order (np.bincount adds sequentially), so a second
     runtime that adds in adapter order gets the same bits."""
+    if rule == "magnitude":  # the term of largest magnitude wins, the first in adapter order among equals
+        order = np.lexsort((np.arange(terms.size), -np.abs(terms), group))
+        starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
+        return terms[order[starts]]
     total = np.bincount(group, weights=terms, minlength=n)
     if rule == "sum":
         return total
     if rule == "mean":  # each entry's sum over the adapters that touch it
         return total / np.bincount(group, minlength=n)
-    if rule == "ties":  # the sum's sign is elected; the terms of that sign are averaged, the others dropped
-        sign = np.sign(total)[group]
-        keep = (np.sign(terms) == sign) & (sign != 0)
-        kept = np.bincount(group, weights=np.where(keep, terms, 0.0), minlength=n)
-        count = np.bincount(group, weights=keep.astype(np.float64), minlength=n)
-        return np.divide(kept, count, out=np.zeros(n), where=count > 0)
-    # magnitude: the term of largest magnitude wins, the first in adapter order among equals
-    order = np.lexsort((np.arange(terms.size), -np.abs(terms), group))
-    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
-    return terms[order[starts]]
+    # ties: the sum's sign is elected; the terms of that sign are averaged, the others dropped
+    sign = np.sign(total)[group]
+    keep = (np.sign(terms) == sign) & (sign != 0)
+    kept = np.bincount(group, weights=np.where(keep, terms, 0.0), minlength=n)
+    count = np.bincount(group, weights=keep.astype(np.float64), minlength=n)
+    return np.divide(kept, count, out=np.zeros(n), where=count > 0)
 
 
 class WeightPatcher:

@@ -41,7 +41,7 @@ from shira_format.errors import AdapterError, ManifestError, ShiraError, first_l
 from shira_format.quant import dequantize, dequantize_entries, matrix_shape
 
 from .integrity import VERIFY_MODES
-from .patcher import RULES, WeightPatcher
+from .patcher import WeightPatcher
 from .prepack import PrepackedRebuilder
 from .rwlock import RWLock
 
@@ -267,8 +267,6 @@ class ShiraSession:
         "magnitude" (the largest term wins). Entries one adapter touches get its scaled delta under every rule."""
         with self._patch_mutex:
             self._check_open()
-            if rule not in RULES:
-                raise AdapterError(f"unknown merge rule {rule!r} (known: {', '.join(RULES)})")
             rebuilder = self.rebuilder
             for name, scale in scales.items():
                 if name not in self._mapped:

@@ -42,6 +42,32 @@ def _export(subject, out: Path, label: str, targets: str | None = None) -> Path:
     return out
 
 
+def _base_row(model: str, work: Path, label: str, targets: str) -> tuple[Path, str, dict]:
+    """A built-in model exported with `label`'s settings -> (its directory, the label as a path part, the row's
+    start: the files the engine loads and the settings)."""
+    from ..model_source import resolve
+
+    slug = label.replace(", ", "-").replace(" ", "")
+    base = _export(resolve(model), work / f"{model}-{slug}", label, targets)
+    return base, slug, {"weights_bytes": sum(f.stat().st_size for f in base.iterdir() if f.suffix in (
+        ".safetensors", ".onnx") and f.name != "model_prepacked.onnx"), "settings": BASES[label]}
+
+
+def _merged_then_quantized(model: str, adapter, out: Path, label: str, targets: str) -> Path:
+    """The reference the issue names: `adapter` merged into the float32 model, the whole model then exported
+    with `label`'s quantization."""
+    import torch
+
+    from ..model_source import resolve
+
+    subject = resolve(model)
+    params = dict(subject.model.named_parameters())
+    with torch.no_grad():
+        for t in adapter.tensors.values():
+            params[t.target].view(-1)[torch.from_numpy(t.indices)] += torch.from_numpy(t.values)
+    return _export(subject, out, label, targets)
+
+
 def bits_per_byte(sess, rows: int = 16) -> float:
     """Next-byte cross-entropy on held-out docstrings, in bits (the runtime's logits, one row per run)."""
     import torch
@@ -112,7 +138,6 @@ def _adapter_row(sess, path: Path, task: str, float_weights: dict, base_acc: flo
 
 
 def quality(work: Path, log=print, threads: int = 2, bases=tuple(BASES), tasks=TASKS, steps: int = 300) -> dict:
-    import torch
     from shira_format.adapter import read_adapter
     from shira_runtime import ShiraSession
 
@@ -122,11 +147,8 @@ def quality(work: Path, log=print, threads: int = 2, bases=tuple(BASES), tasks=T
     float_weights = {n: p.detach().numpy().copy() for n, p in resolve("tiny-llama").model.named_parameters()}
     for label in bases:
         t0 = time.perf_counter()
-        slug = label.replace(", ", "-").replace(" ", "")
-        base = _export(resolve("tiny-llama"), work / f"tiny-llama-{slug}", label, LM_TARGETS)
-        row = {"weights_bytes": sum(f.stat().st_size for f in base.iterdir() if f.suffix in (".safetensors", ".onnx")
-                                    and f.name != "model_prepacked.onnx"),
-               "settings": BASES[label], "tasks": {}}
+        base, slug, row = _base_row("tiny-llama", work, label, LM_TARGETS)
+        row["tasks"] = {}
         with ShiraSession(base, threads=threads, cache_dir=work / "cache") as sess:
             row["session_mode"] = sess.mode
             row["bits_per_byte"] = bits_per_byte(sess)
@@ -138,12 +160,8 @@ def quality(work: Path, log=print, threads: int = 2, bases=tuple(BASES), tasks=T
                                                          float_weights, base_acc) for seed in (i, i + 3)]
                     # the reference: the float-trained adapter merged in float32, then the whole model quantized
                     adapter = read_adapter(LM_DIR / f"{task}.shira", sess.manifest)
-                    subject = resolve("tiny-llama")
-                    params = dict(subject.model.named_parameters())
-                    with torch.no_grad():
-                        for t in adapter.tensors.values():
-                            params[t.target].view(-1)[torch.from_numpy(t.indices)] += torch.from_numpy(t.values)
-                    merged = _export(subject, work / f"merged-{task}-{slug}", label, LM_TARGETS)
+                    merged = _merged_then_quantized("tiny-llama", adapter, work / f"merged-{task}-{slug}", label,
+                                                    LM_TARGETS)
                     with ShiraSession(merged, threads=threads, cache_dir=work / "cache") as ms:
                         r["merged_then_quantized"] = {"accuracy": accuracy(ms, task),
                                                       "delta_kept": _delta_kept(ms, adapter, float_weights)}
@@ -190,11 +208,8 @@ def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, re
     out = {}
     for label in bases:
         t0 = time.perf_counter()
-        slug = label.replace(", ", "-").replace(" ", "")
-        base = _export(resolve("style-net"), work / f"style-net-{slug}", label, targets)
-        row = {"weights_bytes": sum(f.stat().st_size for f in base.iterdir() if f.suffix in (".safetensors", ".onnx")
-                                    and f.name != "model_prepacked.onnx"),
-               "settings": BASES[label], "styles": {}}
+        base, slug, row = _base_row("style-net", work, label, targets)
+        row["styles"] = {}
         with ShiraSession(base, threads=threads, cache_dir=work / "cache") as sess:
             row["session_mode"] = sess.mode
             for style, fn in STYLES.items():
@@ -209,12 +224,8 @@ def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, re
                 sess.reset()
                 sess.unload(name)
                 if BASES[label]:  # the reference: merged in float32, then the whole net quantized alike
-                    subject = resolve("style-net")
-                    params = dict(subject.model.named_parameters())
-                    with torch.no_grad():
-                        for t in adapter.tensors.values():
-                            params[t.target].view(-1)[torch.from_numpy(t.indices)] += torch.from_numpy(t.values)
-                    merged = _export(subject, work / f"style-merged-{style}-{slug}", label, targets)
+                    merged = _merged_then_quantized("style-net", adapter, work / f"style-merged-{style}-{slug}",
+                                                    label, targets)
                     with ShiraSession(merged, threads=threads, cache_dir=work / "cache") as ms:
                         r["merged_then_quantized"] = _psnr(_styled(ms, ev), target)
                 row["styles"][style] = r
@@ -623,7 +634,6 @@ def run_quantized(out_dir, quick: bool = False, threads: int = 2, repeats: int =
                  or prev["threads"] != threads):
         raise ValueError(f"{old}: measured on another machine or thread count; rerun every part (no --parts)")
     report = {k: prev.get(k, {}) for k in (*keys.values(), "sections")}
-
     command = (f"shira-bench --quantized {'--quick ' if quick else ''}"
                + (f"--parts {','.join(parts)} " if set(parts) != set(PARTS) else "")
                + f"--out {out_dir} --threads {threads}")

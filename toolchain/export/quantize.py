@@ -112,15 +112,16 @@ def quantize_graph(proto: onnx.ModelProto, mode: str, placements: dict[str, dict
                   f"{name}_zero_point": np.full(rows, 128, np.uint8),
                   f"{name}_torch_shape": np.array(w.shape, np.int64)}
         proto.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
-        make = onnx.helper.make_node
-        nodes = [make("Reshape", [scales_name, f"{name}_scales_shape"], [f"{name}_block_scales"]),
+        def make(op, inputs, output, **attrs):  # a node named after its output
+            return onnx.helper.make_node(op, inputs, [output], name=output, **attrs)
+
+        nodes = [make("Reshape", [scales_name, f"{name}_scales_shape"], f"{name}_block_scales"),
                  # the channel's scale: every block of a row repeats it (docs/QUANTIZATION.md)
-                 make("Gather", [f"{name}_block_scales", f"{name}_first"], [f"{name}_channel_scales"], axis=1),
+                 make("Gather", [f"{name}_block_scales", f"{name}_first"], f"{name}_channel_scales", axis=1),
                  make("DequantizeLinear", [name, f"{name}_channel_scales", f"{name}_zero_point"],
-                      [f"{name}_dequantized"], axis=0),
-                 make("Reshape", [f"{name}_dequantized", f"{name}_torch_shape"], [f"{name}_float"])]
-        for i, nd in enumerate(reversed(nodes)):  # first in the graph: they read only inputs and constants
-            nd.name = f"{name}_{('reshape_w', 'dequantize', 'channel_scales', 'reshape_scales')[i]}"
+                      f"{name}_dequantized", axis=0),
+                 make("Reshape", [f"{name}_dequantized", f"{name}_torch_shape"], f"{name}_float")]
+        for nd in reversed(nodes):  # first in the graph: they read only inputs and constants
             proto.graph.node.insert(0, nd)
         for node, _ in uses[name]:
             node.input[1] = f"{name}_float"

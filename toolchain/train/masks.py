@@ -56,9 +56,9 @@ def mask_indices(kind: str, weight: torch.Tensor, count: int, module: str, seed:
         if kind not in AVOIDABLE:
             raise ValueError(f"{module}: mask {kind!r} cannot avoid other adapters' entries (use one of "
                              f"{', '.join(AVOIDABLE)})")
-        if rows * cols - np.unique(avoid).size < count:
-            raise ValueError(f"{module}: {count} entries do not fit the {rows * cols - np.unique(avoid).size} "
-                             "left free by the adapters to avoid")
+        free = rows * cols - np.unique(avoid).size
+        if free < count:
+            raise ValueError(f"{module}: {count} entries do not fit the {free} left free by the adapters to avoid")
     w = weight.detach().float().reshape(rows, cols).numpy()
     if kind == "struct":
         return struct_indices(rows, cols, count), None
@@ -70,10 +70,10 @@ def mask_indices(kind: str, weight: torch.Tensor, count: int, module: str, seed:
     elif grad_score is None:
         raise ValueError(f"{module}: mask {kind!r} needs calibration gradients")
     elif kind in NEEDS_GRADIENTS:  # the caller accumulated the right score: sum |dW| (grad) or sum |W * dW| (snip)
-        score = grad_score.reshape(rows, cols).numpy().astype(np.float64)
+        score = grad_score.reshape(rows, cols).numpy()
     else:
         raise ValueError(f"unknown mask {kind!r}; choose from {', '.join(MASKS)}")
     if avoid is not None and avoid.size:
-        score = score.astype(np.float64).reshape(-1).copy()
+        score = score.astype(np.float64).reshape(-1)  # a copy: the caller's scores stay as they were
         score[avoid] = -np.inf  # below every real score (all are >= 0)
     return _top(score, count), None
