@@ -1,5 +1,6 @@
 """`shira-train`: the paper's five masks, conv support, equal-count LoRA baseline, determinism, and that the
 runtime reproduces the trained model once its checkpoint is packed."""
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,78 @@ def test_avoid_gives_a_mask_disjoint_from_other_adapters(sn, stylenet, tmp_path)
     other = resolve("tiny-llama")
     with pytest.raises(ValueError, match="another model"):
         train(other, TrainConfig(task="upper", mask="wm", r=1, steps=1, avoid=(str(first),)), tmp_path / "e", **QUIET)
+
+
+def test_deal_gives_each_task_its_best_free_entries_in_turns():
+    from shira_toolchain.train.joint import deal
+
+    same = np.arange(40)[::-1]  # every task ranks the entries alike (wm): turns decide
+    a, b = deal([same, same], 8)
+    assert np.intersect1d(a, b).size == 0 and a.size == b.size == 8
+    assert {*a, *b} == set(range(24, 40))  # together they took the 16 best, nothing worse
+    apart = deal([np.arange(40), np.arange(40)[::-1]], 8)  # no conflict: each keeps its own best
+    np.testing.assert_array_equal(apart[0], np.arange(8))
+    np.testing.assert_array_equal(apart[1], np.arange(32, 40))
+    with pytest.raises(ValueError, match="do not fit"):
+        deal([same] * 3, 14)
+
+
+def test_joint_adapters_are_disjoint_and_fuse_in_the_runtime_as_trained(sn, stylenet, tmp_path):
+    """--joint: one checkpoint per style whose blob holds exactly the jointly trained values on masks that share
+    no entry, at the single-adapter count; the runtime's fuse of all three at scales 1/3 (the blend the fused
+    term trains for) gives the trained fused model's output."""
+    from shira_toolchain.train.joint import train_jointly
+
+    targets = r"^(enc\.2|mix\.0)\.weight$"  # dec.3 (3 output channels): three masks of r(R+C) do not fit
+    styles = ["sepia", "blue-fire", "pencil"]
+    cfg = TrainConfig(task="", mask="snip", r=1, steps=4, lr=2e-2, targets=targets, calib_batches=1)
+    deltas, rep = train_jointly(sn, styles, cfg, tmp_path / "joint", **QUIET)
+    params = dict(sn.model.named_parameters())
+    sess = ShiraSession(stylenet.base_dir)
+    adapters, total = {}, 0
+    for s in styles:
+        blob = pack_adapter(tmp_path / "joint" / s, stylenet.base_dir, tmp_path / f"{s}.shira", value_coding="f32").out
+        adapters[s] = read_adapter(blob)
+        sess.load(blob, name=s)
+    for t, p in params.items():
+        if t not in deltas["sepia"]:
+            continue
+        count = p.shape[0] + int(np.prod(p.shape[1:]))
+        total += count
+        for i, s in enumerate(styles):
+            at = adapters[s].tensors[t]
+            assert at.indices.size == count
+            dense = deltas[s][t].numpy().reshape(-1)
+            np.testing.assert_array_equal(at.values, dense[at.indices])  # the checkpoint holds what was trained
+            assert np.count_nonzero(np.delete(dense, at.indices)) == 0
+            for other in styles[i + 1:]:
+                assert np.intersect1d(at.indices, adapters[other].tensors[t].indices).size == 0, (s, other, t)
+    assert rep["trainable_values_per_task"] == total > 0  # r(R+C) per weight, as one adapter trained alone
+    sess.fuse({s: 1 / 3 for s in styles})
+    fused = copy.deepcopy(sn.model)
+    with torch.no_grad():
+        for t, p in fused.named_parameters():
+            if t in deltas["sepia"]:
+                p += sum(deltas[s][t] for s in styles) / 3
+        ref = fused(torch.from_numpy(stylenet.inputs["image"])).numpy()
+    np.testing.assert_allclose(sess.run(stylenet.inputs)["styled"], ref, atol=2e-5, rtol=1e-5)
+    sess.close()
+
+
+def test_joint_lora_twin_saves_what_it_trained_and_bad_joint_input_is_refused(llama, tmp_path):
+    from peft import PeftModel
+    from shira_toolchain.train.joint import train_jointly
+
+    cfg = TrainConfig(task="", r=1, steps=2, lr=1e-2, lora=True, targets=r"q_proj\.weight$")
+    deltas, _ = train_jointly(llama.subject, ["upper", "rot13"], cfg, tmp_path / "j", **QUIET)
+    merged = PeftModel.from_pretrained(copy.deepcopy(llama.subject.model), str(tmp_path / "j" / "rot13")).merge_and_unload()
+    base = dict(llama.subject.model.named_parameters())
+    for t, d in deltas["rot13"].items():
+        assert d.abs().max() > 0
+        torch.testing.assert_close(dict(merged.named_parameters())[t] - base[t], d, atol=1e-6, rtol=1e-5)
+    for bad, match in [(dict(tasks=["upper"]), "at least two"), (dict(tasks=["upper", "nope"]), "unknown task"),
+                       (dict(tasks=["upper", "rot13"], mask="rand"), "ranked by a score"),
+                       (dict(tasks=["upper", "rot13"], r=40), "do not fit")]:
+        with pytest.raises(ValueError, match=match):
+            train_jointly(llama.subject, bad.pop("tasks"), TrainConfig(task="", mask=bad.get("mask", "wm"),
+                          r=bad.get("r", 1), steps=1, targets=r"q_proj\.weight$"), tmp_path / "x", **QUIET)

@@ -231,8 +231,9 @@ def pack_inspect_cmd(file):
 @click.argument("model")
 @click.option("--task", default=None,
               help="Built-in objective. LMs: zen, json-doc (next byte on those texts), upper, reverse, vowels "
-                   "(prompt-prefix tasks). Image nets: sepia, blue-fire, posterize, pencil (styles of bundled "
-                   "photos), invert, warm. Not needed with --data.")
+                   "and 13 more prompt-prefix tasks (double, rot13, shift, sort, nospace, dash, title, initials, "
+                   "lasts, pairs, dedup, atbash, stars). Image nets: sepia, blue-fire, posterize, pencil (styles "
+                   "of bundled photos), invert, warm. Not needed with --data. With --joint: several, comma-separated.")
 @click.option("--data", default=None, type=click.Path(exists=True, dir_okay=False),
               help="LMs: a UTF-8 text file to train on (next token), tokenized by the model directory's tokenizer "
                    "if it has one, else as bytes.")
@@ -264,8 +265,15 @@ def pack_inspect_cmd(file):
               help="An adapter (.shira) whose entries the mask must not pick (repeatable): masks disjoint from "
                    "adapters this one will be fused with, so no entry takes two adapters' deltas. wm, grad and snip "
                    "masks only.")
+@click.option("--joint", is_flag=True,
+              help="Train the comma-separated --task list together, one adapter each in OUT/<task>/, so that "
+                   "they still work when fused: disjoint masks (the tasks take their best entries in turns; "
+                   "wm, grad, snip) and each step's loss = the task alone + --fused-weight * the task fused with "
+                   "a random subset of the others. --steps is per task. With --lora: the LoRA twin. Measured in "
+                   "reports/fusion (shira report fusion).")
+@click.option("--fused-weight", default=0.5, show_default=True, help="--joint: weight of the fused term.")
 def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batches, targets, weights, lora,
-              quantized_base, avoid):
+              quantized_base, avoid, joint, fused_weight):
     """Fine-tune MODEL (built-in name, package.module:factory, or a local HF directory) with a SHiRA adapter
     and write a checkpoint that `shira-pack adapter` accepts. Linear layers use peft.ShiraConfig with the
     chosen mask; conv layers use the same sparse scheme (PEFT's SHiRA is Linear-only) in the same layout."""
@@ -280,6 +288,17 @@ def train_cmd(model, task, data, out_dir, mask, r, steps, lr, seed, calib_batche
         check_targets(targets)
         if not task and not data:
             raise ValueError("give --task (a built-in objective) or --data FILE")
+        if joint:
+            from .train.joint import train_jointly
+
+            train_jointly(resolve(model, weights), [t.strip() for t in (task or "").split(",") if t.strip()],
+                          TrainConfig(task=task or "", mask=mask, r=r, steps=steps, lr=lr, seed=seed,
+                                      calib_batches=calib_batches, targets=targets, lora=lora, data=data,
+                                      quantized_base=quantized_base, avoid=tuple(avoid)),
+                          out_dir, fused_weight, log=click.echo)
+            return
+        if task and "," in task:
+            raise ValueError(f"--task {task}: several tasks train together only with --joint")
         train(resolve(model, weights), TrainConfig(task=task or "text", mask=mask, r=r, steps=steps, lr=lr, seed=seed,
                                                    calib_batches=calib_batches, targets=targets, lora=lora, data=data,
                                                    quantized_base=quantized_base, avoid=tuple(avoid)),

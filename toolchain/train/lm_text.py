@@ -7,6 +7,7 @@ Tasks: a prompt `<P>:<snippet>|` asks for a transformed copy of the snippet afte
   upper    `U:` the snippet in capitals
   reverse  `R:` the snippet backwards
   vowels   `V:` the snippet without vowels
+and 13 more of the same kind (PROMPTS below), so that fusing 10-20 adapters can be measured on one model.
 Because each task has its own prefix, one model can serve all of them: fusing task adapters is judged per
 task, by the character accuracy of the answer (teacher forced) on held-out snippets.
 """
@@ -25,8 +26,23 @@ MODULES = ("abc argparse ast base64 bisect calendar codecs collections contextli
            "http.client inspect io itertools json locale logging math operator pathlib pickle pprint queue random "
            "re shutil socket sqlite3 statistics string struct subprocess tarfile tempfile textwrap threading time "
            "timeit traceback typing unittest urllib.parse uuid warnings zipfile").split()
-PROMPTS = {"upper": ("U", str.upper), "reverse": ("R", lambda s: s[::-1]),
-         "vowels": ("V", lambda s: re.sub(r"[aeiouAEIOU]", "", s))}
+def _shift(s: str, k: int) -> str:
+    return "".join(chr((ord(c) - 97 + k) % 26 + 97) if "a" <= c <= "z" else c for c in s)
+
+
+PROMPTS = {  # task -> (prefix, answer of a lowercase snippet); the first three are the shipped demo's
+    "upper": ("U", str.upper), "reverse": ("R", lambda s: s[::-1]),
+    "vowels": ("V", lambda s: re.sub(r"[aeiouAEIOU]", "", s)),
+    "double": ("D", lambda s: "".join(c + c for c in s)), "rot13": ("O", lambda s: _shift(s, 13)),
+    "shift": ("S", lambda s: _shift(s, 1)), "sort": ("T", lambda s: "".join(sorted(s))),
+    "nospace": ("N", lambda s: s.replace(" ", "")), "dash": ("H", lambda s: s.replace(" ", "-")),
+    "title": ("I", str.title), "initials": ("F", lambda s: "".join(w[0] for w in s.split())),
+    "lasts": ("L", lambda s: "".join(w[-1] for w in s.split())),
+    "pairs": ("P", lambda s: "".join(s[i + 1 : i + 2] + s[i] for i in range(0, len(s), 2))),
+    "dedup": ("E", lambda s: "".join(dict.fromkeys(s))), "atbash": ("A", lambda s: "".join(
+        chr(219 - ord(c)) if "a" <= c <= "z" else c for c in s)),
+    "stars": ("X", lambda s: re.sub(r"[aeiou]", "*", s)),
+}
 SNIPPET = 16
 
 

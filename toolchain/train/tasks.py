@@ -4,7 +4,8 @@ the bench and the reports.
 A task draws a batch from a seeded generator and is judged by its family's loss:
   causal-lm  next-token cross-entropy (labels -100 are ignored)
              zen, json-doc     next byte on texts that ship with Python
-             upper, reverse, vowels   prompt-prefix tasks on standard-library docstrings (lm_text.py)
+             upper, reverse, vowels and 13 more   prompt-prefix tasks on standard-library docstrings
+                                                  (lm_text.PROMPTS)
   image      MSE to a target image, [N, 3, H, W] in [0, 1]
              invert, warm      colour transforms of random images
              sepia, blue-fire, posterize, pencil   styles of bundled photos (styles.py, photos.py)
@@ -22,6 +23,8 @@ from typing import Callable
 import torch
 
 FAMILIES = ("causal-lm", "image")
+PREFIX_TASKS = ("upper", "reverse", "vowels", "double", "rot13", "shift", "sort", "nospace", "dash", "title",
+                "initials", "lasts", "pairs", "dedup", "atbash", "stars")  # lm_text.PROMPTS (not imported here)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def _warm(x: torch.Tensor) -> torch.Tensor:
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("zen", "causal-lm", _byte_windows(zen_of_python)),
     Task("json-doc", "causal-lm", _byte_windows(lambda: json.__doc__)),
-    *(Task(n, "causal-lm", _prefix_task(n)) for n in ("upper", "reverse", "vowels")),
+    *(Task(n, "causal-lm", _prefix_task(n)) for n in PREFIX_TASKS),
     Task("invert", "image", _random_image_task(lambda x: 1.0 - x)),
     Task("warm", "image", _random_image_task(_warm)),
     *(Task(n, "image", _style_task(n)) for n in ("sepia", "blue-fire", "posterize", "pencil")),

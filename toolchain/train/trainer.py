@@ -131,9 +131,11 @@ def _module_regex(names) -> str:
     return "^(" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
 
 
-def build_adapted(subject: ExportSubject, cfg: TrainConfig, avoid: dict[str, np.ndarray] | None = None):
+def build_adapted(subject: ExportSubject, cfg: TrainConfig, avoid: dict[str, np.ndarray] | None = None,
+                  chosen: dict[str, np.ndarray] | None = None):
     """-> (trainable model, info about the adapter) for SHiRA or, with cfg.lora, the LoRA baseline. `avoid`:
-    avoided_entries(cfg.avoid, ...) made earlier (of the float model, where `subject` is a quantized twin)."""
+    avoided_entries(cfg.avoid, ...) made earlier (of the float model, where `subject` is a quantized twin).
+    `chosen`: torch weight name -> sorted flat indices, masks picked by the caller (joint.py's disjoint masks)."""
     from peft import LoraConfig, ShiraConfig, get_peft_model
 
     if cfg.mask not in MASKS:
@@ -160,17 +162,22 @@ def build_adapted(subject: ExportSubject, cfg: TrainConfig, avoid: dict[str, np.
         return model, {"kind": "lora", "modules": sorted(linear | conv)}
 
     params = dict(base.named_parameters())
-    if avoid is None:
-        avoid = avoided_entries(cfg.avoid, base)
-    scores = calibration_scores(subject, base, list(wanted), cfg) if cfg.mask in NEEDS_GRADIENTS else {}
-    chosen, seeds = {}, {}
-    for w in wanted:
-        p = params[w]
-        count = cfg.r * (p.shape[0] + int(np.prod(p.shape[1:])))
-        idx, seed = mask_indices(cfg.mask, p, count, w.removesuffix(".weight"), cfg.seed, scores.get(w), avoid.get(w))
-        chosen[w.removesuffix(".weight")] = idx
-        if seed is not None:
-            seeds[w.removesuffix(".weight")] = str(seed)
+    seeds = {}
+    if chosen is not None:
+        chosen = {w.removesuffix(".weight"): idx for w, idx in chosen.items()}
+    else:
+        if avoid is None:
+            avoid = avoided_entries(cfg.avoid, base)
+        scores = calibration_scores(subject, base, list(wanted), cfg) if cfg.mask in NEEDS_GRADIENTS else {}
+        chosen = {}
+        for w in wanted:
+            p = params[w]
+            count = cfg.r * (p.shape[0] + int(np.prod(p.shape[1:])))
+            idx, seed = mask_indices(cfg.mask, p, count, w.removesuffix(".weight"), cfg.seed, scores.get(w),
+                                     avoid.get(w))
+            chosen[w.removesuffix(".weight")] = idx
+            if seed is not None:
+                seeds[w.removesuffix(".weight")] = str(seed)
     by_layer = {id(dict(base.named_modules())[m]): m for m in linear}
 
     def mask_fn(base_layer, r, **kwargs):
