@@ -87,6 +87,22 @@ def report_styles_cmd(out_dir, steps):
     style_report(out_dir, steps, log=click.echo)
 
 
+@report_group.command("fusion")
+@click.option("--out", "out_dir", default="reports/fusion", show_default=True, type=click.Path(file_okay=False),
+              help="Where README.md, report.json, curve.png and styles.png go.")
+@click.option("--steps", default=300, show_default=True, help="Training steps per task and adapter.")
+@click.option("--masks", default="snip wm grad rand struct", show_default=True,
+              help="SHiRA masks trained alone (space-separated); disjoint and joint recipes use snip.")
+def report_fusion_cmd(out_dir, steps, masks):
+    """Fuse 3 and up to 16 adapters trained alone, on disjoint masks and jointly (shira-train --joint), SHiRA
+    against LoRA at the same trainable count: LM task accuracy retained and style concept loss, with every merge
+    rule; a curve of retained accuracy against the number fused and an image row of the fused styles."""
+    quiet_third_party()
+    from .fusion import fusion_report
+
+    fusion_report(out_dir, steps, tuple(masks.split()), log=click.echo)
+
+
 @report_group.command("cost")
 @click.option("--out", "out_dir", default="reports/cost", show_default=True, type=click.Path(file_okay=False),
               help="Where README.md and report.json go.")

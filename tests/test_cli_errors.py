@@ -58,6 +58,19 @@ def test_train_bad_regex(capsys, monkeypatch, tmp_path):
     assert_one_line(code, err, "not a valid regular expression")
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--task", "upper,reverse"], "only with --joint"),
+    (["--task", "upper", "--joint"], "at least two"),
+    (["--task", "upper,reverse", "--joint", "--mask", "rand"], "ranked by a score"),
+    (["--task", "upper,sepia", "--joint", "--mask", "wm"], "unknown task 'sepia'"),
+    (["--task", "upper,reverse", "--joint", "--mask", "wm", "--fused-weight", "-1"], "must be a finite number"),
+])
+def test_train_joint_bad_input(args, needle, capsys, monkeypatch, tmp_path):
+    code, _, err = run_cli(cli.train_main, ["tiny-llama", *args, "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    assert_one_line(code, err, needle)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("model,spec,needle", [
     ("tests.factories:tiny_mlp", "x:axb", "positive integers"),
     ("tests.factories:tiny_mlp", "x:4x8:notadtype", "not a torch dtype"),

@@ -49,3 +49,43 @@ def test_training_cost_measures_each_method_in_its_own_process():
     assert shira["trainable_values"] == lora["trainable_values"] > 1000
     for m in (shira, lora):
         assert m["step_ms_median"] > 0 and m["peak_rss_mb"] > 50
+
+
+def test_fused_deltas_follow_the_runtime_rules():
+    from shira_demos.fusion import fused_deltas
+
+    a = {"w": torch.tensor([[1.0, 0.0], [2.0, 0.0]])}
+    b = {"w": torch.tensor([[0.0, 4.0], [-1.0, 0.0]])}
+    sums = fused_deltas([a, b], [1.0, 0.5], "sum")["w"]
+    torch.testing.assert_close(sums, torch.tensor([[1.0, 2.0], [1.5, 0.0]]))
+    # entry (1, 0) is the only overlap: mean halves it, ties keeps the elected sign's terms, magnitude the larger
+    assert fused_deltas([a, b], [1.0, 0.5], "mean")["w"][1, 0] == 0.75
+    assert fused_deltas([a, b], [1.0, 0.5], "ties")["w"][1, 0] == 2.0
+    assert fused_deltas([a, b], [1.0, 0.5], "magnitude")["w"][1, 0] == 2.0
+    for rule in ("mean", "ties", "magnitude"):  # where one adapter touches an entry, every rule is the sum
+        torch.testing.assert_close(fused_deltas([a, b], [1.0, 0.5], rule)["w"][0], sums[0])
+
+
+@pytest.mark.long  # trains 5 recipes x 19 tasks at a few steps: ~1 min
+def test_fusion_report_structure(tmp_path):
+    from shira_demos.fusion import CURVE_N, fusion_report
+
+    r = fusion_report(tmp_path, steps=2, curve_masks=("snip",), log=lambda *a: None)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["lm"]["three"] == json.loads(json.dumps(r["lm"]["three"]))
+    recipes = {x["recipe"] for x in r["lm"]["three"]}
+    assert recipes == {"SHiRA-snip, alone", "SHiRA-snip, disjoint", "SHiRA-snip, joint", "LoRA, alone", "LoRA, joint"}
+    for x in r["lm"]["three"]:
+        expect = np.mean([(x["alone"][t] - x["fused"][t]) * 100 for t in x["alone"]])
+        assert np.isclose(x["concept_loss_points"], expect)
+    disjoint = [x for x in r["lm"]["three"] if x["recipe"] == "SHiRA-snip, disjoint"]
+    assert len({json.dumps(x["fused"]) for x in disjoint}) == 1  # no overlap: every rule is the sum
+    curve = [c for c in r["lm"]["curve"] if "n" in c]
+    assert {c["n"] for c in curve} == set(CURVE_N) and all(c["retained"] == 1.0 for c in curve if c["n"] == 1)
+    for row in r["style"]["rows"]:
+        assert np.isclose(row["concept_loss_db"], row["ensemble_psnr"] - row["fused_psnr"])
+    md = (tmp_path / "README.md").read_text()
+    assert "curve.png" in md and "| LoRA, joint | sum |" in md
+    from PIL import Image
+
+    assert Image.open(tmp_path / "curve.png").size[0] > 300 and Image.open(tmp_path / "styles.png").size[0] >= 128 * 7
