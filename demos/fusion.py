@@ -263,6 +263,13 @@ def markdown(r: dict) -> str:
     for row in st["rows"]:
         lines.append(f"| {row['recipe']} | {row['rule']} | {' / '.join(f'{v:.1f}' for v in row['alone_psnr'].values())}"
                      f" | {row['ensemble_psnr']:.2f} | {row['fused_psnr']:.2f} | {row['concept_loss_db']:.2f} |")
+    lora_db = {row["recipe"]: row["concept_loss_db"] for row in st["rows"] if row["recipe"].startswith("LoRA")}
+    lines += ["", "Concept loss against LoRA's (sum rule):", "",
+              "| SHiRA recipe | vs LoRA, alone | vs LoRA, joint |", "|---|---|---|"]
+    for row in st["rows"]:
+        if row["rule"] == "sum" and row["recipe"].startswith("SHiRA"):
+            lines.append(f"| {row['recipe']} | {_ratio(row['concept_loss_db'], lora_db.get('LoRA, alone'), 'dB')} | "
+                         f"{_ratio(row['concept_loss_db'], lora_db.get('LoRA, joint'), 'dB')} |")
     lines += ["", "![styles](styles.png)", "",
               "The blend target is the mean of the three styles' targets; the ensemble runs each adapter alone and "
               "averages the three outputs (3 inferences); the fused model is one inference with the three deltas "
@@ -270,9 +277,9 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ratio(a: float, b: float | None) -> str:
+def _ratio(a: float, b: float | None, unit: str = "points") -> str:
     if b is None:
         return "-"
     if b <= 0:
-        return f"{a:.1f} vs {b:.1f} points (LoRA loses nothing)"
+        return f"{a:.2f} vs {b:.2f} {unit} (LoRA loses nothing)"
     return f"{a / b:.2f}x"
