@@ -14,7 +14,6 @@ import java.util.zip.CRC32;
 public final class AdapterBlob {
     public static final String FORMAT = "shira-adapter";
     public static final String VERSION = "1";
-    static final long MAX_HEADER = 16L * 1024 * 1024;
     static final String[] REQUIRED = {"shira.format", "shira.version", "shira.name", "shira.base_fingerprint",
             "shira.tensors", "shira.header_crc32", "shira.data_crc32"};
 
@@ -188,7 +187,7 @@ public final class AdapterBlob {
             if (te == null || !te.dtype.equals(w.getValue()[0]) || te.shape.length != 1
                     || (want != null && te.shape[0] != (Long) want))
                 throw fail(source, where + ": buffer " + w.getKey() + " missing or not " + w.getValue()[0]);
-            raw.put(w.getKey(), st.bytes(file, te));
+            raw.put(w.getKey(), st.bytes(ByteBuffer.wrap(file), te));
         }
         CRC32 crc = new CRC32();
         for (String key : new String[]{ikey, vkey, skey})
@@ -211,80 +210,4 @@ public final class AdapterBlob {
     private static String str(Object o) { return o instanceof String ? (String) o : null; }
 
     private static String truncate(String s) { return s.length() > 80 ? s.substring(0, 80) : s; }
-
-    /** The safetensors container (FORMAT.md §1). */
-    static final class Safetensors {
-        static final class Entry {
-            final String dtype; final long[] shape; final long begin, end;
-            Entry(String dtype, long[] shape, long begin, long end) { this.dtype = dtype; this.shape = shape; this.begin = begin; this.end = end; }
-        }
-
-        final int dataStart;
-        final Map<String, String> metadata = new LinkedHashMap<>();
-        final Map<String, Entry> tensors = new LinkedHashMap<>();
-
-        private Safetensors(int dataStart) { this.dataStart = dataStart; }
-
-        byte[] bytes(byte[] file, Entry e) {
-            byte[] b = new byte[(int) (e.end - e.begin)];
-            System.arraycopy(file, dataStart + (int) e.begin, b, 0, b.length);
-            return b;
-        }
-
-        static Safetensors parse(byte[] file, String source) throws AdapterFormatException {
-            if (file.length < 8) throw fail(source, "truncated: " + file.length + " bytes, not a safetensors file");
-            long n = ByteBuffer.wrap(file, 0, 8).order(ByteOrder.LITTLE_ENDIAN).getLong();
-            if (n < 0 || n > MAX_HEADER) throw fail(source, "corrupt: header of " + n + " bytes, more than the " + MAX_HEADER + " allowed");
-            if (n < 2 || n > file.length - 8) throw fail(source, "truncated or corrupt: header of " + n + " bytes in a " + file.length + "-byte file");
-            Object h;
-            try {
-                String text = StandardCharsets.UTF_8.newDecoder()
-                        .onMalformedInput(java.nio.charset.CodingErrorAction.REPORT)
-                        .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPORT)
-                        .decode(ByteBuffer.wrap(file, 8, (int) n)).toString();
-                h = Json.parse(text);
-            } catch (java.nio.charset.CharacterCodingException e) {
-                throw fail(source, "corrupt header: not UTF-8");
-            } catch (IllegalArgumentException e) {
-                throw fail(source, "corrupt header: " + e.getMessage());
-            }
-            if (!(h instanceof Map)) throw fail(source, "corrupt header: not a JSON object");
-            Safetensors st = new Safetensors(8 + (int) n);
-            long dataLen = file.length - 8 - n;
-            for (Map.Entry<?, ?> kv : ((Map<?, ?>) h).entrySet()) {
-                String key = (String) kv.getKey();
-                if (key.equals("__metadata__")) {
-                    if (!(kv.getValue() instanceof Map)) throw fail(source, "corrupt header: __metadata__ is not an object");
-                    for (Map.Entry<?, ?> m : ((Map<?, ?>) kv.getValue()).entrySet()) {
-                        if (!(m.getValue() instanceof String)) throw fail(source, "corrupt header: metadata value is not a string");
-                        st.metadata.put((String) m.getKey(), (String) m.getValue());
-                    }
-                    continue;
-                }
-                if (!(kv.getValue() instanceof Map)) throw fail(source, "corrupt header: entry " + key);
-                Map<?, ?> t = (Map<?, ?>) kv.getValue();
-                Object dt = t.get("dtype"), sh = t.get("shape"), off = t.get("data_offsets");
-                if (!(dt instanceof String) || !(sh instanceof List) || !(off instanceof List) || ((List<?>) off).size() != 2)
-                    throw fail(source, "corrupt header: entry " + key);
-                List<?> shl = (List<?>) sh, ofl = (List<?>) off;
-                long[] shape = new long[shl.size()];
-                long count = 1;
-                if (shape.length > 8) throw fail(source, "corrupt header: entry " + key);
-                for (int k = 0; k < shape.length; k++) {
-                    if (!(shl.get(k) instanceof Long) || (Long) shl.get(k) < 0) throw fail(source, "corrupt header: entry " + key);
-                    shape[k] = (Long) shl.get(k);
-                    if (shape[k] != 0 && count > Long.MAX_VALUE / 8 / shape[k]) throw fail(source, "corrupt header: entry " + key);
-                    count *= shape[k];
-                }
-                if (!(ofl.get(0) instanceof Long) || !(ofl.get(1) instanceof Long)) throw fail(source, "corrupt header: entry " + key);
-                long b = (Long) ofl.get(0), e = (Long) ofl.get(1);
-                int size = Codings.dtypeSize((String) dt);
-                if (size < 0) throw fail(source, "corrupt header: unknown dtype " + dt);
-                if (b < 0 || b > e || e > dataLen) throw fail(source, "truncated: buffer " + key + " lies outside the data region");
-                if (e - b != count * size) throw fail(source, "corrupt header: buffer " + key + " has the wrong length");
-                st.tensors.put(key, new Entry((String) dt, shape, b, e));
-            }
-            return st;
-        }
-    }
 }

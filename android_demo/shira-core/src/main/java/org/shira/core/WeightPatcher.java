@@ -8,6 +8,8 @@ import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.LinkedHashSet;
 
 /** In-place patching of weight buffers the inference engine reads, with bit-exact restore (FORMAT.md §6).
  *
@@ -318,6 +320,15 @@ public final class WeightPatcher {
     private float baseValue(String b, FloatBuffer buf, int at) {
         int pos = Arrays.binarySearch(idx.get(b), at);
         return pos >= 0 ? saved.get(b)[pos] : buf.get(at);
+    }
+
+    /** The buffers a commit of `plans` writes: those patched now or by the plan. An engine that packed them at load
+     *  (ExecuTorch conv weights: `reload: true`) must reload after the commit. */
+    public Set<String> changedBy(Map<String, Plan> plans) {
+        Set<String> out = new LinkedHashSet<>();
+        for (Map.Entry<String, Plan> e : plans.entrySet())
+            if (e.getValue().idx.length > 0 || idx.get(e.getKey()).length > 0) out.add(e.getKey());
+        return out;
     }
 
     /** Restore, save, write. */

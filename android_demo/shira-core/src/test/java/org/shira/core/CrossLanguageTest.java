@@ -119,44 +119,13 @@ public class CrossLanguageTest {
 
     @Test
     public void patcherReproducesThePythonRuntimeByteForByteAndResetsExactly() throws Exception {
-        File dir = new File(VECTORS, "patch");
-        Map<?, ?> c = (Map<?, ?>) json(new File(dir, "steps.json"));
-        List<?> steps = (List<?>) c.get("steps");
-        Map<?, ?> first = (Map<?, ?>) ((Map<?, ?>) steps.get(0)).get("buffers");
-        Map<String, FloatBuffer> buffers = new LinkedHashMap<>();
-        for (Map.Entry<?, ?> e : first.entrySet()) buffers.put((String) e.getKey(), direct((List<?>) e.getValue()));
-        Map<String, List<WeightPatcher.Placement>> placements = new LinkedHashMap<>();
-        for (Map.Entry<?, ?> e : ((Map<?, ?>) c.get("placements")).entrySet()) {
-            Map<?, ?> p = (Map<?, ?>) e.getValue();
-            List<?> sh = (List<?>) p.get("torch_shape");
-            long[] shape = new long[sh.size()];
-            for (int i = 0; i < shape.length; i++) shape[i] = (Long) sh.get(i);
-            List<WeightPatcher.Placement> l = new ArrayList<>();
-            float[] scale = null;
-            if (p.get("channel_scale") != null) {
-                List<?> cs = (List<?>) p.get("channel_scale");
-                scale = new float[cs.size()];
-                for (int i = 0; i < scale.length; i++) scale[i] = (float) ((Number) cs.get(i)).doubleValue();
-            }
-            l.add(new WeightPatcher.Placement((String) p.get("buffer"), (String) p.get("layout"), shape, scale));
-            placements.put((String) e.getKey(), l);
+        PatchVectors v = new PatchVectors();
+        for (int s = 1; s < v.steps.size(); s++) {
+            v.patcher.fuse(v.scales(s), v.rule(s));
+            for (String b : v.buffers.keySet())
+                assertArrayEquals("step " + s + " " + v.scales(s) + " buffer " + b, v.expected(s, b), bitsOf(v.buffers.get(b)));
         }
-        WeightPatcher patcher = new WeightPatcher(buffers, placements);
-        for (Map.Entry<?, ?> e : ((Map<?, ?>) c.get("adapters")).entrySet()) {
-            File f = new File(dir, (String) e.getValue());
-            patcher.load((String) e.getKey(), AdapterBlob.read(Files.readAllBytes(f.toPath()), f.getName(), null, null));
-        }
-        for (int s = 1; s < steps.size(); s++) {
-            Map<?, ?> step = (Map<?, ?>) steps.get(s);
-            Map<String, Double> scales = new LinkedHashMap<>();
-            for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("scales")).entrySet())
-                scales.put((String) e.getKey(), ((Number) e.getValue()).doubleValue());
-            patcher.fuse(scales, (String) step.get("rule"));
-            for (Map.Entry<?, ?> e : ((Map<?, ?>) step.get("buffers")).entrySet())
-                assertArrayEquals("step " + s + " " + scales + " buffer " + e.getKey(), ints((List<?>) e.getValue()),
-                        bitsOf(buffers.get((String) e.getKey())));
-        }
-        assertEquals(0, patcher.patchedEntries()); // the last step is {}: the base, bit for bit (checked above)
+        assertEquals(0, v.patcher.patchedEntries()); // the last step is {}: the base, bit for bit (checked above)
     }
 
     @Test
