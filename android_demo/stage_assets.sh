@@ -1,9 +1,10 @@
 #!/bin/sh
-# Stage the exported style net, the committed style adapters and a photo into the app's assets.
+# Stage the exported style net (ONNX Runtime and ExecuTorch files), the committed style adapters and a photo
+# into the app's assets (git-ignored: they are build outputs of this script).
 # Run from the repository root with the project's venv set up (README.md):  sh android_demo/stage_assets.sh
 set -eu
 py=${PYTHON:-.venv/bin/python}
-assets=android_demo/app/src/main/assets
+assets=${SHIRA_ASSETS:-android_demo/app/src/main/assets}  # override for tests
 rm -rf "$assets" && mkdir -p "$assets/base" "$assets/styles"
 "$py" - "$assets" <<'PY'
 import sys
@@ -14,7 +15,7 @@ import numpy as np, shutil
 
 assets = Path(sys.argv[1])
 base = prepare_base(Path(".shira-cache"))
-for f in ("manifest.json", "model.onnx", "weights.safetensors"):
+for f in ("manifest.json", "model.onnx", "weights.safetensors", "model.pte"):  # both engines
     shutil.copy(base / f, assets / "base" / f)
 for f in styles_dir().glob("*.shira"):
     shutil.copy(f, assets / "styles" / f.name)

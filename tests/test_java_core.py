@@ -88,8 +88,28 @@ def test_app_core_patches_a_real_export_like_the_python_runtime(java_build, styl
         touched = [p for p, (b, e) in zip(places, regions) if not np.array_equal(patched[b:e], original[b:e])]
         assert any(p.reload for p in touched) and not all(p.reload for p in touched)  # conv and linear weights
         assert "reload true" in r.stdout  # a conv weight XNNPACK packed at load changed: the app reloads
+        image = [torch.from_numpy(stylenet.inputs["image"])]
         program = Runtime.get().load_program(out)
-        ran = program.load_method("forward").execute([torch.from_numpy(stylenet.inputs["image"])])[0].numpy()
+        ran = program.load_method("forward").execute(image)[0].numpy()
+        # reload: false weights are live without a reload: a program loaded (mapped) from a copy of the base,
+        # then written through a shared mapping of that file, runs with the new linear weights at once
+        live_file, linear_only = tmp_path / "live.pte", tmp_path / "linear.pte"
+        shutil.copy(stylenet.base_dir / "model.pte", live_file)
+        live = Runtime.get().load_program(live_file).load_method("forward")
+        before = live.execute(image)[0].numpy()
+        mapping = np.memmap(live_file, np.uint8, "r+")
+        expect = original.copy()
+        for p, (begin, end) in zip(places, regions):
+            if not p.reload:
+                mapping[begin:end] = patched[begin:end]
+                expect[begin:end] = patched[begin:end]
+        mapping.flush()
+        expect.tofile(linear_only)
+        after = live.execute(image)[0].numpy()
+        want_live = Runtime.get().load_program(linear_only).load_method("forward").execute(image)[0].numpy()
+        assert np.abs(after - before).max() > 1e-4
+        np.testing.assert_allclose(after, want_live, rtol=0, atol=1e-6)
+        del mapping
     np.testing.assert_allclose(ran, reference["styled"], rtol=0, atol=1e-6)
     with ShiraSession(stylenet.base_dir, runtime, prepack="off") as base:
         assert np.abs(base.run(stylenet.inputs)["styled"] - ran).max() > 1e-3  # the adapters changed the image

@@ -1,67 +1,190 @@
 package org.shira.demo;
 
-import ai.onnxruntime.OnnxTensor;
-import ai.onnxruntime.OrtEnvironment;
-import ai.onnxruntime.OrtSession;
 import android.app.Activity;
 import android.graphics.Bitmap;
 import android.graphics.BitmapFactory;
 import android.os.Bundle;
+import android.os.Handler;
+import android.os.Looper;
+import android.view.View;
+import android.view.ViewGroup;
 import android.widget.Button;
 import android.widget.ImageView;
 import android.widget.LinearLayout;
+import android.widget.RadioButton;
+import android.widget.RadioGroup;
+import android.widget.ScrollView;
 import android.widget.SeekBar;
 import android.widget.TextView;
 import java.io.ByteArrayOutputStream;
+import java.io.File;
+import java.io.FileOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.RandomAccessFile;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.FloatBuffer;
+import java.nio.MappedByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
-import org.shira.core.AdapterBlob;
-import org.shira.core.Json;
-import org.shira.core.WeightPatcher;
+import java.util.concurrent.Executor;
+import org.shira.core.PatchableBase;
+import org.shira.core.Photos;
+import org.shira.core.StyleEngine;
+import org.shira.core.StyleSwitcher;
 
-/** Loads the exported style net ONCE with ONNX Runtime and swaps styles by patching its weights in place.
- *
- *  The patchable weights are graph inputs of model.onnx (see docs/MANIFEST.md): the app owns them in direct
- *  ByteBuffers and hands ORT tensors that alias that memory, so a patch reaches the very next run. */
-public class MainActivity extends Activity {
-    private OrtEnvironment env;
-    private OrtSession session;
-    private final Map<String, OnnxTensor> weightTensors = new HashMap<>();
-    private WeightPatcher patcher;
-    private float[] photo; // [1, 3, S, S]
-    private int size;
+/** Swaps image styles by patching sparse adapters into the weights of a style net loaded ONCE, on ONNX Runtime
+ *  or ExecuTorch (a choice on screen, as in the web demo). All loading, patching and inference run on the
+ *  StyleSwitcher's worker thread; this class only builds the screen and shows what the worker reports. */
+public class MainActivity extends Activity implements StyleSwitcher.Listener {
+    static final int SIZE = 256; // the net's input side; the photo is cropped to a centred square and resized
+    static final int THREADS = 2;
+
+    private final Executor ui = new Executor() {
+        private final Handler main = new Handler(Looper.getMainLooper());
+        @Override public void execute(Runnable r) { main.post(r); }
+    };
+    private StyleSwitcher switcher;
+    private String runtime = PatchableBase.ONNXRUNTIME;
+    private Map<String, Double> current = new LinkedHashMap<>(); // what the user asked for last
     private ImageView output;
     private TextView status;
+    private TextView times;
+    private LinearLayout styleButtons;
+    private SeekBar mix;
+    private List<String> styles = new ArrayList<>();
 
     @Override
     protected void onCreate(Bundle state) {
         super.onCreate(state);
         LinearLayout root = new LinearLayout(this);
         root.setOrientation(LinearLayout.VERTICAL);
+        // targetSdk 35 draws edge to edge: keep the content clear of the status and navigation bars
+        root.setOnApplyWindowInsetsListener((v, insets) -> {
+            v.setPadding(insets.getSystemWindowInsetLeft(), insets.getSystemWindowInsetTop(),
+                    insets.getSystemWindowInsetRight(), insets.getSystemWindowInsetBottom());
+            return insets;
+        });
+        RadioGroup engines = new RadioGroup(this);
+        engines.setOrientation(RadioGroup.HORIZONTAL);
+        engines.addView(radio(1, "ONNX Runtime"));
+        engines.addView(radio(2, "ExecuTorch (XNNPACK)"));
+        engines.check(1);
+        engines.setOnCheckedChangeListener((g, id) -> open(id == 2 ? PatchableBase.EXECUTORCH : PatchableBase.ONNXRUNTIME));
+        root.addView(engines);
         output = new ImageView(this);
+        output.setAdjustViewBounds(true);
+        output.setScaleType(ImageView.ScaleType.FIT_CENTER);
+        root.addView(output, new LinearLayout.LayoutParams(ViewGroup.LayoutParams.MATCH_PARENT, ViewGroup.LayoutParams.WRAP_CONTENT));
         status = new TextView(this);
-        root.addView(output, new LinearLayout.LayoutParams(768, 768));
+        times = new TextView(this);
         root.addView(status);
-        setContentView(root);
+        root.addView(times);
+        styleButtons = new LinearLayout(this);
+        styleButtons.setOrientation(LinearLayout.VERTICAL);
+        root.addView(styleButtons);
+        mix = new SeekBar(this);
+        mix.setMax(100);
+        mix.setVisibility(View.GONE);
+        mix.setOnSeekBarChangeListener(new SeekBar.OnSeekBarChangeListener() {
+            @Override public void onProgressChanged(SeekBar sb, int p, boolean user) {
+                if (!user || styles.size() < 2) return;
+                Map<String, Double> m = new LinkedHashMap<>();
+                m.put(styles.get(0), 1 - p / 100.0);
+                m.put(styles.get(1), p / 100.0);
+                request(m); // returns at once; ticks that arrive during a switch collapse into the latest
+            }
+            @Override public void onStartTrackingTouch(SeekBar sb) {}
+            @Override public void onStopTrackingTouch(SeekBar sb) {}
+        });
+        root.addView(mix);
+        ScrollView scroll = new ScrollView(this);
+        scroll.addView(root);
+        setContentView(scroll);
+        open(runtime);
+    }
+
+    private RadioButton radio(int id, String label) {
+        RadioButton b = new RadioButton(this);
+        b.setId(id);
+        b.setText(label);
+        return b;
+    }
+
+    /** Close the current engine (on its worker, after the run in progress) and load `rt` on a new one. */
+    private void open(String rt) {
+        if (switcher != null) switcher.close();
+        runtime = rt;
+        styleButtons.removeAllViews();
+        mix.setVisibility(View.GONE);
+        status.setText(String.format(Locale.US, "loading the style net on %s ...", rt));
+        times.setText("");
+        switcher = new StyleSwitcher(ui, this);
+        switcher.start(() -> load(rt));
+        switcher.request(current, "sum"); // applied once loaded: the new engine shows the same style
+    }
+
+    private void request(Map<String, Double> scales) {
+        current = scales;
+        switcher.request(scales, "sum");
+    }
+
+    /** Runs on the worker thread. */
+    private StyleSwitcher.Loaded load(String rt) throws Exception {
+        String manifest = new String(asset("base/manifest.json"), StandardCharsets.UTF_8);
+        PatchableBase base;
+        StyleEngine engine;
+        if (rt.equals(PatchableBase.ONNXRUNTIME)) {
+            byte[] file = asset("base/weights.safetensors");
+            ByteBuffer weights = ByteBuffer.allocateDirect(file.length).order(ByteOrder.LITTLE_ENDIAN);
+            weights.put(file);
+            base = PatchableBase.open(manifest, "base/manifest.json", rt, weights, "base/weights.safetensors");
+            engine = new OrtStyleEngine(asset("base/" + base.program), base, base.inputs.get(0), SIZE, THREADS);
+        } else {
+            // a fresh private copy at every start: patches of an earlier run (or one killed mid-write) never leak
+            File program = copyAsset("base/model.pte", new File(getFilesDir(), "model.pte"));
+            MappedByteBuffer bytes;
+            try (RandomAccessFile f = new RandomAccessFile(program, "rw"); FileChannel ch = f.getChannel()) {
+                bytes = ch.map(FileChannel.MapMode.READ_WRITE, 0, ch.size()); // stays valid after the close
+            }
+            base = PatchableBase.open(manifest, "base/manifest.json", rt, bytes, "base/model.pte");
+            engine = new ExecuTorchStyleEngine(program, base, SIZE, THREADS);
+        }
         try {
-            load(root);
-            apply(new LinkedHashMap<>());
-        } catch (Exception e) {
-            status.setText("could not load the demo: " + e.getMessage());
+            List<String> names = new ArrayList<>();
+            String[] files = getAssets().list("styles");
+            for (String f : files == null ? new String[0] : files) {
+                if (!f.endsWith(".shira")) continue;
+                String name = f.substring(0, f.length() - ".shira".length());
+                base.loadAdapter(name, asset("styles/" + f), "styles/" + f); // validated in full before use
+                names.add(name);
+            }
+            if (names.isEmpty()) throw new java.io.FileNotFoundException("styles/*.shira");
+            return new StyleSwitcher.Loaded(base.patcher, engine, photo(), SIZE, names);
+        } catch (Exception | Error e) {
+            engine.close();
+            throw e;
         }
     }
 
+    private float[] photo() throws IOException {
+        byte[] png = asset("photo.png");
+        Bitmap bmp = BitmapFactory.decodeByteArray(png, 0, png.length);
+        if (bmp == null) throw new IOException("photo.png is not an image Android can decode");
+        int w = bmp.getWidth(), h = bmp.getHeight();
+        int[] px = new int[w * h];
+        bmp.getPixels(px, 0, w, 0, 0, w, h);
+        bmp.recycle();
+        return Photos.squareChw(px, w, h, SIZE); // any aspect ratio: the centred square
+    }
+
     private byte[] asset(String name) throws IOException {
-        try (InputStream in = getAssets().open(name)) {
+        try (InputStream in = getAssets().open(name)) { // FileNotFoundException(name) if not staged
             ByteArrayOutputStream out = new ByteArrayOutputStream();
             byte[] buf = new byte[1 << 16];
             for (int n; (n = in.read(buf)) > 0; ) out.write(buf, 0, n);
@@ -69,128 +192,64 @@ public class MainActivity extends Activity {
         }
     }
 
-    private void load(LinearLayout root) throws Exception {
-        Map<?, ?> manifest = (Map<?, ?>) Json.parse(new String(asset("base/manifest.json"), StandardCharsets.UTF_8));
-        String fingerprint = (String) manifest.get("base_fingerprint");
-        // weights.safetensors -> one direct buffer the app owns; each placement is a float view of it
-        byte[] file = asset("base/weights.safetensors");
-        ByteBuffer weights = ByteBuffer.allocateDirect(file.length).order(ByteOrder.LITTLE_ENDIAN);
-        weights.put(file).flip();
-        long headerLen = weights.getLong(0);
-        Map<?, ?> header = (Map<?, ?>) Json.parse(new String(file, 8, (int) headerLen, StandardCharsets.UTF_8));
-        env = OrtEnvironment.getEnvironment();
-        Map<String, FloatBuffer> buffers = new LinkedHashMap<>();
-        Map<String, List<WeightPatcher.Placement>> placements = new LinkedHashMap<>();
-        Map<String, long[]> shapes = new HashMap<>();
-        for (Map.Entry<?, ?> t : ((Map<?, ?>) manifest.get("tensors")).entrySet()) {
-            Map<?, ?> info = (Map<?, ?>) t.getValue();
-            long[] torchShape = longs((List<?>) info.get("shape"));
-            shapes.put((String) t.getKey(), torchShape);
-            List<WeightPatcher.Placement> ps = new ArrayList<>();
-            for (Object o : (List<?>) ((Map<?, ?>) info.get("placements")).get("onnxruntime")) {
-                Map<?, ?> p = (Map<?, ?>) o;
-                String name = (String) p.get("name");
-                List<?> offs = (List<?>) ((Map<?, ?>) header.get(name)).get("data_offsets");
-                int begin = (int) (8 + headerLen + (Long) offs.get(0)), end = (int) (8 + headerLen + (Long) offs.get(1));
-                ByteBuffer slice = weights.duplicate();
-                slice.position(begin).limit(end);
-                FloatBuffer fb = slice.slice().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
-                buffers.put(name, fb);
-                weightTensors.put(name, OnnxTensor.createTensor(env, fb, longs((List<?>) p.get("shape"))));
-                float[] scale = null; // a folded weight (BatchNorm folded at export): MANIFEST.md "Folded weights"
-                if (p.get("channel_scale") != null) {
-                    List<?> cs = (List<?>) p.get("channel_scale");
-                    scale = new float[cs.size()];
-                    for (int i = 0; i < scale.length; i++) scale[i] = (float) ((Number) cs.get(i)).doubleValue();
-                }
-                ps.add(new WeightPatcher.Placement(name, (String) p.get("layout"), torchShape, scale));
-            }
-            placements.put((String) t.getKey(), ps);
+    /** Copy an asset to `dest` atomically (temp file + rename). */
+    private File copyAsset(String name, File dest) throws IOException {
+        File tmp = new File(dest.getPath() + ".tmp");
+        try (InputStream in = getAssets().open(name); FileOutputStream out = new FileOutputStream(tmp)) {
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) out.write(buf, 0, n);
+            out.getFD().sync();
         }
-        patcher = new WeightPatcher(buffers, placements);
-        OrtSession.SessionOptions opts = new OrtSession.SessionOptions();
-        opts.setOptimizationLevel(OrtSession.SessionOptions.OptLevel.ALL_OPT);
-        session = env.createSession(asset("base/model.onnx"), opts);
-        List<String> styles = new ArrayList<>();
-        for (String f : getAssets().list("styles")) {
-            if (!f.endsWith(".shira")) continue;
-            String name = f.substring(0, f.length() - 6);
-            patcher.load(name, AdapterBlob.read(asset("styles/" + f), f, fingerprint, shapes)); // validated in full
-            styles.add(name);
-        }
-        Bitmap bmp = BitmapFactory.decodeByteArray(asset("photo.png"), 0, asset("photo.png").length);
-        size = bmp.getWidth();
-        photo = new float[3 * size * size];
-        for (int y = 0; y < size; y++)
-            for (int x = 0; x < size; x++) {
-                int c = bmp.getPixel(x, y);
-                photo[y * size + x] = ((c >> 16) & 255) / 255f;
-                photo[size * size + y * size + x] = ((c >> 8) & 255) / 255f;
-                photo[2 * size * size + y * size + x] = (c & 255) / 255f;
-            }
+        if (!tmp.renameTo(dest)) throw new IOException("cannot write " + dest);
+        return dest;
+    }
+
+    @Override
+    public void onReady(String engine, List<String> loaded) {
+        styles = loaded;
+        status.setText(String.format(Locale.US, "%s: style net loaded once, %d styles", engine, loaded.size()));
+        styleButtons.removeAllViews();
         Button base = new Button(this);
-        base.setText("base");
-        base.setOnClickListener(v -> apply(new LinkedHashMap<>()));
-        root.addView(base);
-        for (String s : styles) {
+        base.setText("base (no style)");
+        base.setOnClickListener(v -> request(new LinkedHashMap<>()));
+        styleButtons.addView(base);
+        for (String s : loaded) {
             Button b = new Button(this);
             b.setText(s);
-            b.setOnClickListener(v -> { Map<String, Double> m = new LinkedHashMap<>(); m.put(s, 1.0); apply(m); });
-            root.addView(b);
-        }
-        if (styles.size() >= 2) { // fuse the first two styles with a slider
-            SeekBar mix = new SeekBar(this);
-            mix.setMax(100);
-            mix.setOnSeekBarChangeListener(new SeekBar.OnSeekBarChangeListener() {
-                public void onProgressChanged(SeekBar sb, int p, boolean user) {
-                    Map<String, Double> m = new LinkedHashMap<>();
-                    m.put(styles.get(0), 1 - p / 100.0);
-                    m.put(styles.get(1), p / 100.0);
-                    apply(m);
-                }
-                public void onStartTrackingTouch(SeekBar sb) {}
-                public void onStopTrackingTouch(SeekBar sb) {}
+            b.setOnClickListener(v -> {
+                Map<String, Double> m = new LinkedHashMap<>();
+                m.put(s, 1.0);
+                request(m);
             });
-            root.addView(mix);
+            styleButtons.addView(b);
+        }
+        if (loaded.size() >= 2) {
+            mix.setVisibility(View.VISIBLE);
+            TextView label = new TextView(this);
+            label.setText(String.format(Locale.US, "slider: fuse %s and %s", loaded.get(0), loaded.get(1)));
+            styleButtons.addView(label);
         }
     }
 
-    private static long[] longs(List<?> l) {
-        long[] out = new long[l.size()];
-        for (int i = 0; i < out.length; i++) out[i] = (Long) l.get(i);
-        return out;
+    @Override
+    public void onResult(StyleSwitcher.Result r) {
+        output.setImageBitmap(Bitmap.createBitmap(r.pixels, r.size, r.size, Bitmap.Config.ARGB_8888));
+        String what = r.scales.isEmpty() ? "base" : r.scales.toString();
+        status.setText(String.format(Locale.US, "%s: %s, %d weights patched", r.engine, what, r.patchedEntries));
+        String steady = Double.isNaN(r.steadyMs) ? "measuring..." : String.format(Locale.US, "%.1f ms", r.steadyMs);
+        times.setText(String.format(Locale.US, "switch %.2f ms%s\nfirst inference after it %.1f ms\nsteady inference %s",
+                r.switchMs, r.reloaded ? " (method reloaded)" : "", r.firstMs, steady));
     }
 
-    private void apply(Map<String, Double> scales) {
-        try {
-            long t0 = System.nanoTime();
-            patcher.fuse(scales); // in place; a refused combination changes nothing
-            long t1 = System.nanoTime();
-            Map<String, OnnxTensor> feeds = new HashMap<>(weightTensors);
-            try (OnnxTensor img = OnnxTensor.createTensor(env, FloatBuffer.wrap(photo), new long[]{1, 3, size, size})) {
-                feeds.put("image", img);
-                try (OrtSession.Result r = session.run(feeds)) {
-                    long t2 = System.nanoTime();
-                    float[][][][] out = (float[][][][]) r.get(0).getValue();
-                    output.setImageBitmap(toBitmap(out[0]));
-                    status.setText(String.format("switch %.2f ms, inference %.1f ms", (t1 - t0) / 1e6, (t2 - t1) / 1e6));
-                }
-            }
-        } catch (Exception e) {
-            status.setText("error: " + e.getMessage());
-        }
+    @Override
+    public void onError(String message) {
+        status.setText(message);
     }
 
-    private Bitmap toBitmap(float[][][] chw) {
-        int h = chw[0].length, w = chw[0][0].length;
-        int[] px = new int[h * w];
-        for (int y = 0; y < h; y++)
-            for (int x = 0; x < w; x++) {
-                int r = clamp(chw[0][y][x]), g = clamp(chw[1][y][x]), b = clamp(chw[2][y][x]);
-                px[y * w + x] = 0xFF000000 | (r << 16) | (g << 8) | b;
-            }
-        return Bitmap.createBitmap(px, w, h, Bitmap.Config.ARGB_8888);
+    @Override
+    protected void onDestroy() {
+        if (switcher != null) switcher.close(); // releases the engine on its worker; returns at once
+        switcher = null;
+        super.onDestroy();
     }
-
-    private static int clamp(float v) { return Math.max(0, Math.min(255, Math.round(v * 255))); }
 }

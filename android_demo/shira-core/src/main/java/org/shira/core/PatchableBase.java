@@ -41,11 +41,14 @@ public final class PatchableBase {
     /** ExecuTorch placements that XNNPACK packed at method load (`reload: true`): a write needs a reload. */
     public final Set<String> reload;
     public final WeightPatcher patcher;
+    /** The model's own inputs, by name, in order (the manifest's `inputs`): the image for the style net. */
+    public final List<String> inputs;
 
-    private PatchableBase(String runtime, String fingerprint, String program, String weightsFile,
+    private PatchableBase(String runtime, String fingerprint, String program, String weightsFile, List<String> inputs,
                           Map<String, long[]> shapes, Map<String, long[]> placements, Map<String, FloatBuffer> buffers,
                           Set<String> reload, WeightPatcher patcher) {
         this.runtime = runtime; this.fingerprint = fingerprint; this.program = program; this.weightsFile = weightsFile;
+        this.inputs = Collections.unmodifiableList(inputs);
         this.shapes = Collections.unmodifiableMap(shapes); this.placements = Collections.unmodifiableMap(placements);
         this.buffers = Collections.unmodifiableMap(buffers); this.reload = Collections.unmodifiableSet(reload);
         this.patcher = patcher;
@@ -78,6 +81,13 @@ public final class PatchableBase {
         String program = fileName(artifacts.get("patchable"), manifestSource, "artifacts." + runtime + ".patchable");
         String weightsFile = runtime.equals(ONNXRUNTIME)
                 ? fileName(artifacts.get("weights"), manifestSource, "artifacts.onnxruntime.weights") : null;
+        List<String> inputs = new ArrayList<>();
+        if (!(m.get("inputs") instanceof List)) throw bad(manifestSource, "inputs must be a list");
+        for (Object o : (List<?>) m.get("inputs")) {
+            Object n = map(o, manifestSource, "an input").get("name");
+            if (!(n instanceof String)) throw bad(manifestSource, "an input has no name");
+            inputs.add((String) n);
+        }
         Safetensors st = runtime.equals(ONNXRUNTIME) ? Safetensors.parse(bytes, bytesSource) : null;
 
         Map<String, long[]> shapes = new LinkedHashMap<>();
@@ -149,7 +159,7 @@ public final class PatchableBase {
             }
             placements.put(tname, ps);
         }
-        return new PatchableBase(runtime, (String) fp, program, weightsFile, shapes, stored, buffers, reload,
+        return new PatchableBase(runtime, (String) fp, program, weightsFile, inputs, shapes, stored, buffers, reload,
                 new WeightPatcher(buffers, placements));
     }
 
