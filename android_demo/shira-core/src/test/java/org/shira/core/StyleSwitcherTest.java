@@ -87,112 +87,104 @@ public class StyleSwitcherTest {
         public void onError(String m) { errors.add(m); threads.add(Thread.currentThread().getName()); }
     }
 
-    static StyleSwitcher.Loaded loaded(PatchVectors v, RecordingEngine e) {
-        return new StyleSwitcher.Loaded(v.patcher, e, new float[3 * 4 * 4], 4, new ArrayList<>(v.scales(1).keySet()));
+    /** A switcher started over the patch vectors' patcher and a recording engine, its UI a queue. */
+    static final class Rig {
+        final PatchVectors v;
+        final RecordingEngine engine;
+        final UiQueue ui = new UiQueue();
+        final Seen seen = new Seen();
+        final StyleSwitcher switcher = new StyleSwitcher(ui, seen);
+
+        Rig() throws Exception {
+            v = new PatchVectors();
+            engine = new RecordingEngine(v.buffers);
+            List<String> styles = new ArrayList<>(v.scales(1).keySet());
+            switcher.start(() -> new StyleSwitcher.Loaded(v.patcher, engine, new float[3 * 4 * 4], 4, styles));
+        }
     }
 
     @Test
     public void appliesOffTheUiThreadAndDeliversOnIt() throws Exception {
-        PatchVectors v = new PatchVectors();
-        RecordingEngine engine = new RecordingEngine(v.buffers);
-        UiQueue ui = new UiQueue();
-        Seen seen = new Seen();
-        StyleSwitcher s = new StyleSwitcher(ui, seen);
-        s.start(() -> loaded(v, engine));
-        s.request(v.scales(1), v.rule(1));
-        ui.drainFor(1500);
-        assertEquals(1, seen.ready.size());
-        assertEquals(Collections.singleton(Thread.currentThread().getName()), seen.threads); // listener: UI thread only
-        assertEquals(Collections.singleton("shira-switcher"), engine.threads); // engine: the worker only
-        assertEquals(2, seen.results.size()); // the image after the first run, then the steady time
-        StyleSwitcher.Result first = seen.results.get(0), steady = seen.results.get(1);
+        Rig r = new Rig();
+        r.switcher.request(r.v.scales(1), r.v.rule(1));
+        r.ui.drainFor(1500);
+        assertEquals(1, r.seen.ready.size());
+        assertEquals(Collections.singleton(Thread.currentThread().getName()), r.seen.threads); // listener: UI thread only
+        assertEquals(Collections.singleton("shira-switcher"), r.engine.threads); // engine: the worker only
+        assertEquals(2, r.seen.results.size()); // the image after the first run, then the steady time
+        StyleSwitcher.Result first = r.seen.results.get(0), steady = r.seen.results.get(1);
         assertTrue(Double.isNaN(first.steadyMs) && first.switchMs >= 0 && first.firstMs >= 0);
         assertTrue(steady.steadyMs >= 0 && steady.firstMs == first.firstMs);
         assertEquals(4 * 4, first.pixels.length);
-        assertEquals(1 + StyleSwitcher.STEADY_RUNS, Collections.frequency(engine.calls, "run"));
-        for (String b : v.buffers.keySet())
-            assertArrayEquals(b, v.expected(1, b), CrossLanguageTest.bitsOf(v.buffers.get(b)));
-        s.close();
-        assertTrue(s.awaitClosed(5000));
-        assertEquals(1, engine.closes.get());
-        assertEquals(0, engine.overlaps.get());
+        assertEquals(1 + StyleSwitcher.STEADY_RUNS, Collections.frequency(r.engine.calls, "run"));
+        for (String b : r.v.buffers.keySet())
+            assertArrayEquals(b, r.v.expected(1, b), CrossLanguageTest.bitsOf(r.v.buffers.get(b)));
+        r.switcher.close();
+        assertTrue(r.switcher.awaitClosed(5000));
+        assertEquals(1, r.engine.closes.get());
+        assertEquals(0, r.engine.overlaps.get());
     }
 
     @Test
     public void requestsArrivingDuringAWorkCollapseIntoTheLatest() throws Exception {
-        PatchVectors v = new PatchVectors();
-        RecordingEngine engine = new RecordingEngine(v.buffers);
-        UiQueue ui = new UiQueue();
-        Seen seen = new Seen();
-        StyleSwitcher s = new StyleSwitcher(ui, seen);
-        s.start(() -> loaded(v, engine));
-        ui.drainFor(300);
-        assertEquals(1, seen.ready.size()); // loaded; now the slider is dragged
+        Rig r = new Rig();
+        r.ui.drainFor(300);
+        assertEquals(1, r.seen.ready.size()); // loaded; now the slider is dragged
         CountDownLatch gate = new CountDownLatch(1);
-        engine.gate = gate;
-        s.request(v.scales(1), v.rule(1)); // its first run blocks on the gate
-        assertTrue(engine.waiting.await(5, TimeUnit.SECONDS));
-        int last = v.steps.size() - 2; // the last step before the final reset
-        for (int k = 0; k < 40; k++) s.request(v.scales(1 + k % last), v.rule(1 + k % last)); // a dragged slider
-        s.request(v.scales(last), v.rule(last));
+        r.engine.gate = gate;
+        r.switcher.request(r.v.scales(1), r.v.rule(1)); // its first run blocks on the gate
+        assertTrue(r.engine.waiting.await(5, TimeUnit.SECONDS));
+        int last = r.v.steps.size() - 2; // the last step before the final reset
+        for (int k = 0; k < 40; k++) r.switcher.request(r.v.scales(1 + k % last), r.v.rule(1 + k % last)); // a dragged slider
+        r.switcher.request(r.v.scales(last), r.v.rule(last));
         gate.countDown();
-        ui.drainFor(2000);
+        r.ui.drainFor(2000);
         List<Map<String, Double>> applied = new ArrayList<>();
-        for (StyleSwitcher.Result r : seen.results) if (Double.isNaN(r.steadyMs)) applied.add(r.scales);
+        for (StyleSwitcher.Result res : r.seen.results) if (Double.isNaN(res.steadyMs)) applied.add(res.scales);
         assertEquals("only the first and the latest request are applied: " + applied, 2, applied.size());
-        assertEquals(v.scales(last), applied.get(1));
-        for (String b : v.buffers.keySet())
-            assertArrayEquals(b, v.expected(last, b), CrossLanguageTest.bitsOf(v.buffers.get(b)));
-        assertEquals(0, engine.overlaps.get());
-        s.close();
+        assertEquals(r.v.scales(last), applied.get(1));
+        for (String b : r.v.buffers.keySet())
+            assertArrayEquals(b, r.v.expected(last, b), CrossLanguageTest.bitsOf(r.v.buffers.get(b)));
+        assertEquals(0, r.engine.overlaps.get());
+        r.switcher.close();
     }
 
     @Test
     public void aRefusedRequestIsReportedAndChangesNothing() throws Exception {
-        PatchVectors v = new PatchVectors();
-        RecordingEngine engine = new RecordingEngine(v.buffers);
-        UiQueue ui = new UiQueue();
-        Seen seen = new Seen();
-        StyleSwitcher s = new StyleSwitcher(ui, seen);
-        s.start(() -> loaded(v, engine));
-        s.request(v.scales(1), v.rule(1));
-        ui.drainFor(1000);
+        Rig r = new Rig();
+        r.switcher.request(r.v.scales(1), r.v.rule(1));
+        r.ui.drainFor(1000);
         Map<String, int[]> before = new LinkedHashMap<>();
-        for (String b : v.buffers.keySet()) before.put(b, CrossLanguageTest.bitsOf(v.buffers.get(b)));
-        Map<String, Double> bad = new LinkedHashMap<>(v.scales(1));
+        for (String b : r.v.buffers.keySet()) before.put(b, CrossLanguageTest.bitsOf(r.v.buffers.get(b)));
+        Map<String, Double> bad = new LinkedHashMap<>(r.v.scales(1));
         bad.put("no-such-style", 1.0);
-        s.request(bad, "sum");
-        ui.drainFor(500);
-        assertEquals(1, seen.errors.size());
-        assertTrue(seen.errors.get(0), seen.errors.get(0).contains("no-such-style is not loaded"));
-        for (String b : v.buffers.keySet()) assertArrayEquals(b, before.get(b), CrossLanguageTest.bitsOf(v.buffers.get(b)));
-        s.close();
+        r.switcher.request(bad, "sum");
+        r.ui.drainFor(500);
+        assertEquals(1, r.seen.errors.size());
+        assertTrue(r.seen.errors.get(0), r.seen.errors.get(0).contains("no-such-style is not loaded"));
+        for (String b : r.v.buffers.keySet()) assertArrayEquals(b, before.get(b), CrossLanguageTest.bitsOf(r.v.buffers.get(b)));
+        r.switcher.close();
     }
 
     @Test
     public void closeReleasesTheEngineOnceAfterTheRunInProgressAndDeliversNothingMore() throws Exception {
-        PatchVectors v = new PatchVectors();
-        RecordingEngine engine = new RecordingEngine(v.buffers);
-        UiQueue ui = new UiQueue();
-        Seen seen = new Seen();
-        StyleSwitcher s = new StyleSwitcher(ui, seen);
-        s.start(() -> loaded(v, engine));
+        Rig r = new Rig();
         CountDownLatch gate = new CountDownLatch(1);
-        engine.gate = gate;
-        s.request(v.scales(1), v.rule(1));
-        assertTrue(engine.waiting.await(5, TimeUnit.SECONDS)); // the run is now waiting on the gate
+        r.engine.gate = gate;
+        r.switcher.request(r.v.scales(1), r.v.rule(1));
+        assertTrue(r.engine.waiting.await(5, TimeUnit.SECONDS)); // the run is now waiting on the gate
         long t0 = System.nanoTime();
-        s.close(); // from the "UI thread": must not wait for the run
+        r.switcher.close(); // from the "UI thread": must not wait for the run
         assertTrue((System.nanoTime() - t0) / 1e6 < 1000); // the gated run waits 10 s
-        s.close(); // idempotent
-        s.request(v.scales(2), v.rule(2)); // ignored
-        assertEquals(0, engine.closes.get()); // not while the run is in progress
+        r.switcher.close(); // idempotent
+        r.switcher.request(r.v.scales(2), r.v.rule(2)); // ignored
+        assertEquals(0, r.engine.closes.get()); // not while the run is in progress
         gate.countDown();
-        assertTrue(s.awaitClosed(5000));
-        ui.drainFor(300);
-        assertEquals(1, engine.closes.get());
-        assertEquals("close", engine.calls.get(engine.calls.size() - 1));
-        assertTrue(seen.results.isEmpty() && seen.errors.isEmpty()); // nothing reaches a destroyed screen
+        assertTrue(r.switcher.awaitClosed(5000));
+        r.ui.drainFor(300);
+        assertEquals(1, r.engine.closes.get());
+        assertEquals("close", r.engine.calls.get(r.engine.calls.size() - 1));
+        assertTrue(r.seen.results.isEmpty() && r.seen.errors.isEmpty()); // nothing reaches a destroyed screen
     }
 
     @Test
