@@ -116,7 +116,11 @@ public final class StyleSwitcher implements AutoCloseable {
             if (queued) return;
             queued = true;
         }
-        worker.execute(this::drain);
+        try {
+            worker.execute(this::drain);
+        } catch (java.util.concurrent.RejectedExecutionException closedMeanwhile) {
+            // close() ran on another thread between the check above and here: nothing left to do
+        }
     }
 
     private void drain() {
