@@ -37,6 +37,7 @@ import org.shira.core.PatchableBase;
 import org.shira.core.Photos;
 import org.shira.core.StyleEngine;
 import org.shira.core.StyleSwitcher;
+import org.shira.core.WeightPatcher;
 
 /** Swaps image styles by patching sparse adapters into the weights of a style net loaded ONCE, on ONNX Runtime
  *  or ExecuTorch (a choice on screen, as in the web demo). All loading, patching and inference run on the
@@ -52,6 +53,7 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
     private StyleSwitcher switcher;
     private String runtime = PatchableBase.ONNXRUNTIME;
     private Map<String, Double> current = new LinkedHashMap<>(); // what the user asked for last
+    private String rule = "sum"; // how the slider's two styles combine where both touch a weight
     private ImageView output;
     private TextView status;
     private TextView times;
@@ -103,6 +105,15 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
             @Override public void onStopTrackingTouch(SeekBar sb) {}
         });
         root.addView(mix);
+        RadioGroup rules = new RadioGroup(this); // docs/FORMAT.md §6.1: the merge rules, as in the runtime
+        rules.setOrientation(RadioGroup.HORIZONTAL);
+        for (int i = 0; i < WeightPatcher.RULES.size(); i++) rules.addView(radio(10 + i, WeightPatcher.RULES.get(i)));
+        rules.check(10);
+        rules.setOnCheckedChangeListener((g, id) -> {
+            rule = WeightPatcher.RULES.get(id - 10);
+            request(current);
+        });
+        root.addView(rules);
         ScrollView scroll = new ScrollView(this);
         scroll.addView(root);
         setContentView(scroll);
@@ -126,12 +137,12 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
         times.setText("");
         switcher = new StyleSwitcher(ui, this);
         switcher.start(() -> load(rt));
-        switcher.request(current, "sum"); // applied once loaded: the new engine shows the same style
+        switcher.request(current, rule); // applied once loaded: the new engine shows the same style
     }
 
     private void request(Map<String, Double> scales) {
         current = scales;
-        switcher.request(scales, "sum");
+        switcher.request(scales, rule);
     }
 
     /** Runs on the worker thread. */
@@ -226,7 +237,7 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
         if (loaded.size() >= 2) {
             mix.setVisibility(View.VISIBLE);
             TextView label = new TextView(this);
-            label.setText(String.format(Locale.US, "slider: fuse %s and %s", loaded.get(0), loaded.get(1)));
+            label.setText(String.format(Locale.US, "slider: fuse %s and %s, combined by the rule below", loaded.get(0), loaded.get(1)));
             styleButtons.addView(label);
         }
     }
@@ -234,7 +245,7 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
     @Override
     public void onResult(StyleSwitcher.Result r) {
         output.setImageBitmap(Bitmap.createBitmap(r.pixels, r.size, r.size, Bitmap.Config.ARGB_8888));
-        String what = r.scales.isEmpty() ? "base" : r.scales.toString();
+        String what = r.scales.isEmpty() ? "base" : r.scales.size() > 1 ? r.scales + " by " + r.rule : r.scales.toString();
         status.setText(String.format(Locale.US, "%s: %s, %d weights patched", r.engine, what, r.patchedEntries));
         String steady = Double.isNaN(r.steadyMs) ? "measuring..." : String.format(Locale.US, "%.1f ms", r.steadyMs);
         times.setText(String.format(Locale.US, "switch %.2f ms%s\nfirst inference after it %.1f ms\nsteady inference %s",
