@@ -101,9 +101,10 @@ public final class StyleSwitcher implements AutoCloseable {
                 deliver(() -> listener.onReady(l.engine.name(), l.styles));
             } catch (Throwable e) { // Errors too: a missing native library is an UnsatisfiedLinkError
                 deliver(() -> listener.onError(describe(e)));
+                return;
             }
+            drain(); // whatever was requested before or during the load
         });
-        synchronized (this) { if (pending != null && !queued) { queued = true; worker.execute(this::drain); } }
     }
 
     /** Ask for these adapters at these scales (empty: the base), combined by `rule` where they overlap.
