@@ -1,3 +1,8 @@
-// Compile-check stub: the signatures the app calls, as declared by the real API (see compile_check/README.md); no behaviour.
+// Signatures from microsoft/onnxruntime java/src/main/java/ai/onnxruntime/OrtException.java
+// (tag v1.32.0 not readable here; unchanged in every version read, 1.1x sources to a recent OrtEpDevice-era build: see compile_check/README.md).
+// Compile-check stub: signatures only, no behaviour.
 package ai.onnxruntime;
-public class OrtException extends Exception { public OrtException(String m) { super(m); } }
+
+public class OrtException extends Exception {
+    public OrtException(String message) { throw new RuntimeException("Stub!"); }
+}

@@ -4,6 +4,7 @@ import java.io.File;
 import java.nio.FloatBuffer;
 import java.util.Set;
 import org.pytorch.executorch.EValue;
+import org.pytorch.executorch.ExecutorchRuntimeException;
 import org.pytorch.executorch.Module;
 import org.pytorch.executorch.Tensor;
 import org.shira.core.PatchableBase;
@@ -38,11 +39,13 @@ final class ExecuTorchStyleEngine implements StyleEngine {
 
     private void load() {
         module = Module.load(program.getAbsolutePath(), Module.LOAD_MODE_MMAP, threads);
-        int err = module.loadMethod("forward"); // load (and let XNNPACK pack) now, not in the first run
-        if (err != 0) {
+        try {
+            module.loadMethod("forward"); // load (and let XNNPACK pack) now, not in the first run; throws on failure
+        } catch (ExecutorchRuntimeException e) {
             close();
             throw new IllegalStateException("ExecuTorch cannot load forward() of " + program.getName()
-                    + " (error 0x" + Integer.toHexString(err) + "): is executorch-android older than the exporter?");
+                    + " (error 0x" + Integer.toHexString(e.getErrorCode())
+                    + "): is executorch-android older than the exporter?", e);
         }
     }
 
