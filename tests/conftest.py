@@ -27,7 +27,7 @@ EXPORTED = {"llama", "stylenet", "built"}  # fixtures that export a model and tr
 def pytest_collection_modifyitems(config, items):
     """`slow` = not in the inner loop: long or fuzz runs, and every test that needs an exported model."""
     for item in items:
-        if (item.get_closest_marker("long") or item.get_closest_marker("fuzz")
+        if (item.get_closest_marker("long") or item.get_closest_marker("fuzz") or item.get_closest_marker("arm64")
                 or EXPORTED & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slow)
 

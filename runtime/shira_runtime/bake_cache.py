@@ -13,6 +13,7 @@ import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,18 @@ def cache_root(cache_dir=None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shira"
 
 
+def _hwcaps() -> str:
+    """AT_HWCAP and AT_HWCAP2 from the auxiliary vector: the features MLAS tests on ARM (dot product, i8mm,
+    SVE), also where /proc/cpuinfo says less (emulators, some Android kernels)."""
+    try:
+        with open("/proc/self/auxv", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    pairs = dict(struct.iter_unpack("<QQ", raw[: len(raw) // 16 * 16])) if sys.byteorder == "little" else {}
+    return f"hwcap {pairs.get(16, 0):x} {pairs.get(26, 0):x}"
+
+
 def cpu_identity() -> str:
     """What MLAS chooses its kernels (hence its packing) by: the architecture and the CPU's feature flags."""
     text = ""
@@ -44,7 +57,7 @@ def cpu_identity() -> str:
                         break
     except OSError:
         text = platform.processor()
-    return f"{platform.machine()}|{text.strip()}"
+    return f"{platform.machine()}|{text.strip()}|{_hwcaps()}"
 
 
 def bake_key(manifest) -> str:
