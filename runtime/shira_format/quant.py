@@ -41,7 +41,8 @@ class Quant:
     block: int
     scales: str | None  # ONNX Runtime: the name of its float32 scales, [N * K/block], in the same weights file
     per_channel: bool = False  # every block of a row has its channel's scale (int8 per channel)
-    signed: bool = False  # int8 stored as two's complement q = u - z (XNNPACK's qc8w): byte = u XOR 0x80
+    signed: bool = False  # stored as two's complement q = u - z: an int8 byte = u XOR 0x80 (XNNPACK's qc8w); a
+    # nibble = u XOR 0x8 (ONNX Runtime's KleidiAI packing on ARM; only for an in-place copy, never in a manifest)
     scales_offset: int | None = None  # ExecuTorch: the byte offset of its scales inside the .pte
     scales_dtype: str = "float32"  # ExecuTorch: "float32", or "bfloat16" (XNNPACK's blockwise 4-bit scales)
 
@@ -51,8 +52,9 @@ class Quant:
 
     @property
     def flip(self) -> np.uint8:
-        """XOR between a stored byte and its entry u: 0x80 for signed int8, else 0."""
-        return np.uint8(0x80 if self.signed else 0)
+        """XOR between a stored slot (byte or nibble) and its entry u: 0x80 for signed int8, 0x8 for a signed
+        nibble, else 0."""
+        return np.uint8(0 if not self.signed else 0x80 if self.bits == 8 else 0x08)
 
     def stored_scales_count(self, rows: int, cols: int) -> int:
         """How many scales a program stores: one per row for per-channel scales held by offset (ExecuTorch),
@@ -84,8 +86,9 @@ class Nibbles:
 
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, data: np.ndarray):
+    def __init__(self, data: np.ndarray, flip: int = 0):
         self.data = data  # uint8, writes go through to it
+        self.flip = np.uint8(flip)  # 0x8: signed nibbles (u - 8 in two's complement), addressed as their u
 
     @property
     def size(self) -> int:
@@ -96,12 +99,12 @@ class Nibbles:
 
     def __getitem__(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
-        return (self.data[idx >> 1] >> ((idx & 1) * 4).astype(np.uint8)) & np.uint8(15)
+        return ((self.data[idx >> 1] >> ((idx & 1) * 4).astype(np.uint8)) & np.uint8(15)) ^ self.flip
 
     def __setitem__(self, idx: np.ndarray, values) -> None:
         """Low nibbles then high nibbles, each a scatter with distinct bytes: both halves of a byte compose."""
         idx = np.asarray(idx, dtype=np.int64)
-        values = np.broadcast_to(np.asarray(values, dtype=np.uint8), idx.shape) & np.uint8(15)
+        values = (np.broadcast_to(np.asarray(values, dtype=np.uint8), idx.shape) & np.uint8(15)) ^ self.flip
         low = (idx & 1) == 0
         b = idx[low] >> 1
         self.data[b] = (self.data[b] & np.uint8(0xF0)) | values[low]
@@ -134,7 +137,7 @@ class SignedBytes:
 def entries(buf: np.ndarray, quant: Quant):
     """A stored byte buffer as the patcher addresses it: one element per weight entry, its unsigned u."""
     if quant.bits == 4:
-        return Nibbles(buf)
+        return Nibbles(buf, quant.flip)
     return SignedBytes(buf) if quant.signed else buf
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -48,10 +49,20 @@ MIN_EXTERNAL_BYTES = 64  # smaller initializers stay inside baked.onnx (0 breaks
 # kept the small convs of tiny conv nets (and a 2x64 classifier) inline; the baked model is load-tested below
 
 
+# ONNX Runtime session config entries of every session of this bake (and of the sessions that later open it:
+# bake.json's "session_config"). Set by main() for one attempt: the bake runs in its own process.
+SESSION_CONFIG: dict[str, str] = {}
+# On ARM cores with SME, KleidiAI's convolution packs its weight at the first run into memory of its own, out of
+# reach of a patch; without KleidiAI, MLAS's kernels read the baked file. Tried when the default bake fails.
+WITHOUT_KLEIDIAI = {"mlas.disable_kleidiai": "1"}
+
+
 def _options(threads: int | None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    for k, v in SESSION_CONFIG.items():
+        opts.add_session_config_entry(k, v)
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -111,9 +122,9 @@ def _coded_source(source: Path, weights_name: str, placements: list, starts: dic
 def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weights_name: str, stored: dict,
                                     threads) -> None:
     """The map says where the bytes are; this shows ORT computes with them. A random patch (1% of every
-    patchable weight) is written the way the runtime writes it, into the mappings of a freshly opened baked
-    session, and its output on the export's sample must match a plain session of the same model built from
-    the patched weights. Found here, a region ORT copied instead of mapping is a cached "cannot"."""
+    patchable weight) is written the way the runtime writes it, into the mappings of a baked session that has
+    already run once, and its output on the export's sample must match a plain session of the same model built
+    from the patched weights. Found here, a region ORT copied instead of mapping is a cached "cannot"."""
     import onnxruntime as ort
 
     from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
@@ -135,6 +146,9 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
         mapped[name] = (idx, (rng.standard_normal(k) * 0.5 * scale).astype(np.float32))
     engine = InPlaceOnnxRuntimeBackend(manifest, threads, verify="off", bake_dir=out_dir)
     try:
+        # run once first, as a session does before its first switch: a kernel that packs its weight at the first
+        # run (KleidiAI's convolutions on ARM cores with SME) would otherwise pack the patched bytes and pass
+        engine.run(x)
         for key, (pos, value) in engine.to_buffers(mapped).items():
             q = engine.buffer_quant.get(key)
             if q is not None:
@@ -142,6 +156,7 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
             else:
                 buf = engine.buffers[key]
                 buf[pos] = buf[pos] + value
+        engine.weights_changed(set(engine.buffers), {n: idx for n, (idx, _) in mapped.items() if n in quant})
         got = engine.run(x)
     finally:
         engine.close()
@@ -252,18 +267,22 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
         if quants:
             from .bake_quantized import learn_quantized
 
-            found.update(learn_quantized(source, files.weights, quants, stored, regions, Path(tmp), _bake_once,
-                                         _source_copy, threads, log))
+            from shira_format.quant import matrix_shape
+
+            found.update(learn_quantized(source, files.weights, quants, stored,
+                                         quant_scales(manifest, weights, weights_path),
+                                         {p.name: matrix_shape(owner[p.name].shape) for p in quants}, regions, real,
+                                         Path(tmp), _bake_once, _source_copy, threads, log))
 
     by_region = {}
     for r in regions:
         by_region.setdefault(r.initializer, []).append(r)
-    out = {"format": FORMAT, "onnxruntime": ort.__version__, "placements": {}}
+    out = {"format": FORMAT, "onnxruntime": ort.__version__, "session_config": dict(SESSION_CONFIG), "placements": {}}
     maps_dir = out_dir / "maps"
     maps_dir.mkdir(exist_ok=True)
     for p in placements:
         copies = []
-        for region, positions, *want in found.get(p.name, []):
+        for region, positions, *quantized in found.get(p.name, []):  # quantized: [export entries, how]
             packed_elsewhere = any(r.kind == "prepacked" for r in by_region.get(region.initializer, []))
             if region.kind == "data" and packed_elsewhere and uses.get(region.initializer, 0) <= 1:
                 continue  # the only consumer reads the packed copy: the plain one is never read again
@@ -273,9 +292,9 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
             else:
                 from .bake_quantized import slots
 
-                n = int(np.prod(p.shape))
-                same = np.array_equal(slots(real, region, p.quant.bits)[positions],
-                                      want[0][np.arange(n, dtype=np.int64)])
+                want, how = quantized
+                flip = (1 << (p.quant.bits - 1)) if how["signed"] else 0
+                same = np.array_equal(slots(real, region, p.quant.bits)[positions], want ^ np.uint8(flip))
             if not same:
                 raise BakeError(f"{manifest.path}: weight {owner[p.name].name} ({p.name}): ONNX Runtime transforms "
                                 f"its values when it optimizes ({region.initializer}); it cannot be patched in place")
@@ -283,6 +302,13 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
                     "length": region.length, "positions": describe(positions, p.shape)}
             if p.quant is not None:
                 copy["unit"] = "byte" if p.quant.bits == 8 else "nibble"
+                if how["signed"]:
+                    copy["signed"] = True
+                if how["sums"] is not None:  # floats the packer derives from the integers (quant_sums.py)
+                    formula, words = how["sums"]
+                    fname = f"{len(os.listdir(maps_dir))}.npy"
+                    np.save(maps_dir / fname, words.astype(np.uint32 if region.length < 1 << 34 else np.int64))
+                    copy["sums"] = {"formula": formula, "words": f"maps/{fname}"}
             if copy["positions"] is None:  # no known form: the whole map, on disk, read through a mapping
                 fname = f"{len(os.listdir(maps_dir))}.npy"
                 np.save(maps_dir / fname, positions.astype(np.uint32 if region.length < (1 << 31 if p.quant else 1 << 34) else np.int64))
@@ -353,9 +379,22 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     base, out = Path(argv[0]), Path(argv[1])
     threads = int(argv[2]) if len(argv) > 2 and argv[2] != "0" else None
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     try:
         manifest = manifest_mod.load(base)
-        learn_layout(manifest, out, threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+        try:
+            learn_layout(manifest, out, threads, log=log)
+        except BakeError as e:
+            if platform.machine().lower() not in ("aarch64", "arm64"):
+                raise
+            log(f"{e}; baking again without KleidiAI's kernels")
+            for f in out.iterdir():
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+            SESSION_CONFIG.update(WITHOUT_KLEIDIAI)
+            try:
+                learn_layout(manifest, out, threads, log=log)
+            except BakeError as e2:
+                raise BakeError(f"{e} (and without KleidiAI: {e2})") from None
     except BakeError as e:
         print(f"bake: {e}", file=sys.stderr)
         return EXIT_CANNOT

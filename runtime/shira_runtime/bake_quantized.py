@@ -7,9 +7,13 @@ here positions are coded in digits, base 16 per nibble (int4) or 256 per byte (i
   other    every entry = r2[f], r2[f] != r[f]       (the slots that change between these two hold entries; the
                                                      others hold scales, block sums or padding)
   digit m  every entry = (digit m of f + r[f]) mod base
-A slot's digit m is (v_m - v_mask) mod base: a constant offset the packer might add cancels. Decoded entries
-must cover the weight exactly once and agree with r, and the real bake must hold the export's integer at every
-decoded slot; otherwise the weight cannot be patched in place and the bake says why.
+A slot's digit m is (v_m - v_mask) mod base: a constant offset the packer might add cancels. A slot holds an
+entry where both mask passes read r[f] and r2[f] plus one constant (0, or the zero point where the packer stores
+u - z in two's complement: KleidiAI on ARM); decoded entries must cover the weight exactly once, and the real
+bake must hold the export's integer at every decoded slot. Any other slot that changes between passes holds a
+value derived from the entries: it must lie in a float32 sum that quant_sums.py's formulas give in every pass
+(MLAS and KleidiAI on ARM cores with the dot product); otherwise the weight cannot be patched in place and
+the bake says why.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from shira_format.quant import entries
 
 from .baked_layout import BAKED_DATA, BAKED_MODEL, BakeError
 from .onnx_regions import read_regions
+from .quant_sums import FORMULAS, block_sums, count, match
+from .quant_sums import sums as quant_sums
 
 CHUNK = 1 << 22  # entries coded at a time: bounds the temporaries at real size
 
@@ -65,7 +71,10 @@ def _write_pass(kind: str, placements: list):
 
 def slots(data: np.ndarray, region, bits: int) -> np.ndarray:
     """A region's integer slots: its bytes, or its nibbles (2j the low half of byte j, 2j+1 the high)."""
-    raw = np.asarray(data[region.offset:region.offset + region.length])
+    return _slots(np.asarray(data[region.offset:region.offset + region.length]), bits)
+
+
+def _slots(raw: np.ndarray, bits: int) -> np.ndarray:
     if bits == 8:
         return raw
     out = np.empty(raw.size * 2, dtype=np.uint8)
@@ -73,10 +82,12 @@ def slots(data: np.ndarray, region, bits: int) -> np.ndarray:
     return out
 
 
-def learn_quantized(source: Path, weights_name: str, placements: list, stored: dict, regions, tmp: Path,
-                    bake_once, source_copy, threads, log) -> dict[str, list]:
-    """placement name -> [(region, positions)] for every region of the baked file that holds its entries:
-    positions[f] = the slot (byte or nibble) of entry f. `stored`: the export's stored bytes per placement."""
+def learn_quantized(source: Path, weights_name: str, placements: list, stored: dict, scales: dict, dims: dict,
+                    regions, real: np.ndarray, tmp: Path, bake_once, source_copy, threads, log) -> dict[str, list]:
+    """placement name -> [(region, positions, export entries, how)] for every region of the baked file that
+    holds its entries: positions[f] = the slot (byte or nibble) of entry f; how = {"signed": slots hold u XOR
+    the zero point, "sums": None or (formula, word of each sum)}. `stored`: the export's stored bytes per
+    placement; `scales`: its float32 scales; `dims`: (rows, cols) of its matrix; `real`: the real bake's data."""
     ours = {p.name: [r for r in regions if r.initializer == p.name] for p in placements}
     missing = [p.name for p in placements if not ours[p.name]]
     if missing:
@@ -86,7 +97,8 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
     digits = {bits: max(1, int(np.ceil(np.log(max(largest, 2)) / np.log(1 << bits))))
               for bits in {p.quant.bits for p in placements}}
     kinds = ["mask", "other"] + [f"digit{m}" for m in range(max(digits.values()))]
-    seen: dict[str, dict] = {}  # kind -> placement -> [slots per region]
+    raw: dict[str, dict] = {"real": {p.name: [np.array(real[r.offset:r.offset + r.length]) for r in ours[p.name]]
+                                     for p in placements}}  # kind -> placement -> [region bytes]
     for kind in kinds:
         t0 = time.perf_counter()
         src_dir, d = tmp / f"q-{kind}-source", tmp / f"q-{kind}"
@@ -98,31 +110,77 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
             raise BakeError(f"{source}: ONNX Runtime lays the quantized weights out differently when their values "
                             "change; this base cannot be patched in place")
         data = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
-        seen[kind] = {p.name: [slots(data, r, p.quant.bits) for r in ours[p.name]] for p in placements}
+        raw[kind] = {p.name: [np.array(data[r.offset:r.offset + r.length]) for r in ours[p.name]] for p in placements}
         del data
         shutil.rmtree(d)
         log(f"baked the quantized {kind} pass in {time.perf_counter() - t0:.1f}s")
 
     found: dict[str, list] = {}
     for i, p in enumerate(placements):
-        n, base = int(np.prod(p.shape)), 1 << p.quant.bits
-        want = entries(stored[p.name], p.quant)
+        n, base, bits = int(np.prod(p.shape)), 1 << p.quant.bits, p.quant.bits
+        want = entries(stored[p.name], p.quant)[np.arange(n, dtype=np.int64)]
         for k, region in enumerate(ours[p.name]):
-            v1, v2 = seen["mask"][p.name][k], seen["other"][p.name][k]
-            ent = np.flatnonzero(v1 != v2)
-            f = np.zeros(ent.size, dtype=np.int64)
-            for m in range(digits[p.quant.bits]):
-                vm = seen[f"digit{m}"][p.name][k][ent].astype(np.int64)
-                f += ((vm - v1[ent]) % base) * base**m
-            ok = ent.size == n and f.size and f.max() < n
+            sl = {kind: _slots(raw[kind][p.name][k], bits) for kind in raw}
+            v1, v2 = sl["mask"], sl["other"]
+            changed = np.flatnonzero(v1 != v2)
+            f = np.zeros(changed.size, dtype=np.int64)
+            for m in range(digits[bits]):
+                f += ((sl[f"digit{m}"][changed].astype(np.int64) - v1[changed]) % base) * base**m
+            # an entry's slot holds its pass value plus one constant (0, or z where the packer stores u - z in
+            # two's complement) in both mask passes; other changed slots hold values derived from the entries
+            fc = np.minimum(f, n - 1)
+            off = (v1[changed].astype(np.int64) - mask(fc, i, base, 1)) % base
+            valid = (f < n) & (off == (v2[changed].astype(np.int64) - mask(fc, i, base, 2)) % base)
+            offset = int(np.bincount(off[valid], minlength=base).argmax()) if valid.any() else 0
+            valid &= (off == offset) & (sl["real"][changed] == (want[fc].astype(np.int64) + offset) % base)
+            # a derived float's nibble or byte can pass those checks by chance (1 in 4096 nibbles); packers keep
+            # entries and derived floats in separate 4-byte words, so a word with any other changed slot is
+            # derived as a whole
+            word = (changed >> 1 if bits == 4 else changed) // 4
+            valid &= ~np.isin(word, word[~valid])
+            ent, f = changed[valid], f[valid]
+            ok = ent.size == n and offset in (0, base // 2)
             if ok:
                 hit = np.zeros(n, dtype=bool)
                 hit[f] = True
-                ok = bool(hit.all()) and np.array_equal(mask(f, i, base, 1), v1[ent].astype(np.int64))
+                ok = bool(hit.all())
             if not ok:
                 raise BakeError(f"region {region.initializer} ({region.kind}): holds {ent.size} of the {n} entries "
                                 f"of quantized weight {p.name}, or mixes them; it cannot be patched in place")
+            derived = np.setdiff1d(np.unique(np.concatenate(
+                [np.flatnonzero(sl[kind] != v1) for kind in sl if kind != "mask"])), ent, assume_unique=True)
+            sums = None
+            if derived.size:
+                u = {kind: want if kind == "real" else _pass_values(kind, np.arange(n, dtype=np.int64), i, base)
+                     for kind in raw}
+                sums = _learn_sums(region, k, p, raw, u, scales[p.name], dims[p.name], derived)
             positions = np.empty(n, dtype=np.int64)
             positions[f] = ent
-            found.setdefault(p.name, []).append((region, positions, want))
+            found.setdefault(p.name, []).append((region, positions, want, {"signed": offset != 0, "sums": sums}))
     return found
+
+
+def _learn_sums(region, k: int, p, raw: dict, u: dict, scales: np.ndarray, dims, derived: np.ndarray):
+    """(formula, word of each sum) for the floats a packer derived from the entries (quant_sums.py): every
+    changed slot that is not an entry must lie in a float32 word that one formula explains in every pass."""
+    rows, cols = dims
+    block, z = p.quant.block, p.quant.zero_point
+    byte = derived >> 1 if p.quant.bits == 4 else derived
+    words = np.unique(byte // 4)
+    length = raw["real"][p.name][k].size // 4
+    if words.max() >= length:
+        raise BakeError(f"region {region.initializer}: values derived from quantized weight {p.name} end past a "
+                        "whole float; it cannot be patched in place")
+    kinds = sorted(raw)
+    seen = np.stack([raw[kind][p.name][k][:length * 4].view(np.uint32)[words] for kind in kinds])
+    s = np.asarray(scales, dtype=np.float32).reshape(rows, cols // block)
+    for formula in FORMULAS:
+        if count(formula, rows, cols // block) != words.size:
+            continue
+        expected = np.stack([quant_sums(formula, block_sums(u[kind], rows, cols, block, z), s).view(np.uint32)
+                             for kind in kinds])
+        at = match(formula, seen, expected)
+        if at is not None:
+            return formula, words[at]
+    raise BakeError(f"region {region.initializer}: {words.size} floats derived from the integers of quantized "
+                    f"weight {p.name} match no known formula (docs/INPLACE.md); it cannot be patched in place")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 BAKED_MODEL, BAKED_DATA, MAP_FILE = "baked.onnx", "baked.bin", "bake.json"
-FORMAT = 1
+FORMAT = 2  # 2: quantized copies may be signed and carry derived sums (ARM)
 EXIT_CANNOT, EXIT_DAMAGED = 3, 4  # the child's verdicts: this base cannot be baked / the export is damaged
 
 

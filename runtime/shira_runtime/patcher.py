@@ -130,8 +130,9 @@ class WeightPatcher:
         byte_idx, where = np.unique(idx >> 1, return_inverse=True)
         base_bytes = self._base_values(name, byte_idx)
         high = (idx & 1).astype(bool)
-        base_u = np.where(high, base_bytes[where] >> np.uint8(4), base_bytes[where] & np.uint8(15))
+        base_u = np.where(high, base_bytes[where] >> np.uint8(4), base_bytes[where] & np.uint8(15)) ^ q.flip
         new_u, clamped = requantize(base_u, delta, qscale, q)
+        new_u = new_u ^ q.flip  # signed nibbles (ONNX Runtime's KleidiAI packing): stored as u XOR 0x8
         out = base_bytes.copy()
         lo, hi = ~high, high
         out[where[lo]] = (out[where[lo]] & np.uint8(0xF0)) | new_u[lo]

@@ -48,6 +48,9 @@ from .rwlock import RWLock
 BACKENDS = ("onnxruntime", "executorch")
 PREPACK_MODES = ("auto", "inplace", "background", "off")
 AUTO_THRESHOLD = 1.02  # two-phase pays off when the patchable engine is slower than this ratio
+SAME_ANSWER = 1e-4  # two engines answer alike if their outputs differ by at most this share of the output's scale
+# (float32 kernels differ in summation order, ~1e-6; quantized kernels that quantize activations their own way
+# differ by percents, and then "auto" keeps one engine: a state's answer must not depend on which one ran)
 log = logging.getLogger("shira_runtime")
 
 
@@ -152,6 +155,7 @@ class ShiraSession:
         # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
         self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self._ready: dict[str, dict] = {}  # per adapter: its quantized buffers' plans at scale 1 (made at load)
+        self._touched: dict[str, dict[str, np.ndarray]] = {}  # per adapter: quantized placement -> its entries
         self.active: dict[str, float] = {}
         self.rule = "sum"  # the merge rule of the active state (fuse)
         self.rebuilder: PrepackedRebuilder | None = None
@@ -182,8 +186,16 @@ class ShiraSession:
                     runs.append((time.perf_counter() - t0) * 1e3)
                 t[label] = statistics.median(runs)
             t["ratio"] = t["patchable_ms"] / t["prepacked_ms"]
+            a, b = self.backend.run(x, patchable=True), self.backend.run(x, patchable=False)
+            t["engines_differ"] = max((float(np.max(np.abs(a[k] - b[k]))) / max(float(np.max(np.abs(b[k]))), 1e-12)
+                                       for k in b if b[k].size), default=0.0)
             self.calibration = t
-            if t["ratio"] <= AUTO_THRESHOLD:  # nothing to win: free the prepacked engine and its memory
+            if t["engines_differ"] > SAME_ANSWER:  # one engine, so that a state always gets the same answer
+                why = (f"two-phase switching is off: the packed engine's output is {t['engines_differ']:.2g} of its "
+                       "scale away from the patchable engine's (other kernels)")
+                self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
+                self._stop_two_phase()
+            elif t["ratio"] <= AUTO_THRESHOLD:  # nothing to win: free the prepacked engine and its memory
                 self._stop_two_phase()
 
     # ---- lifetime -------------------------------------------------------------------------------------------
@@ -223,12 +235,14 @@ class ShiraSession:
         adapter = read_adapter(blob, self.manifest)
         name = name or adapter.name
         mapped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        touched: dict[str, np.ndarray] = {}  # quantized placement -> the entries this adapter writes
         for t in adapter.tensors.values():
             info = self.manifest.tensors[t.target]
             for p in info.placements.get(self.backend.name, ()):
                 mapped[p.name] = p.patch_terms(t.indices, t.values, info.shape)  # scaled where BN was folded
                 if p.quant is not None:  # each entry's quantization scale travels with it (quant.py)
                     mapped[p.name] += (self.backend.entry_scales(p.name, mapped[p.name][0], matrix_shape(info.shape)[1]),)
+                    touched[p.name] = mapped[p.name][0]
         if hasattr(self.backend, "to_buffers"):  # in place: each placement's copies in the baked file
             mapped = self.backend.to_buffers(mapped)
         with self._patch_mutex:
@@ -243,6 +257,7 @@ class ShiraSession:
                 self.backend.prepare_pages(mapped)
             self.adapters[name] = adapter
             self._mapped[name] = mapped
+            self._touched[name] = touched
             self._ready[name] = {b: p for b, p in ready.items() if b in quantized}
         return name
 
@@ -253,6 +268,7 @@ class ShiraSession:
                 raise AdapterError(f"adapter {name!r} is active; reset() or switch away first")
             self.adapters.pop(name, None)
             self._mapped.pop(name, None)
+            self._touched.pop(name, None)
             self._ready.pop(name, None)
 
     # ---- switching ------------------------------------------------------------------------------------------
@@ -283,7 +299,9 @@ class ShiraSession:
             plans = self.patcher.plan(terms, self._ready.get(only) if scale == 1.0 else None, rule)
             with self._lock.write():
                 changed = self.patcher.commit(plans)
-                self.backend.weights_changed(changed)  # e.g. ExecuTorch reloads a method whose conv weights changed
+                # e.g. ExecuTorch reloads a method whose conv weights changed; in place on ARM, the sums a packer
+                # derives from quantized integers are computed again for the entries now patched
+                self.backend.weights_changed(changed, self._entries_of(scales))
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
                 self.active = dict(scales)
@@ -292,6 +310,14 @@ class ShiraSession:
                 self.clamped = sum({self._placement_of.get(b, b): p.clamped for b, p in plans.items()}.values())
         if rebuilder is not None:
             rebuilder.kick()
+
+    def _entries_of(self, scales: dict) -> dict[str, np.ndarray]:
+        """Quantized placement -> the entries (sorted, unique) that the adapters in `scales` write."""
+        parts: dict[str, list] = {}
+        for name in scales:
+            for pname, idx in self._touched[name].items():
+                parts.setdefault(pname, []).append(idx)
+        return {pname: np.unique(np.concatenate(p)) if len(p) > 1 else p[0] for pname, p in parts.items()}
 
     def reset(self) -> None:
         """Back to the base weights, bit-exact."""

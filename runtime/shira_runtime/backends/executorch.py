@@ -174,7 +174,7 @@ class ExecuTorchBackend:
                 if prog is not None:
                     prog.close()
             self._prepacked_program = None
-    def weights_changed(self, names: set[str]) -> None:
+    def weights_changed(self, names: set[str], entries: dict | None = None) -> None:
         if names & self._reload_on:
             with self._exec_lock:
                 self.program.reload()

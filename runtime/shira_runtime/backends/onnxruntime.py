@@ -78,7 +78,7 @@ class OnnxRuntimeBackend:
         """The quantization scale of each torch flat index of a quantized placement."""
         return self._quant[pname].scale_of(self.scales[pname], flat, cols)
 
-    def weights_changed(self, names: set[str]) -> None:
+    def weights_changed(self, names: set[str], entries: dict | None = None) -> None:
         """Nothing to do: every run of the patchable engine reads the bound buffers."""
 
     # ---- two-phase switching (runtime/prepack.py) -------------------------------------------------------------

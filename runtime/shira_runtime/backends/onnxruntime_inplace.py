@@ -21,6 +21,7 @@ so a switch is a scatter into the file, nothing more.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import threading
@@ -29,11 +30,13 @@ import numpy as np
 import onnxruntime as ort
 from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
-from shira_format.quant import entries, pack_entries
+from shira_format.quant import entries, matrix_shape, pack_entries
 
 from ..baked_layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, group_positions, panel_positions,
                             tile_positions, unpack_groups, unpack_panels)
 from ..bake_cache import acquire, discard
+from ..quant_sums import FORMULAS, block_sums
+from ..quant_sums import sums as quant_sums
 from .onnxruntime import NAME, create_session
 
 
@@ -106,7 +109,9 @@ class _Copy:
         self.keys: list[str] = []  # its buffers: one per mapping of ORT's that holds the region (see _open)
         self.offset, self.length = int(spec["offset"]), int(spec["length"])
         self.size = size
-        self.quant = quant  # a quantized placement: slots are bytes (int8) or nibbles (int4), not floats
+        self.export_quant = quant  # a quantized placement: slots are bytes (int8) or nibbles (int4), not floats
+        # the slots as this copy holds them: u, or u XOR the zero point (KleidiAI's signed nibbles on ARM)
+        self.quant = dataclasses.replace(quant, signed=True) if quant is not None and spec.get("signed") else quant
         self.unit = spec.get("unit", "float")
         want = "float" if quant is None else "byte" if quant.bits == 8 else "nibble"
         if self.unit != want:
@@ -114,6 +119,11 @@ class _Copy:
         form = spec["positions"]
         self.form = form
         self._map = np.load(slot_dir / form, mmap_mode="r") if isinstance(form, str) and form != "contiguous" else None
+        self.sums = None  # (formula, float32 word of each sum in the region): floats derived from the integers
+        if spec.get("sums") is not None:
+            if quant is None or spec["sums"].get("formula") not in FORMULAS:
+                raise _CacheDamaged(f"{slot_dir / MAP_FILE}: {key}: sums {spec['sums']!r} are not understood")
+            self.sums = (spec["sums"]["formula"], np.load(slot_dir / spec["sums"]["words"]).astype(np.int64))
 
     def positions(self, flat: np.ndarray) -> np.ndarray:
         if self.form == "contiguous":
@@ -134,7 +144,7 @@ class _Copy:
                 slots = region if self.quant.bits == 8 else np.stack([region & 15, region >> 4], 1).reshape(-1)
                 out = unpack_groups(slots, self.form)
                 if out is not None:
-                    return out
+                    return out ^ self.quant.flip
             return entries(region, self.quant)[self.positions(np.arange(self.size, dtype=np.int64))]
         if self.form == "contiguous":
             return np.array(region[:self.size])
@@ -166,6 +176,7 @@ class InPlaceOnnxRuntimeBackend:
         self.manifest = manifest
         self.session = None
         self.buffers: dict[str, np.ndarray] = {}
+        self._sum_state: dict[str, dict] = {}  # quantized placements whose packer derives sums (quant_sums.py)
         if bake_dir is not None:
             self.bake_dir = bake_dir
             self._open(threads, verify)
@@ -219,6 +230,8 @@ class InPlaceOnnxRuntimeBackend:
         # already optimized at bake time; optimizing again could only make private copies of the weights
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
+        for k, v in spec.get("session_config", {}).items():  # as baked: with other settings ORT packs anew
+            opts.add_session_config_entry(str(k), str(v))
         with _OPENING:  # this session's mappings are the ones its creation added (others' may lie beside them)
             before = set(engine_mappings(data_path))
             try:
@@ -264,7 +277,7 @@ class InPlaceOnnxRuntimeBackend:
                     if copy.quant is None:
                         values = copy.values(np.frombuffer(raw, dtype=np.float32))
                     else:  # the integers back in the export's byte order, which its checksum covers
-                        values = pack_entries(copy.values(np.frombuffer(raw, dtype=np.uint8)), copy.quant)
+                        values = pack_entries(copy.values(np.frombuffer(raw, dtype=np.uint8)), copy.export_quant)
                     try:
                         verify_placements(mode, self.manifest, NAME, {pname: values}, data_path, threads=1,
                                           only={pname}, scales=scales)
@@ -339,8 +352,64 @@ class InPlaceOnnxRuntimeBackend:
         copy = self.copies[pname][0]
         return copy.values(self.buffers[copy.keys[0]])
 
-    def weights_changed(self, names: set[str]) -> None:
-        """Nothing to do: the engine reads the file the patch was written into."""
+    def weights_changed(self, names: set[str], entries: dict[str, np.ndarray] | None = None) -> None:
+        """The engine reads the file the patch was written into; what is left are the sums some packers derive
+        from a quantized weight's integers (quant_sums.py). `entries`: placement -> the entries (flat, sorted)
+        the active adapters touch; the sums of the blocks holding them, and of those the previous state
+        touched, are computed again from the integers now in place."""
+        for pname, copies in self.copies.items():
+            if any(c.sums is not None for c in copies):
+                self._update_sums(pname, (entries or {}).get(pname, np.zeros(0, dtype=np.int64)))
+
+    def _sum_base(self, pname: str) -> dict:
+        """The export's integers of a placement, their block sums and scales: what the sums start from."""
+        state = self._sum_state.get(pname)
+        if state is None:
+            from shira_format.safetensors_file import parse
+
+            p = self._places[pname]
+            rows, cols = matrix_shape(next(i.shape for i in self.manifest.tensors.values()
+                                           if p in i.placements.get(NAME, ())))
+            path = self.manifest.file(self.manifest.files_of(NAME).weights)
+            stored = parse(np.memmap(path, dtype=np.uint8, mode="r"), str(path)).array(pname).reshape(-1)
+            base_u = entries(stored, p.quant)
+            n = rows * cols
+            blk = block_sums(base_u[np.arange(n, dtype=np.int64)], rows, cols, p.quant.block, p.quant.zero_point)
+            scales = np.asarray(self._scales()[pname], dtype=np.float32).reshape(rows, cols // p.quant.block)
+            state = self._sum_state[pname] = {"rows": rows, "cols": cols, "base_u": base_u, "blk": blk,
+                                              "scales": scales, "blocks": np.zeros(0, dtype=np.int64)}
+        return state
+
+    def _update_sums(self, pname: str, idx: np.ndarray) -> None:
+        st, p = self._sum_base(pname), self._places[pname]
+        cols, block = st["cols"], p.quant.block
+        nb = cols // block
+        first = self.copies[pname][0]
+        now = entries(self.buffers[first.keys[0]], first.quant)[first.positions(idx)].astype(np.int32)
+        delta = now - st["base_u"][idx].astype(np.int32)
+        blocks = (idx // cols) * nb + (idx % cols) // block
+        touched, where = np.unique(blocks, return_inverse=True)
+        moved = np.bincount(where, weights=delta, minlength=touched.size).astype(np.int32)
+        affected = np.union1d(st["blocks"], touched)  # blocks the previous state moved go back to the base
+        blk = st["blk"].reshape(-1)[affected].copy()
+        blk[np.searchsorted(affected, touched)] += moved
+        st["blocks"] = touched
+        for copy in self.copies[pname]:
+            if copy.sums is None:
+                continue
+            formula, words = copy.sums
+            if formula == "block":
+                at = affected
+                values = quant_sums(formula, blk[:, None], st["scales"].reshape(-1)[affected][:, None])
+            else:  # "row": a row's sum runs over all its blocks
+                at = np.unique(affected // nb)
+                rows_blk = st["blk"][at].copy()
+                r = np.searchsorted(at, affected // nb)
+                rows_blk[r, affected % nb] = blk
+                values = quant_sums(formula, rows_blk, st["scales"][at])
+            for key in copy.keys:
+                buf = self.buffers[key]
+                buf[: buf.size // 4 * 4].view(np.float32)[words[at]] = values
 
     def drop_prepacked(self) -> None:
         pass
