@@ -11,7 +11,7 @@ import pytest
 
 from shira_format.quant import Nibbles, Quant, entries
 from shira_runtime.patcher import WeightPatcher
-from shira_runtime.quant_sums import block_sums, match, sums
+from shira_runtime.quant_sums import block_sums, match, stored_block_sums, sums
 
 V = np.load(Path(__file__).parent / "vectors" / "arm64_packing" / "cortex_a76.npz")
 N, K, BLOCK = 64, 128, 32
@@ -28,6 +28,8 @@ def test_kleidiai_int4_row_sums_and_signed_nibbles():
     # the nibbles are u XOR 8 (u - 8 in two's complement): byte j of row 0's first block holds k=j and k=j+16
     nib = Nibbles(region, flip=8)
     assert np.array_equal(nib[np.arange(0, 8, 2)], u[0, 0:4]) and np.array_equal(nib[np.arange(1, 8, 2)], u[0, 16:20])
+    packed = (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8)  # as the export stores B: two entries a byte
+    assert np.array_equal(stored_block_sums(packed, 4, N, K, BLOCK), block_sums(u.reshape(-1), N, K, BLOCK, 8))
     wrong = sums("row", block_sums(u.reshape(-1), N, K, BLOCK, 8), s * np.float32(1.001))
     assert not np.array_equal(wrong.view(np.uint32), stored.view(np.uint32))
 
@@ -39,6 +41,7 @@ def test_mlas_int8_block_sums():
     stored = region[9216:10240].view(np.float32).reshape(N // 16, K // BLOCK, 16).transpose(0, 2, 1).reshape(-1)
     want = sums("block", block_sums(u.reshape(-1), N, K, BLOCK, 128), s)
     assert np.array_equal(want.view(np.uint32), stored.view(np.uint32))
+    assert np.array_equal(stored_block_sums(u.astype(np.uint8), 8, N, K, BLOCK), block_sums(u.reshape(-1), N, K, BLOCK, 128))
     assert sums("block", np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32)).view(np.uint32)[0] == 0  # +0.0
 
 

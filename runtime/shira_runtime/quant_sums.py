@@ -28,6 +28,21 @@ def block_sums(u: np.ndarray, rows: int, cols: int, block: int, zero: int) -> np
     return (u.reshape(rows, cols // block, block).astype(np.int32) - zero).sum(-1, dtype=np.int32)
 
 
+def stored_block_sums(stored: np.ndarray, bits: int, rows: int, cols: int, block: int) -> np.ndarray:
+    """block_sums straight from an export's stored bytes (MatMulNBits' B: entries in row-major order, bytes at 8
+    bits, two per byte at 4), a few thousand rows at a time: no index arrays the size of the weight."""
+    per = block * bits // 8
+    raw = np.asarray(stored).reshape(rows, cols // block, per)
+    out = np.empty((rows, cols // block), dtype=np.int32)
+    for r in range(0, rows, 4096):
+        b = raw[r:r + 4096]
+        if bits == 8:
+            out[r:r + 4096] = b.sum(-1, dtype=np.int32)
+        else:
+            out[r:r + 4096] = (b & np.uint8(15)).sum(-1, dtype=np.int32) + (b >> np.uint8(4)).sum(-1, dtype=np.int32)
+    return out - np.int32(block << (bits - 1))
+
+
 def bf16(s: np.ndarray) -> np.ndarray:
     """float32 values cut to bfloat16 (the low 16 bits dropped), still as float32."""
     return (np.ascontiguousarray(s, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)

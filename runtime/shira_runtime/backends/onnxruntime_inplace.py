@@ -35,7 +35,7 @@ from shira_format.quant import entries, matrix_shape, pack_entries
 from ..baked_layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, group_positions, panel_positions,
                             tile_positions, unpack_groups, unpack_panels)
 from ..bake_cache import acquire, discard
-from ..quant_sums import FORMULAS, block_sums
+from ..quant_sums import FORMULAS, stored_block_sums
 from ..quant_sums import sums as quant_sums
 from .onnxruntime import NAME, create_session
 
@@ -373,8 +373,7 @@ class InPlaceOnnxRuntimeBackend:
             path = self.manifest.file(self.manifest.files_of(NAME).weights)
             stored = parse(np.memmap(path, dtype=np.uint8, mode="r"), str(path)).array(pname).reshape(-1)
             base_u = entries(stored, p.quant)
-            n = rows * cols
-            blk = block_sums(base_u[np.arange(n, dtype=np.int64)], rows, cols, p.quant.block, p.quant.zero_point)
+            blk = stored_block_sums(stored, p.quant.bits, rows, cols, p.quant.block)
             scales = np.asarray(self._scales()[pname], dtype=np.float32).reshape(rows, cols // p.quant.block)
             state = self._sum_state[pname] = {"rows": rows, "cols": cols, "base_u": base_u, "blk": blk,
                                               "scales": scales, "blocks": np.zeros(0, dtype=np.int64)}
