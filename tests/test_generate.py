@@ -70,6 +70,9 @@ def test_generate_cli_and_its_refusals(cached_llama, tmp_path):
     assert "tokens/s" in r.stderr
     r = CliRunner().invoke(main_group, ["generate", str(d / "base"), "--prompt", "hi"])
     assert r.exit_code != 0 and "no tokenizer.json" in r.output and "--prompt-ids" in r.output
+    r = CliRunner().invoke(main_group, ["generate", str(d / "base"), "--prompt-ids", "5,999999"])
+    assert r.exit_code == 2 and "token id 999999 is outside the vocabulary" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_generate_refuses_a_base_without_its_cache(tmp_path):

@@ -48,6 +48,10 @@ def generate(session, prompt: list[int], max_new_tokens: int = 32, top_k: int = 
                          "`shira-export model ... --kv-cache` to generate")
     if not prompt:
         raise ShiraError("the prompt is empty: give at least one token")
+    vocab = next((o["shape"][-1] for o in session.manifest.outputs if o["name"] == "logits"), None)
+    bad = [t for t in prompt if not (isinstance(vocab, int) and 0 <= t < vocab)] if isinstance(vocab, int) else []
+    if bad:  # ONNX Runtime's Gather would refuse it in a multi-line log message
+        raise ShiraError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
     if len(prompt) + max_new_tokens > gen["max_positions"]:
         raise ShiraError(f"{len(prompt)} prompt + {max_new_tokens} new tokens exceed the model's "
                          f"{gen['max_positions']} positions")
