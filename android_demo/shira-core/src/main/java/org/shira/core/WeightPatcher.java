@@ -331,6 +331,25 @@ public final class WeightPatcher {
         return out;
     }
 
+    /** Per buffer, the entries a commit of `plans` writes (sorted, unique): those patched now, which it restores,
+     *  and those the plans patch; a buffer it leaves alone is absent (a quantized buffer's entries are its byte
+     *  indices). Ask before the commit. A caller that keeps a second copy of the weights (BakedWeights: ONNX
+     *  Runtime's packed copies in a baked file) writes these entries' values there after the commit. */
+    public Map<String, int[]> touchedBy(Map<String, Plan> plans) {
+        Map<String, int[]> out = new LinkedHashMap<>();
+        for (Map.Entry<String, Plan> e : plans.entrySet()) {
+            int[] a = idx.get(e.getKey()), b = e.getValue().idx;
+            int[] u = new int[a.length + b.length];
+            int n = 0, i = 0, j = 0;
+            while (i < a.length || j < b.length) {
+                int v = j == b.length || (i < a.length && a[i] < b[j]) ? a[i++] : b[j++];
+                if (n == 0 || u[n - 1] != v) u[n++] = v;
+            }
+            if (n > 0) out.put(e.getKey(), Arrays.copyOf(u, n));
+        }
+        return out;
+    }
+
     /** Restore, save, write. */
     public void commit(Map<String, Plan> plans) {
         clamped = 0;
