@@ -369,7 +369,7 @@ class InPlaceOnnxRuntimeBackend:
 
             p = self._places[pname]
             rows, cols = matrix_shape(next(i.shape for i in self.manifest.tensors.values()
-                                           if p in i.placements.get(NAME, ())))
+                                           if any(q.name == pname for q in i.placements.get(NAME, ()))))
             path = self.manifest.file(self.manifest.files_of(NAME).weights)
             stored = parse(np.memmap(path, dtype=np.uint8, mode="r"), str(path)).array(pname).reshape(-1)
             base_u = entries(stored, p.quant)
