@@ -38,7 +38,7 @@ from shira_format.quant import entries
 from shira_format.safetensors_file import SafetensorsError, parse
 from shira_format.weights import quant_scales, safetensors_views
 
-from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, FORMAT, MAP_FILE,  # noqa: F401
+from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,  # noqa: F401
                            BakeError, describe, panel_positions, unpack_panels)
 from .onnx_regions import read_regions
 
@@ -401,6 +401,9 @@ def main(argv=None) -> int:
     except ManifestError as e:
         print(f"bake: {e}", file=sys.stderr)
         return EXIT_DAMAGED
+    except OSError as e:  # ENOSPC, EROFS, EACCES while writing the bake
+        print(f"bake: {e.filename or out}: cannot write the bake: {e.strerror}", file=sys.stderr)
+        return EXIT_NO_ROOM
     return 0
 
 

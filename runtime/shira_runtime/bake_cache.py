@@ -22,7 +22,8 @@ from pathlib import Path
 from shira_format.atomic import write_text
 from shira_format.errors import ManifestError
 
-from .baked_layout import BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, FORMAT, MAP_FILE, BakeError
+from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,
+                           BakeError)
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -84,9 +85,33 @@ def discard(bake_dir: Path) -> None:
     shutil.rmtree(stale, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, someone else's
+        return True
+    return True
+
+
+def sweep(root: Path) -> None:
+    """Remove what killed bakes left: `.bake-<pid>-*` directories whose process is gone. A phone kills apps at
+    will; a half bake must neither grow the cache nor be taken for a bake (it never is: only a whole one is
+    renamed into place)."""
+    for d in root.glob(".bake-*"):
+        parts = d.name.split("-")
+        if len(parts) >= 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _bake_into(base_dir: Path, root: Path, key_dir: Path, threads, log) -> Path:
     """Bake in a child process into a fresh temporary directory under root; returns it."""
-    tmp = Path(tempfile.mkdtemp(prefix=".bake-", dir=root))
+    sweep(root)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".bake-{os.getpid()}-", dir=root))
+    except OSError as e:
+        raise BakeError(f"{root}: cannot write the bake cache: {e.strerror}") from None
     cmd = [sys.executable, "-m", "shira_runtime.bake", str(base_dir), str(tmp), str(threads or 0)]
     log(f"{base_dir}: baking ONNX Runtime's packed weights for this CPU (first load)")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -102,8 +127,13 @@ def _bake_into(base_dir: Path, root: Path, key_dir: Path, threads, log) -> Path:
                       + (" (out of memory?)" if proc.returncode == -9 else ""))
         if proc.returncode == EXIT_DAMAGED:
             raise ManifestError(reason)
-        if proc.returncode == EXIT_CANNOT:  # a definite "cannot": remember it
-            write_text(_unbakeable(key_dir), reason + "\n")
+        if proc.returncode == EXIT_NO_ROOM:  # a full or unwritable disk: not a property of the base, not cached
+            raise BakeError(reason)
+        if proc.returncode == EXIT_CANNOT:  # a definite "cannot": remember it (where the cache can be written)
+            try:
+                write_text(_unbakeable(key_dir), reason + "\n")
+            except OSError:
+                pass
         raise BakeError(reason or f"the bake process exited with {proc.returncode}")
     return tmp
 

@@ -9,7 +9,8 @@ import numpy as np
 
 BAKED_MODEL, BAKED_DATA, MAP_FILE = "baked.onnx", "baked.bin", "bake.json"
 FORMAT = 2  # 2: quantized copies may be signed and carry derived sums (ARM)
-EXIT_CANNOT, EXIT_DAMAGED = 3, 4  # the child's verdicts: this base cannot be baked / the export is damaged
+EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM = 3, 4, 5  # the child's verdicts: this base cannot be baked / the export
+# is damaged / the bake could not be written (a full or read-only disk: tried again at the next open)
 
 
 class BakeError(Exception):
