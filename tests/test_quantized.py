@@ -680,3 +680,25 @@ def test_a_quantized_style_net_holds_its_convolutions_as_8_bit_integers_patched_
     # the patchable engine runs MatMulNBits over unpacked graph inputs (float compute) where the packed one
     # quantizes activations per block (accuracy level 4): close, not equal
     assert np.max(np.abs(outs["inplace"] - outs["off"])) < 5e-3
+
+
+def test_one_state_one_answer_where_in_place_is_not_possible(qbase, tmp_path):
+    """Where a quantized base cannot be baked, "auto" would run two engines whose int8 kernels quantize the
+    activations differently (1-2% apart): it keeps one engine instead, and says why, so that a state's output
+    never depends on which engine answered."""
+    from shira_format import manifest as manifest_format
+    from shira_runtime import ShiraSession
+    from shira_runtime.bake_cache import bake_key
+    from shira_runtime.session import SAME_ANSWER
+
+    _, base = qbase
+    m = manifest_format.load(base)
+    (tmp_path / f"{m.root.name}-{bake_key(m)}.unbakeable").write_text("no bake here (test)\n")
+    with ShiraSession(base, cache_dir=tmp_path) as s:
+        assert s.calibration["engines_differ"] > SAME_ANSWER, s.calibration
+        assert s.mode == "patchable" and "two-phase switching is off" in s.mode_reason, s.mode_reason
+        x = m.sample_inputs()
+        first = s.run(x)
+        s.switch(s.load(ADAPTERS["upper"]))
+        s.reset()
+        assert all(np.array_equal(s.run(x)[k], v) for k, v in first.items())
