@@ -15,7 +15,7 @@ import numpy as np, shutil
 
 assets = Path(sys.argv[1])
 base = prepare_base(Path(".shira-cache"))
-for f in ("manifest.json", "model.onnx", "weights.safetensors", "model.pte"):  # both engines
+for f in ("manifest.json", "model.onnx", "model_prepacked.onnx", "weights.safetensors", "model.pte"):  # both engines; the bake
     shutil.copy(base / f, assets / "base" / f)
 for f in styles_dir().glob("*.shira"):
     shutil.copy(f, assets / "styles" / f.name)

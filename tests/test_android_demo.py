@@ -56,6 +56,8 @@ def test_versions_agree_with_the_python_side():
     pin = re.search(r'"executorch==([^"]+)"', (ROOT / "runtime/pyproject.toml").read_text()).group(1)
     assert props["executorchVersion"] == pin  # the runtime reads what that exporter writes
     assert re.fullmatch(r"1\.\d+\.\d+", props["ortVersion"])
+    bake = (DEMO / "app/src/main/java/org/shira/demo/OnDeviceBake.java").read_text()
+    assert f'ORT_VERSION = "{props["ortVersion"]}"' in bake  # the bake cache's key names the ORT the app links
     app = (DEMO / "app/build.gradle").read_text()
     assert 'project(":shira-core")' in app and "${executorchVersion}" in app and "${ortVersion}" in app
     assert 'include ":shira-core"' in (DEMO / "settings.gradle").read_text()
@@ -82,7 +84,8 @@ def test_stage_assets_stages_both_engines_files(tmp_path):
     r = subprocess.run(["sh", "android_demo/stage_assets.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env={**ENV, "SHIRA_ASSETS": str(assets), "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    for f in ("base/manifest.json", "base/model.onnx", "base/weights.safetensors", "base/model.pte", "photo.png"):
+    for f in ("base/manifest.json", "base/model.onnx", "base/model_prepacked.onnx", "base/weights.safetensors",
+              "base/model.pte", "photo.png"):
         assert (assets / f).stat().st_size > 0, f
     assert sorted(p.name for p in (assets / "styles").glob("*.shira")) == sorted(
         p.name for p in (ROOT / "models/styles").glob("*.shira"))

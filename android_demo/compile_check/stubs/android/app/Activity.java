@@ -6,4 +6,5 @@ public class Activity extends android.content.Context {
     public void setContentView(android.view.View view) {}
     public android.content.res.AssetManager getAssets() { throw new RuntimeException("Stub!"); }
     public java.io.File getFilesDir() { throw new RuntimeException("Stub!"); }
+    public java.io.File getCacheDir() { throw new RuntimeException("Stub!"); }
 }

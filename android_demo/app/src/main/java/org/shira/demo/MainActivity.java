@@ -33,6 +33,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.Executor;
+import org.shira.core.Baker;
 import org.shira.core.PatchableBase;
 import org.shira.core.Photos;
 import org.shira.core.StyleEngine;
@@ -149,38 +150,98 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
     private StyleSwitcher.Loaded load(String rt) throws Exception {
         String manifest = new String(asset("base/manifest.json"), StandardCharsets.UTF_8);
         PatchableBase base;
-        StyleEngine engine;
+        File program = null;
         if (rt.equals(PatchableBase.ONNXRUNTIME)) {
             byte[] file = asset("base/weights.safetensors");
             ByteBuffer weights = ByteBuffer.allocateDirect(file.length).order(ByteOrder.LITTLE_ENDIAN);
             weights.put(file);
             base = PatchableBase.open(manifest, "base/manifest.json", rt, weights, "base/weights.safetensors");
-            engine = new OrtStyleEngine(asset("base/" + base.program), base, base.inputs.get(0), SIZE, THREADS);
         } else {
             // a fresh private copy at every start: patches of an earlier run (or one killed mid-write) never leak
-            File program = copyAsset("base/model.pte", new File(getFilesDir(), "model.pte"));
+            program = copyAsset("base/model.pte", new File(getFilesDir(), "model.pte"));
             MappedByteBuffer bytes;
             try (RandomAccessFile f = new RandomAccessFile(program, "rw"); FileChannel ch = f.getChannel()) {
                 bytes = ch.map(FileChannel.MapMode.READ_WRITE, 0, ch.size()); // stays valid after the close
             }
             base = PatchableBase.open(manifest, "base/manifest.json", rt, bytes, "base/model.pte");
-            engine = new ExecuTorchStyleEngine(program, base, SIZE, THREADS);
         }
+        List<String> names = new ArrayList<>();
+        String[] files = getAssets().list("styles");
+        for (String f : files == null ? new String[0] : files) {
+            if (!f.endsWith(".shira")) continue;
+            String name = f.substring(0, f.length() - ".shira".length());
+            base.loadAdapter(name, asset("styles/" + f), "styles/" + f); // validated in full before use
+            names.add(name);
+        }
+        if (names.isEmpty()) throw new java.io.FileNotFoundException("styles/*.shira");
+        StyleEngine engine = program == null ? ortEngine(manifest, base, names.get(0))
+                : new ExecuTorchStyleEngine(program, base, SIZE, THREADS);
         try {
-            List<String> names = new ArrayList<>();
-            String[] files = getAssets().list("styles");
-            for (String f : files == null ? new String[0] : files) {
-                if (!f.endsWith(".shira")) continue;
-                String name = f.substring(0, f.length() - ".shira".length());
-                base.loadAdapter(name, asset("styles/" + f), "styles/" + f); // validated in full before use
-                names.add(name);
-            }
-            if (names.isEmpty()) throw new java.io.FileNotFoundException("styles/*.shira");
             return new StyleSwitcher.Loaded(base.patcher, engine, photo(), SIZE, names);
         } catch (Exception | Error e) {
             engine.close();
             throw e;
         }
+    }
+
+    /** ONNX Runtime in place where this phone's bake allows it (baked once, on first start, with its steps on
+     *  screen, then proven against the patchable engine with a real style), else the patchable engine, and the
+     *  screen says why (docs/INPLACE.md). Runs on the worker thread. */
+    private StyleEngine ortEngine(String manifest, PatchableBase base, String style) throws Exception {
+        String why;
+        try {
+            File export = new File(getFilesDir(), "export");
+            if (base.prepackedProgram == null) throw new Baker.CannotBakeException("the export has no model_prepacked.onnx");
+            for (String f : new String[]{"manifest.json", base.prepackedProgram, base.weightsFile})
+                if (!new File(export, f).exists() || new File(export, f).length() != assetLength("base/" + f)) {
+                    if (!export.isDirectory() && !export.mkdirs()) throw new IOException(export + ": cannot create it");
+                    copyAsset("base/" + f, new File(export, f));
+                }
+            boolean[] fresh = {false};
+            File bake = OnDeviceBake.acquire(export, manifest, new File(getCacheDir(), "shira-bake"),
+                    step -> ui.execute(() -> status.setText("baking ONNX Runtime's weights for this phone, once: " + step)),
+                    fresh);
+            InPlaceOrtStyleEngine engine = new InPlaceOrtStyleEngine(bake, new File(getFilesDir(), "inplace"), base,
+                    base.inputs.get(0), SIZE, THREADS);
+            why = fresh[0] ? prove(engine, base, style) : null;
+            if (why == null) return engine;
+            engine.close();
+            OnDeviceBake.deleteTree(bake);
+            OnDeviceBake.remember(new File(bake.getPath() + ".unbakeable"), why);
+        } catch (Baker.CannotBakeException | UnsupportedOperationException e) { // UnsupportedOperation: quantized
+            why = e.getMessage();
+        } catch (IOException e) { // a full or read-only disk: nothing recorded, the next start tries again
+            why = "the bake could not be written: " + e.getMessage();
+        }
+        return new OrtStyleEngine(asset("base/" + base.program), base, base.inputs.get(0), SIZE, THREADS, why);
+    }
+
+    /** A fresh bake must compute what the patchable engine computes with `style` patched in (1e-4 of the output's
+     *  scale, as bake.py's proof): null if it does, else why not. Leaves the weights at the base. */
+    private String prove(StyleEngine inPlace, PatchableBase base, String style) throws Exception {
+        try (OrtStyleEngine reference = new OrtStyleEngine(asset("base/" + base.program), base, base.inputs.get(0),
+                SIZE, THREADS, null)) {
+            float[] x = photo();
+            inPlace.run(x, SIZE); // a kernel may pack its weight at the first run: the proof runs after one
+            apply(base, inPlace, java.util.Collections.singletonMap(style, 1.0));
+            float[] got = inPlace.run(x, SIZE), want = reference.run(x, SIZE);
+            apply(base, inPlace, new LinkedHashMap<>());
+            double err = 0, scale = 1e-12;
+            for (int i = 0; i < want.length; i++) {
+                err = Math.max(err, Math.abs(got[i] - want[i]));
+                scale = Math.max(scale, Math.abs(want[i]));
+            }
+            return err <= 1e-4 * scale ? null : String.format(Locale.US,
+                    "a patch written into the baked weights does not reach ONNX Runtime (%.2g of the output's scale)", err / scale);
+        }
+    }
+
+    private static void apply(PatchableBase base, StyleEngine engine, Map<String, Double> scales) throws Exception {
+        Map<String, WeightPatcher.Plan> plans = base.patcher.plan(scales);
+        java.util.Set<String> changed = base.patcher.changedBy(plans);
+        Map<String, int[]> touched = base.patcher.touchedBy(plans);
+        base.patcher.commit(plans);
+        engine.weightsChanged(changed, touched);
     }
 
     private float[] photo() throws IOException {
@@ -192,6 +253,15 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
         bmp.getPixels(px, 0, w, 0, 0, w, h);
         bmp.recycle();
         return Photos.squareChw(px, w, h, SIZE); // any aspect ratio: the centred square
+    }
+
+    private long assetLength(String name) throws IOException {
+        try (InputStream in = getAssets().open(name)) {
+            long n = 0;
+            byte[] buf = new byte[1 << 16];
+            for (int r; (r = in.read(buf)) > 0; ) n += r;
+            return n;
+        }
     }
 
     private byte[] asset(String name) throws IOException {

@@ -78,7 +78,12 @@ public final class BakedWeights implements Closeable {
     private final Map<String, List<Copy>> copies;
     private boolean closed;
 
-    private BakedWeights(FileChannel channel, Map<String, List<Copy>> copies) {
+    /** ONNX Runtime session config entries the bake ran with (bake.json's "session_config"): a session that opens
+     *  the bake must set the same, or ORT packs anew into memory of its own. */
+    public final Map<String, String> sessionConfig;
+
+    private BakedWeights(FileChannel channel, Map<String, List<Copy>> copies, Map<String, String> sessionConfig) {
+        this.sessionConfig = sessionConfig;
         this.channel = channel; this.copies = copies;
     }
 
@@ -111,7 +116,13 @@ public final class BakedWeights implements Closeable {
                 for (Object c : copyList(p, json)) cs.add(copy((String) p.getKey(), (Map<?, ?>) c, bakeDir, json, ch, dataFile));
                 out.put((String) p.getKey(), cs);
             }
-            return new BakedWeights(ch, out);
+            Map<String, String> config = new LinkedHashMap<>();
+            Object sc = spec.get("session_config");
+            for (Map.Entry<?, ?> e : (sc == null ? Collections.emptyMap() : obj(sc, json, "session_config")).entrySet()) {
+                if (!(e.getValue() instanceof String)) throw new IOException(json + ": session_config values must be strings");
+                config.put((String) e.getKey(), (String) e.getValue());
+            }
+            return new BakedWeights(ch, out, Collections.unmodifiableMap(config));
         } catch (IOException | RuntimeException e) {
             ch.close();
             throw e;

@@ -32,6 +32,9 @@ public final class PatchableBase {
     public final String program;
     /** ONNX Runtime only: the weights file (weights.safetensors); null for ExecuTorch. */
     public final String weightsFile;
+    /** ONNX Runtime: the export's model with every weight an initializer, which a bake optimizes
+     *  (artifacts.onnxruntime.prepacked), or null (an older export, or ExecuTorch). */
+    public final String prepackedProgram;
     /** Torch name -> torch shape of every patchable tensor (what adapters are checked against). */
     public final Map<String, long[]> shapes;
     /** Placement name -> its stored shape: for ONNX Runtime the graph inputs to feed at every run. */
@@ -44,10 +47,12 @@ public final class PatchableBase {
     /** The model's own inputs, by name, in order (the manifest's `inputs`): the image for the style net. */
     public final List<String> inputs;
 
-    private PatchableBase(String runtime, String fingerprint, String program, String weightsFile, List<String> inputs,
+    private PatchableBase(String runtime, String fingerprint, String program, String weightsFile,
+                          String prepackedProgram, List<String> inputs,
                           Map<String, long[]> shapes, Map<String, long[]> placements, Map<String, FloatBuffer> buffers,
                           Set<String> reload, WeightPatcher patcher) {
         this.runtime = runtime; this.fingerprint = fingerprint; this.program = program; this.weightsFile = weightsFile;
+        this.prepackedProgram = prepackedProgram;
         this.inputs = Collections.unmodifiableList(inputs);
         this.shapes = Collections.unmodifiableMap(shapes); this.placements = Collections.unmodifiableMap(placements);
         this.buffers = Collections.unmodifiableMap(buffers); this.reload = Collections.unmodifiableSet(reload);
@@ -81,6 +86,8 @@ public final class PatchableBase {
         String program = fileName(artifacts.get("patchable"), manifestSource, "artifacts." + runtime + ".patchable");
         String weightsFile = runtime.equals(ONNXRUNTIME)
                 ? fileName(artifacts.get("weights"), manifestSource, "artifacts.onnxruntime.weights") : null;
+        String prepacked = runtime.equals(ONNXRUNTIME) && artifacts.get("prepacked") != null
+                ? fileName(artifacts.get("prepacked"), manifestSource, "artifacts.onnxruntime.prepacked") : null;
         List<String> inputs = new ArrayList<>();
         if (!(m.get("inputs") instanceof List)) throw bad(manifestSource, "inputs must be a list");
         for (Object o : (List<?>) m.get("inputs")) {
@@ -159,7 +166,7 @@ public final class PatchableBase {
             }
             placements.put(tname, ps);
         }
-        return new PatchableBase(runtime, (String) fp, program, weightsFile, inputs, shapes, stored, buffers, reload,
+        return new PatchableBase(runtime, (String) fp, program, weightsFile, prepacked, inputs, shapes, stored, buffers, reload,
                 new WeightPatcher(buffers, placements));
     }
 

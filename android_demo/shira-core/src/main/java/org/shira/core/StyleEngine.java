@@ -1,5 +1,6 @@
 package org.shira.core;
 
+import java.util.Map;
 import java.util.Set;
 
 /** An inference engine that runs the style net over weights a {@link PatchableBase} patches in place
@@ -16,6 +17,13 @@ public interface StyleEngine extends AutoCloseable {
      *  reloads its method when one of them was packed at load; ONNX Runtime reads them at every run). Returns
      *  whether it reloaded. */
     boolean weightsChanged(Set<String> changed) throws Exception;
+
+    /** As {@link #weightsChanged(Set)}, with the entries the commit touched per placement
+     *  ({@link WeightPatcher#touchedBy}): an engine that keeps its own copy of the weights (ONNX Runtime in place:
+     *  {@link BakedWeights}) writes their new values there. */
+    default boolean weightsChanged(Set<String> changed, Map<String, int[]> touched) throws Exception {
+        return weightsChanged(changed);
+    }
 
     /** Release every native object. Idempotent. */
     @Override

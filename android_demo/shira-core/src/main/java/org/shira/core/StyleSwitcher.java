@@ -144,8 +144,9 @@ public final class StyleSwitcher implements AutoCloseable {
             long t0 = System.nanoTime();
             Map<String, WeightPatcher.Plan> plans = l.patcher.plan(scales, rule); // refused: nothing written
             Set<String> changed = l.patcher.changedBy(plans);
+            Map<String, int[]> touched = l.patcher.touchedBy(plans); // asked before the commit
             l.patcher.commit(plans);
-            boolean reloaded = l.engine.weightsChanged(changed);
+            boolean reloaded = l.engine.weightsChanged(changed, touched);
             long t1 = System.nanoTime();
             float[] out = l.engine.run(l.photo, l.size);
             long t2 = System.nanoTime();
