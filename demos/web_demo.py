@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,11 +261,20 @@ def make_handler(demo: Demo):
     return Handler
 
 
+class DemoServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A browser that closes its connection mid-response (a reload, a screenshot taken while loading) is not
+        an error: no traceback for it. Anything else is printed as before."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def serve(cache: Path, port: int = 8765, threads: int | None = None, log=print, ready=None) -> None:
     """Serve until interrupted. `ready(server)` is called once listening (tests use it to learn the port)."""
     base = prepare_base(Path(cache), log)
     demo = Demo(base, threads)
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(demo))
+    server = DemoServer(("127.0.0.1", port), make_handler(demo))
     log(f"SHiRA style demo on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
     if ready:
         ready(server)
