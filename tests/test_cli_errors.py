@@ -113,6 +113,9 @@ def test_inspect_garbage_and_a_directory(capsys, monkeypatch, tmp_path):
     (tmp_path / "g.shira").write_bytes(b"\xff" * 64)
     code, _, err = run_cli(cli.pack_main, ["inspect", str(tmp_path / "g.shira")], capsys, monkeypatch)
     assert_one_line(code, err, "g.shira")
+    (tmp_path / "notes.txt").write_text("These are my notes about the adapters.\n")  # a file picked by mistake
+    code, _, err = run_cli(cli.pack_main, ["inspect", str(tmp_path / "notes.txt")], capsys, monkeypatch)
+    assert_one_line(code, err, "notes.txt: not a SHiRA adapter blob")
 
 
 def test_peft_config_not_json(capsys, monkeypatch, llama, tmp_path):

@@ -107,6 +107,9 @@ def read_adapter(blob, manifest: Manifest | None = None, source: str | None = No
 
 
 def _read(blob, manifest, source) -> Adapter:
+    head = bytes(memoryview(blob).cast("B")[:9])
+    if len(head) == 9 and head[8:9] != b"{":  # every blob starts with its header length, then a JSON object
+        raise AdapterError(f"{source}: not a SHiRA adapter blob (no safetensors header at its start)")
     try:
         st = parse(blob, source, max_header=MAX_ADAPTER_HEADER)
     except SafetensorsError as e:
