@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch
 
+from .names import BUILTIN_NAMES
+
 
 @dataclass
 class ModelSpec:
@@ -51,6 +53,7 @@ def _style_net() -> ModelSpec:
 
 
 BUILTIN: dict[str, Callable[[], ModelSpec]] = {"tiny-llama": _tiny_llama, "style-net": _style_net}
+assert tuple(BUILTIN) == BUILTIN_NAMES, "models/names.py lists the built-in models"
 
 
 def get_spec(name: str) -> ModelSpec:

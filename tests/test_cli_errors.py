@@ -173,3 +173,24 @@ def test_train_data_that_is_not_text(capsys, monkeypatch, llama, tmp_path):
     code, _, err = run_cli(cli.train_main, ["tiny-llama", "--data", str(llama.base_dir / "weights.safetensors"),
                                             "--out", str(tmp_path / "t"), "--steps", "1"], capsys, monkeypatch)
     assert_one_line(code, err, "not UTF-8 text")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model", "tiny-lama", "--out", "x"], "tiny-lama: not a built-in model"),
+    (["model", "EMPTY", "--out", "x"], "no config.json"),
+    (["model", "tiny-llama", "--task", "causal-lm", "--out", "x"], "--task applies to Hugging Face model directories"),
+])
+def test_export_refuses_a_bad_source_before_importing_torch(args, needle, tmp_path):
+    """A typo costs a second, not the 15 s of importing torch and transformers first."""
+    args = [str(tmp_path) if a == "EMPTY" else a for a in args]
+    code = ("import atexit, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+            f"from shira_toolchain.cli import export_main; sys.argv = ['shira-export'] + {args!r}; export_main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "torch imported: False" in r.stdout, r.stdout
+
+
+def test_a_usage_error_is_one_line(capsys, monkeypatch):
+    code, _, err = run_cli(cli.export_main, ["model", "tiny-llama", "--out", "x", "--format", "nope"], capsys,
+                           monkeypatch)
+    assert_one_line(code, err, "model: Invalid value for '--format'")  # the program's name, then the command

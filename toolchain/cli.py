@@ -61,12 +61,20 @@ def _fail(e: Exception) -> None:
 
 
 def run_command(command) -> None:
-    """Run a click command; anything it did not handle becomes one line, not a traceback."""
+    """Run a click command; anything it did not handle becomes one line, not a traceback, and so does a usage
+    error (click prints four lines for one: usage, hint, blank, error)."""
     try:
-        command(standalone_mode=True)
+        rv = command.main(standalone_mode=False)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
+    except click.UsageError as e:
+        where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
+        click.echo(f"error: {where}{one_line(e.format_message())} (--help lists the options)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.Abort):
         click.echo("error: interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback
@@ -75,6 +83,7 @@ def run_command(command) -> None:
         click.echo(f"error: unexpected {type(e).__name__}: {one_line(e)} (set {DEBUG_ENV}=1 for the traceback)",
                    err=True)
         sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(help="Export a base model to ONNX with a manifest of its patchable weights.")
@@ -122,6 +131,11 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cac
                      headroom):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
+    from .source_check import early_refusal
+
+    why = early_refusal(model, task)  # a typo is refused at once, not after torch and transformers load
+    if why:
+        _fail(ValueError(why))
     quiet_third_party()
     from shira_format.errors import ShiraError
 
