@@ -157,3 +157,13 @@ def test_blob_metadata_is_bound_to_base(llama):
     assert meta["shira.base_fingerprint"] == manifest["base_fingerprint"]
     adapter = read_adapter(llama.blobs["zen"])
     assert adapter.nnz == sum(e["nnz"] for e in json.loads(meta["shira.tensors"]))
+
+
+def test_a_wrong_input_name_is_one_clear_line(session_with_active, llama):
+    from shira_format.errors import ShiraError
+
+    ids = next(iter(llama.inputs.values()))
+    with pytest.raises(ShiraError) as e:
+        session_with_active.run({"input_id": ids})
+    msg = str(e.value)
+    assert "\n" not in msg and "no value for input 'input_ids'" in msg and "'input_id'" in msg, msg

@@ -325,6 +325,12 @@ class ShiraSession:
 
     # ---- inference ------------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.backend.input_names if n not in inputs]
+        if missing:
+            unknown = sorted(set(inputs) - set(self.backend.input_names))
+            raise ShiraError(f"{self.manifest.root}: no value for input {missing[0]!r}"
+                             + (f" (given {', '.join(map(repr, unknown))}, which the model does not take)" if unknown
+                                else "") + f"; its inputs are {', '.join(self.backend.input_names)}")
         with self._lock.read():
             if self._closed:
                 self._check_open()
