@@ -206,7 +206,11 @@ def pack_adapter_cmd(src, base_dir, out, name, value_coding, index_coding, densi
                f"({r.blob_bytes / max(r.nnz, 1):.2f} B/nonzero); source {r.source_bytes:,} bytes")
     click.echo(f"  indices: {codings}; values: {r.value_coding}, max abs error {r.value_max_abs_error:.3g}")
     if r.sparsify_rel_error is not None:
-        click.echo(f"  sparsification: relative error ||delta - kept|| / ||delta|| = {r.sparsify_rel_error:.4f}")
+        e = r.sparsify_rel_error
+        click.echo(f"  sparsification: relative error ||delta - kept|| / ||delta|| = {e:.4f}: the blob keeps "
+                   f"{1 - e * e:.0%} of the change's energy"
+                   + ("; a LoRA update is dense and low-rank, and the largest entries keep little of it: raise "
+                      "--density, or train SHiRA (shira-train) for a sparse adapter" if e > 0.5 else ""))
     if r.quantized is not None:
         q = r.quantized
         click.echo(f"  quantized base: {q['clamped']:,} of {q['entries']:,} entries clamped by the base's scales; the "
