@@ -146,3 +146,14 @@ def test_layouts_are_the_same_map_only_where_every_entry_agrees():
     assert not layouts.same_map("identity", "channels_last", (8, 4, 3, 3))
     assert layouts.same_map("identity", "transpose2d", (1, 1, 3, 3)) and not layouts.same_map(
         "identity", "transpose2d", (4, 1, 3, 3))  # a depthwise kernel is transposed unless it has one channel
+
+
+def test_an_int8_scale_past_float32_is_refused_without_a_warning():
+    import warnings
+
+    from shira_format.codings import decode_values
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" would be an error here
+        with pytest.raises(ValueError, match="bad int8 scale"):
+            decode_values("int8", {"scale": 1e300}, bytes([1, 2]), None, np.array([0, 1]), (2,))

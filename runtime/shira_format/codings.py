@@ -155,7 +155,8 @@ def decode_values(coding: str, params: dict, buf: bytes, scales: bytes | None, i
         return bf16_to_f32(np.frombuffer(buf, dtype="<u2"))
     q = np.frombuffer(buf, dtype=np.int8).astype(np.float32)
     if coding == "int8":
-        scale = np.float32(params["scale"])
+        with np.errstate(over="ignore"):  # a scale past float32's range becomes inf: refused below, silently
+            scale = np.float32(params["scale"])
         if not np.isfinite(scale) or scale < 0:
             raise ValueError(f"bad int8 scale {params['scale']!r}")
         return q * scale
