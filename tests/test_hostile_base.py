@@ -187,3 +187,13 @@ def test_stop_two_phase_keeps_the_session_open(llama):
         assert s.mode == "patchable" and s.rebuilder is None and not s.closed
         out = s.run(llama.inputs)
         assert np.isfinite(next(iter(out.values()))).all()
+
+
+def test_background_without_a_prepacked_model_is_refused_and_auto_says_why(llama, tmp_path):
+    d = _copy(llama, tmp_path)
+    (d / "model_prepacked.onnx").unlink()  # an older export had none
+    with pytest.raises(ShiraError, match="cannot switch in two phases"):
+        ShiraSession(d, prepack="background")
+    with ShiraSession(d, prepack="auto", cache_dir=tmp_path / "cache") as s:
+        assert s.mode == "patchable" and "two-phase switching needs" in s.mode_reason, s.mode_reason
+        assert s.run(llama.inputs)

@@ -161,8 +161,15 @@ class ShiraSession:
         self.rebuilder: PrepackedRebuilder | None = None
         self.calibration: dict | None = None
         self.mode = "in-place" if prepack == "inplace" else "patchable"
-        if prepack not in ("off", "inplace") and self.backend.prepacked_available:
-            self._start_two_phase(calibrate=prepack == "auto")
+        if prepack not in ("off", "inplace"):
+            if self.backend.prepacked_available:
+                self._start_two_phase(calibrate=prepack == "auto")
+            else:  # an explicit request that cannot be met raises; "auto" says why it stayed on one engine
+                why = (f"two-phase switching needs the export's prepacked {'program' if self.backend.name == 'executorch' else 'model'}"
+                       " with weights it packs, and this export has none (exported by an older shira-export?)")
+                if prepack == "background":
+                    raise ShiraError(f"{self.manifest.root}: cannot switch in two phases: {why}")
+                self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
 
     def _start_two_phase(self, calibrate: bool) -> None:
         x = self.manifest.sample_inputs() if calibrate else None  # a missing sample fails before any thread starts

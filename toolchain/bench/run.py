@@ -17,7 +17,7 @@ pairs measured under the same conditions. Scenarios (per built-in model):
   auto_mode  per runtime: what prepack="auto" picks for this model, and why
   fusion     fusing 2-4 SHiRA adapters in place, time against the number of adapters
   size       the packed blob against the PEFT SHiRA and PEFT LoRA checkpoints with as many trainable values
-  scaling    Llama-shaped random models from ~10M to ~1B parameters (bench_scaling.py)
+  scaling    Llama-shaped random models from ~10M to ~1B parameters (scaling.py)
 Outputs: bench.json (every raw sample, the machine, versions), bench.md, bench.png.
 """
 from __future__ import annotations

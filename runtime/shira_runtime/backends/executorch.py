@@ -113,7 +113,7 @@ def _import_torch():
         import_bindings()
     except ImportError as e:
         raise ShiraError(f"the ExecuTorch backend needs torch and executorch ({e}): "
-                         "pip install 'shira-ondevice[executorch]'") from None
+                         "pip install 'shira-runtime[executorch]'") from None
     import torch
 
     return torch
