@@ -77,3 +77,16 @@ def test_prepack_off_and_bad_mode(llama):
     assert ShiraSession(llama.base_dir, prepack="off").mode == "patchable"
     with pytest.raises(ValueError, match="prepack must be one of"):
         ShiraSession(llama.base_dir, prepack="sometimes")
+
+
+def test_a_failed_background_build_shows_in_mode_and_reason(llama, monkeypatch):
+    with ShiraSession(llama.base_dir, prepack="background") as sess:
+        assert sess.mode == "two-phase" and sess.mode_reason is None
+        def fail(snapshot):
+            raise MemoryError("no room for the packed engine")
+        monkeypatch.setattr(sess.backend, "build_prepacked", fail)
+        sess.switch(sess.load(llama.blobs["zen"]))
+        assert not sess.wait_full_speed(30)
+        assert sess.mode == "patchable", sess.mode
+        assert "the background build failed: MemoryError: no room for the packed engine" in sess.mode_reason
+        assert sess.run(llama.inputs)  # still serving, on the patchable engine

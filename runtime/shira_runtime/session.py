@@ -222,6 +222,32 @@ class ShiraSession:
             self.rebuilder = None
 
     @property
+    def mode(self) -> str:
+        """"in-place", "two-phase" or "patchable"; "patchable" too once a background build failed (its thread
+        has stopped: runs stay on the patchable engine, and mode_reason says why)."""
+        rebuilder = getattr(self, "rebuilder", None)
+        if self._mode == "two-phase" and rebuilder is not None and rebuilder.last_error:
+            return "patchable"
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = value
+
+    @property
+    def mode_reason(self) -> str | None:
+        """Why this session is not in place (one line), and, in two-phase mode, a background build that failed:
+        runs then stay on the patchable engine (correct, slower) until a later switch builds again."""
+        failed = self.rebuilder.last_error if getattr(self, "rebuilder", None) is not None else None
+        if failed:
+            return "; ".join(r for r in (self._mode_reason, f"the background build failed: {first_line(failed)}") if r)
+        return self._mode_reason
+
+    @mode_reason.setter
+    def mode_reason(self, value: str | None) -> None:
+        self._mode_reason = value
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
