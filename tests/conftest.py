@@ -21,7 +21,7 @@ logging.getLogger("torchao").setLevel(logging.ERROR)
 TASKS = {"tiny-llama": ("zen", "json-doc"), "style-net": ("invert", "warm")}  # two adapters per built-in
 
 
-EXPORTED = {"llama", "stylenet", "built"}  # fixtures that export a model and train adapters (minutes)
+EXPORTED = {"llama", "stylenet", "built", "onnx_base", "qbase"}  # fixtures that export a model (and train)
 
 
 def pytest_collection_modifyitems(config, items):

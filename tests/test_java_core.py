@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PATH": "/usr/bin:/bin:/usr/local/bin"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def java_build(tmp_path_factory) -> Path:
-    """shira-core compiled and its JUnit suite run (run_host_tests.sh); the classes stay for the tools below."""
+    """shira-core compiled and its JUnit suite run (run_host_tests.sh), once a session; the classes stay for the
+    tools below and the other Java test modules (test_java_inplace, test_java_bake)."""
     assert shutil.which("javac") and Path("/usr/share/java/junit4.jar").exists(), \
         "needs a JDK and Debian's junit4 package (.ci/run installs them)"
     out = tmp_path_factory.mktemp("java")
