@@ -34,16 +34,16 @@ def cache_root(cache_dir=None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shira"
 
 
-def _hwcaps() -> str:
+def hwcaps() -> tuple[int, int]:
     """AT_HWCAP and AT_HWCAP2 from the auxiliary vector: the features MLAS tests on ARM (dot product, i8mm,
-    SVE), also where /proc/cpuinfo says less (emulators, some Android kernels)."""
+    SVE), also where /proc/cpuinfo says less (emulators, some Android kernels). (0, 0) where there is none."""
     try:
         with open("/proc/self/auxv", "rb") as f:
             raw = f.read()
     except OSError:
-        return ""
+        return 0, 0
     pairs = dict(struct.iter_unpack("<QQ", raw[: len(raw) // 16 * 16])) if sys.byteorder == "little" else {}
-    return f"hwcap {pairs.get(16, 0):x} {pairs.get(26, 0):x}"
+    return pairs.get(16, 0), pairs.get(26, 0)
 
 
 def cpu_identity() -> str:
@@ -58,7 +58,8 @@ def cpu_identity() -> str:
                         break
     except OSError:
         text = platform.processor()
-    return f"{platform.machine()}|{text.strip()}|{_hwcaps()}"
+    cap, cap2 = hwcaps()
+    return f"{platform.machine()}|{text.strip()}|hwcap {cap:x} {cap2:x}"
 
 
 def bake_key(manifest) -> str:

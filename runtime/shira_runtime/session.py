@@ -334,7 +334,8 @@ class ShiraSession:
                 changed = self.patcher.commit(plans)
                 # e.g. ExecuTorch reloads a method whose conv weights changed; in place on ARM, the sums a packer
                 # derives from quantized integers are computed again for the entries now patched
-                self.backend.weights_changed(changed, self._entries_of(scales))
+                self.backend.weights_changed(changed, self._entries_of(scales) if getattr(self.backend, "summed", None)
+                                             else None)
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
                 self.active = dict(scales)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import struct
 import sys
 import time
 from pathlib import Path
@@ -21,18 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from shira_runtime import ShiraSession
+from shira_runtime.bake_cache import hwcaps
 
-AT_HWCAP, AT_HWCAP2 = 16, 26
-
-
-def hwcaps() -> dict:
+def cpu() -> dict:
     """The CPU features the kernel (or qemu) hands this process: what ONNX Runtime's MLAS picks kernels by."""
-    try:
-        raw = Path("/proc/self/auxv").read_bytes()
-    except OSError:
-        return {}
-    pairs = dict(struct.iter_unpack("<QQ", raw[: len(raw) // 16 * 16]))
-    cap, cap2 = pairs.get(AT_HWCAP, 0), pairs.get(AT_HWCAP2, 0)
+    cap, cap2 = hwcaps()
     if platform.machine() != "aarch64":
         return {"hwcap": hex(cap)}
     return {"hwcap": hex(cap), "hwcap2": hex(cap2), "asimddp": bool(cap >> 20 & 1), "sve": bool(cap >> 22 & 1),
@@ -93,7 +85,7 @@ def main(argv: list[str]) -> int:
     import onnxruntime
 
     report = {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-              "cpu": hwcaps(), "cases": {}}
+              "cpu": cpu(), "cases": {}}
     for case in plan["cases"]:
         t = time.perf_counter()
         report["cases"][case["name"]] = drive(case, out_dir)

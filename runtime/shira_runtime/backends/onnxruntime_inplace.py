@@ -239,6 +239,8 @@ class InPlaceOnnxRuntimeBackend:
             except ManifestError as e:  # the bake load-tested it on this machine: the cached copy went bad
                 raise _CacheDamaged(str(e)) from None
             maps = [m for m in engine_mappings(data_path) if m not in before]
+        # placements whose packer derives sums from their integers: the only work weights_changed() has
+        self.summed = [pname for pname, copies in self.copies.items() if any(c.sums is not None for c in copies)]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         for pname, copies in self.copies.items():
@@ -357,9 +359,8 @@ class InPlaceOnnxRuntimeBackend:
         from a quantized weight's integers (quant_sums.py). `entries`: placement -> the entries (flat, sorted)
         the active adapters touch; the sums of the blocks holding them, and of those the previous state
         touched, are computed again from the integers now in place."""
-        for pname, copies in self.copies.items():
-            if any(c.sums is not None for c in copies):
-                self._update_sums(pname, (entries or {}).get(pname, np.zeros(0, dtype=np.int64)))
+        for pname in self.summed:
+            self._update_sums(pname, (entries or {}).get(pname, np.zeros(0, dtype=np.int64)))
 
     def _sum_base(self, pname: str) -> dict:
         """The export's integers of a placement, their block sums and scales: what the sums start from."""
