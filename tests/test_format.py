@@ -157,3 +157,14 @@ def test_an_int8_scale_past_float32_is_refused_without_a_warning():
         warnings.simplefilter("error")  # numpy's "overflow encountered in cast" would be an error here
         with pytest.raises(ValueError, match="bad int8 scale"):
             decode_values("int8", {"scale": 1e300}, bytes([1, 2]), None, np.array([0, 1]), (2,))
+
+
+def test_stable_order_is_numpys_stable_argsort():
+    """The radix sort the runtime orders positions with (layouts.stable_order) against numpy's own."""
+    from shira_format.layouts import stable_order
+
+    rng = np.random.default_rng(1)
+    for n, top in [(10, 100), (5000, 70_000), (300_000, 2**20), (100_000, 2**40), (50_000, 50), (20_000, 2**62)]:
+        keys = rng.integers(0, top, n)
+        np.testing.assert_array_equal(stable_order(keys), np.argsort(keys, kind="stable"), err_msg=f"{n} < {top}")
+    assert stable_order(np.array([3, -1, 2])).tolist() == [1, 2, 0]  # negative keys: numpy's sort

@@ -1,8 +1,9 @@
-import pytest
 """Outputs equal PEFT's merged torch model after every switch and fusion, on the same loaded session."""
 import numpy as np
+import pytest
 import torch
 
+from shira_format.errors import AdapterError
 from shira_runtime import ShiraSession
 from shira_toolchain.train import peft_shira
 from shira_toolchain.pack import pack_peft_shira
@@ -173,3 +174,40 @@ def test_single_switch_writes_base_plus_delta_exactly(llama, backend):
         expect = before[t].reshape(-1).copy()
         expect[at.indices] = expect[at.indices] + at.values
         np.testing.assert_array_equal(sess.weight(t).reshape(-1), expect)
+
+
+def test_adapters_out_of_the_plan_cache_switch_and_fuse_to_the_same_bits(stylenet, tmp_path):
+    """A session keeps only `plan_cache` adapters decoded; the others are their blob's bytes, decoded again at a
+    switch. Every state must be the same, bit for bit, as in a session that keeps them all decoded."""
+    from shira_toolchain.export import patchable_weights
+
+    shapes = {p.removesuffix(".weight"): tuple(dict(stylenet.subject.model.named_parameters())[p].shape)
+              for p in patchable_weights(stylenet.subject.model, None)}
+    names = [f"s{i}" for i in range(5)]
+    blobs = {}
+    for i, n in enumerate(names):
+        modules = {m: random_sparse(s, 0.02, seed=10 * i + j) for j, (m, s) in enumerate(sorted(shapes.items()))}
+        ckpt = write_peft_layout_checkpoint(tmp_path / n, modules)
+        blobs[n] = pack_peft_shira(ckpt, stylenet.base_dir, tmp_path / f"{n}.shira").out
+    small = ShiraSession(stylenet.base_dir, plan_cache=1)
+    large = ShiraSession(stylenet.base_dir, plan_cache=8)
+    for s in (small, large):
+        for n in names:
+            s.load(blobs[n], name=n)
+    assert small.adapters["s0"].blob == blobs["s0"].read_bytes()  # what a loaded adapter costs: its blob
+    before = snapshot(small)
+    steps = [lambda s: s.switch("s0"), lambda s: s.switch("s3"), lambda s: s.fuse({"s1": 0.5, "s2": 1.0, "s4": -0.3}),
+             lambda s: s.prepare("s0"), lambda s: s.switch("s0"), lambda s: s.fuse({"s0": 1.0, "s3": 1.0}, rule="ties"),
+             lambda s: s.switch("s4"), lambda s: s.reset()]
+    for i, step in enumerate(steps):
+        for s in (small, large):
+            step(s)
+        assert snapshot(small) == snapshot(large), f"step {i}"
+        np.testing.assert_array_equal(small.run(stylenet.inputs)["styled"], large.run(stylenet.inputs)["styled"])
+    assert snapshot(small) == before
+    with pytest.raises(AdapterError, match="not loaded"):
+        small.prepare("nope")
+    with pytest.raises(ValueError, match="plan_cache"):
+        ShiraSession(stylenet.base_dir, plan_cache=0)
+    small.close()
+    large.close()

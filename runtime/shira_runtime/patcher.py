@@ -5,7 +5,9 @@ values (`saved`). Applying a new state first restores those entries by overwrite
 new ones. Nothing is ever subtracted, so after any sequence of operations the base comes back bit-exact.
 
 `plan()` does all the arithmetic and every check without touching a buffer; `commit()` is a scatter (restore),
-a gather (save) and a scatter (write) per buffer, nothing more. The session runs `commit()` under the write side of its lock, so inference never sees a mix.
+a gather (save) and a scatter (write) per buffer, nothing more. The session runs `commit()` under the write side
+of its lock, so inference never sees a mix. A plan made ahead (`switch_plan`: one adapter at scale 1, at load)
+already holds the base values and the values to write, so its commit is two scatters: restore, write.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ EMPTY_VAL = np.zeros(0, dtype=np.float32)
 class BufferPlan:
     idx: np.ndarray  # sorted unique flat indices to write
     delta: np.ndarray  # what to add to the base values there
-    values: np.ndarray | None = None  # a quantized buffer: the new entries themselves (re-quantized at plan time)
+    values: np.ndarray | None = None  # what to write at idx (a quantized buffer: re-quantized bytes), if made ahead
     clamped: int = 0  # a quantized buffer: entries whose re-quantized value was clamped to the integer range
+    base: np.ndarray | None = None  # the base values at idx, if read ahead (the base never changes)
 
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -120,13 +123,31 @@ class WeightPatcher:
             plans[name] = BufferPlan(idx, delta)
         return plans
 
+    def switch_plan(self, terms: dict[str, tuple]) -> dict[str, BufferPlan]:
+        """One adapter at scale 1 (`terms`: buffer -> (indices, deltas[, entry scales])), planned ahead: base
+        values read now and the values to write computed now, so that switching to it later is a restore and a
+        write per buffer. A buffer whose values would not be finite gets no plan (the switch plans it then, and
+        refuses it with the reason)."""
+        plans = {}
+        for name, (idx, delta, *qscale) in terms.items():
+            if name in self.quant:
+                plans[name] = self._quantized_plan(name, idx, delta, qscale[0])
+                continue
+            base = self._base_values(name, idx)
+            with np.errstate(over="ignore", invalid="ignore"):
+                values = (base + delta).astype(self.buffers[name].dtype)
+            if np.all(np.isfinite(values)):
+                plans[name] = BufferPlan(idx, delta, values, base=base)
+        return plans
+
     def _quantized_plan(self, name: str, idx: np.ndarray, delta: np.ndarray, qscale: np.ndarray) -> BufferPlan:
         """Entries (sorted) re-quantized from the base's integers -> the bytes that hold them, with their new
         values: at 4 bits a byte's other nibble keeps its base value unless it is patched too."""
         q = self.quant[name]
         if q.bits == 8:  # signed storage (ExecuTorch): stored byte = u XOR 0x80, both ways
-            values, clamped = requantize(self._base_values(name, idx) ^ q.flip, delta, qscale, q)
-            return BufferPlan(idx, delta, values ^ q.flip, clamped)
+            base = self._base_values(name, idx)
+            values, clamped = requantize(base ^ q.flip, delta, qscale, q)
+            return BufferPlan(idx, delta, values ^ q.flip, clamped, base)
         byte_idx, where = np.unique(idx >> 1, return_inverse=True)
         base_bytes = self._base_values(name, byte_idx)
         high = (idx & 1).astype(bool)
@@ -137,7 +158,7 @@ class WeightPatcher:
         lo, hi = ~high, high
         out[where[lo]] = (out[where[lo]] & np.uint8(0xF0)) | new_u[lo]
         out[where[hi]] = (out[where[hi]] & np.uint8(0x0F)) | (new_u[hi] << np.uint8(4))
-        return BufferPlan(byte_idx, delta, out, clamped)
+        return BufferPlan(byte_idx, delta, out, clamped, base_bytes)
 
     def _check_finite(self, name: str, idx: np.ndarray, delta: np.ndarray) -> None:
         """Refuse a plan whose base + delta would not be finite. A bound settles it without touching the
@@ -180,7 +201,7 @@ class WeightPatcher:
         changed = bool(self.idx[name].size or p.idx.size)
         if self.idx[name].size:
             buf[self.idx[name]] = self.saved[name]
-        base = buf[p.idx]  # the base everywhere now: the restore above just ran
+        base = buf[p.idx] if p.base is None else p.base  # the base everywhere now: the restore above just ran
         if p.idx.size:
             buf[p.idx] = base + p.delta if p.values is None else p.values
         self.idx[name], self.saved[name] = p.idx, base

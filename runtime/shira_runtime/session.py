@@ -32,6 +32,8 @@ import statistics
 import threading
 import time
 import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,26 @@ AUTO_THRESHOLD = 1.02  # two-phase pays off when the patchable engine is slower 
 SAME_ANSWER = 1e-4  # two engines answer alike if their outputs differ by at most this share of the output's scale
 # (float32 kernels differ in summation order, ~1e-6; quantized kernels that quantize activations their own way
 # differ by percents, and then "auto" keeps one engine: a state's answer must not depend on which one ran)
+PLAN_CACHE = 4  # adapters kept decoded with their switch plans: a fusion of up to 4, or back and forth between 2
 log = logging.getLogger("shira_runtime")
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """A loaded adapter as the session keeps it: the validated blob itself (its compact bytes, not decoded
+    arrays), decoded again when a switch needs it and it is not among the `plan_cache` most recent."""
+    name: str
+    source: str
+    nnz: int
+    blob: bytes = field(repr=False)
+
+
+@dataclass
+class _Decoded:
+    """What switching to one adapter needs, per engine buffer (in place: per copy in the baked file)."""
+    mapped: dict  # buffer -> (indices in the buffer's layout, sorted; deltas permuted to match[, entry scales])
+    touched: dict  # quantized placement -> the entries this adapter writes
+    plans: dict  # buffer -> BufferPlan of this adapter alone at scale 1, made ahead (WeightPatcher.switch_plan)
 
 
 def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
@@ -107,14 +128,20 @@ class _Resources:
 
 class ShiraSession:
     def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
-                 prepack: str = "auto", cache_dir=None):
+                 prepack: str = "auto", cache_dir=None, plan_cache: int = PLAN_CACHE):
         """Open an exported base directory.
 
         `verify`: "fast" (default) checks every patchable weight, and its place and layout in the manifest,
         against the CRC-32 recorded at export; "full" also re-hashes each weight in torch layout (SHA-256);
         "off" skips both. A damaged base raises ManifestError naming the file. In-place mode checks the
         bytes the engine reads: every live copy in the baked file.
-        `cache_dir`: where in-place mode keeps its baked files (default $SHIRA_CACHE_DIR, else ~/.cache/shira)."""
+        `cache_dir`: where in-place mode keeps its baked files (default $SHIRA_CACHE_DIR, else ~/.cache/shira).
+        `plan_cache`: how many adapters stay decoded with their switch plans ready (about 20 bytes per entry
+        each); every other loaded adapter costs its blob's bytes and is decoded again when switched to
+        (`prepare(name)` does that ahead of time)."""
+        if isinstance(plan_cache, bool) or not isinstance(plan_cache, int) or plan_cache < 1:
+            raise ValueError(f"plan_cache must be an integer >= 1, got {plan_cache!r}")
+        self._plan_cache = plan_cache
         if prepack not in PREPACK_MODES:
             raise ValueError(f"prepack must be one of {', '.join(PREPACK_MODES)}, got {prepack!r}")
         if verify not in VERIFY_MODES:
@@ -151,11 +178,8 @@ class ShiraSession:
         self.clamped = 0  # quantized bases: entries of the active state clamped to the integer range
         self._placement_of = {key: pname for pname, copies in getattr(self.backend, "copies", {}).items()
                               for c in copies for key in c.keys}  # in place: copy buffer -> its placement
-        self.adapters: dict[str, Adapter] = {}
-        # per adapter: buffer name -> (indices in that buffer's layout, sorted; deltas permuted to match)
-        self._mapped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-        self._ready: dict[str, dict] = {}  # per adapter: its quantized buffers' plans at scale 1 (made at load)
-        self._touched: dict[str, dict[str, np.ndarray]] = {}  # per adapter: quantized placement -> its entries
+        self.adapters: dict[str, LoadedAdapter] = {}
+        self._decoded: OrderedDict[str, _Decoded] = OrderedDict()  # the plan_cache most recently used, last newest
         self.active: dict[str, float] = {}
         self.rule = "sum"  # the merge rule of the active state (fuse)
         self.rebuilder: PrepackedRebuilder | None = None
@@ -263,11 +287,41 @@ class ShiraSession:
 
     # ---- adapters -------------------------------------------------------------------------------------------
     def load(self, blob, name: str | None = None) -> str:
-        """Validate and decode an adapter blob (path or bytes). Refusal raises AdapterError; nothing is patched."""
+        """Validate and decode an adapter blob (path or bytes). Refusal raises AdapterError; nothing is patched.
+        The session keeps the blob's bytes; the decoded form stays only while the adapter is among the
+        `plan_cache` most recently loaded or switched to."""
         self._check_open()
-        adapter = read_adapter(blob, self.manifest)
+        source = str(blob) if isinstance(blob, (str, Path)) else "<adapter bytes>"
+        if isinstance(blob, (str, Path)):
+            try:
+                blob = Path(blob).read_bytes()
+            except OSError as e:
+                raise AdapterError(f"{source}: cannot read: {e.strerror or e}") from None
+        adapter = read_adapter(blob, self.manifest, source=source)
         name = name or adapter.name
-        mapped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        mapped, touched = self._map(adapter)
+        with self._patch_mutex:
+            self._check_open()
+            if name in self.active:
+                raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
+            if hasattr(self.backend, "prepare_pages"):  # in place: copy-on-write now, not in the first switch
+                self.backend.prepare_pages(mapped)
+            self.adapters[name] = LoadedAdapter(name, adapter.source, adapter.nnz, bytes(blob))
+            self._decoded.pop(name, None)
+            self._keep_decoded(name, _Decoded(mapped, touched, self.patcher.switch_plan(mapped)))
+        return name
+
+    def prepare(self, name: str) -> None:
+        """Decode `name` and plan its switch now (e.g. when a style comes into view), so that the switch to it
+        is only the scatter. A no-op for an adapter that is still decoded."""
+        with self._patch_mutex:
+            self._check_open()
+            self._decoded_for(name)
+
+    def _map(self, adapter: Adapter) -> tuple[dict, dict]:
+        """An adapter's entries in the engine's buffers: buffer -> (indices, deltas[, entry scales]), and the
+        quantized placements' entries it writes."""
+        mapped: dict[str, tuple] = {}
         touched: dict[str, np.ndarray] = {}  # quantized placement -> the entries this adapter writes
         for t in adapter.tensors.values():
             info = self.manifest.tensors[t.target]
@@ -278,21 +332,25 @@ class ShiraSession:
                     touched[p.name] = mapped[p.name][0]
         if hasattr(self.backend, "to_buffers"):  # in place: each placement's copies in the baked file
             mapped = self.backend.to_buffers(mapped)
-        with self._patch_mutex:
-            self._check_open()
-            if name in self.active:
-                raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
-            # quantized buffers: this adapter's plan alone at scale 1 depends on the base only, so it is made
-            # now, and a switch to it is then a plain scatter of bytes (a fusion re-quantizes at fuse time)
-            quantized = {b: [(t[0], t[1], 1.0, t[2])] for b, t in mapped.items() if b in self.patcher.quant}
-            ready = self.patcher.plan(quantized, ready=None) if quantized else {}
-            if hasattr(self.backend, "prepare_pages"):  # in place: copy-on-write now, not in the first switch
-                self.backend.prepare_pages(mapped)
-            self.adapters[name] = adapter
-            self._mapped[name] = mapped
-            self._touched[name] = touched
-            self._ready[name] = {b: p for b, p in ready.items() if b in quantized}
-        return name
+        return mapped, touched
+
+    def _decoded_for(self, name: str) -> _Decoded:
+        """The adapter's decoded form, decoding its blob again if it left the cache (under the patch mutex)."""
+        d = self._decoded.get(name)
+        if d is None:
+            if name not in self.adapters:
+                raise AdapterError(f"adapter {name!r} is not loaded (loaded: {', '.join(self.adapters) or 'none'})")
+            kept = self.adapters[name]
+            mapped, touched = self._map(read_adapter(kept.blob, self.manifest, source=kept.source))
+            d = _Decoded(mapped, touched, self.patcher.switch_plan(mapped))
+        self._keep_decoded(name, d)
+        return d
+
+    def _keep_decoded(self, name: str, d: _Decoded) -> None:
+        self._decoded[name] = d
+        self._decoded.move_to_end(name)
+        while len(self._decoded) > self._plan_cache:
+            self._decoded.popitem(last=False)
 
     def unload(self, name: str) -> None:
         with self._patch_mutex:
@@ -300,9 +358,7 @@ class ShiraSession:
             if name in self.active:
                 raise AdapterError(f"adapter {name!r} is active; reset() or switch away first")
             self.adapters.pop(name, None)
-            self._mapped.pop(name, None)
-            self._touched.pop(name, None)
-            self._ready.pop(name, None)
+            self._decoded.pop(name, None)
 
     # ---- switching ------------------------------------------------------------------------------------------
     def switch(self, name: str) -> None:
@@ -318,23 +374,26 @@ class ShiraSession:
             self._check_open()
             rebuilder = self.rebuilder
             for name, scale in scales.items():
-                if name not in self._mapped:
-                    raise AdapterError(f"adapter {name!r} is not loaded (loaded: {', '.join(self._mapped) or 'none'})")
+                if name not in self.adapters:
+                    raise AdapterError(f"adapter {name!r} is not loaded (loaded: {', '.join(self.adapters) or 'none'})")
                 if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
                     raise AdapterError(f"adapter {name!r}: scale {scale!r} is not a number")
                 if not np.isfinite(scale):
                     raise AdapterError(f"adapter {name!r}: scale {scale} is not finite")
+            decoded = {name: self._decoded_for(name) for name in scales}
+            (only, scale), = scales.items() if len(scales) == 1 else ((None, None),)
+            ready = decoded[only].plans if scale == 1.0 else None
             terms: dict[str, list] = {}
             for name, scale in scales.items():
-                for buf, (idx, delta, *qscale) in self._mapped[name].items():
-                    terms.setdefault(buf, []).append((idx, delta, float(scale), *qscale))
-            (only, scale), = scales.items() if len(scales) == 1 else ((None, None),)
-            plans = self.patcher.plan(terms, self._ready.get(only) if scale == 1.0 else None, rule)
+                for buf, (idx, delta, *qscale) in decoded[name].mapped.items():
+                    if ready is None or buf not in ready:
+                        terms.setdefault(buf, []).append((idx, delta, float(scale), *qscale))
+            plans = self.patcher.plan(terms, ready, rule)
             with self._lock.write():
                 changed = self.patcher.commit(plans)
                 # e.g. ExecuTorch reloads a method whose conv weights changed; in place on ARM, the sums a packer
                 # derives from quantized integers are computed again for the entries now patched
-                self.backend.weights_changed(changed, self._entries_of(scales) if getattr(self.backend, "summed", None)
+                self.backend.weights_changed(changed, self._entries_of(decoded) if getattr(self.backend, "summed", None)
                                              else None)
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
@@ -345,11 +404,11 @@ class ShiraSession:
         if rebuilder is not None:
             rebuilder.kick()
 
-    def _entries_of(self, scales: dict) -> dict[str, np.ndarray]:
-        """Quantized placement -> the entries (sorted, unique) that the adapters in `scales` write."""
+    def _entries_of(self, decoded: dict[str, _Decoded]) -> dict[str, np.ndarray]:
+        """Quantized placement -> the entries (sorted, unique) that the adapters in `decoded` write."""
         parts: dict[str, list] = {}
-        for name in scales:
-            for pname, idx in self._touched[name].items():
+        for d in decoded.values():
+            for pname, idx in d.touched.items():
                 parts.setdefault(pname, []).append(idx)
         return {pname: np.unique(np.concatenate(p)) if len(p) > 1 else p[0] for pname, p in parts.items()}
 

@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
+from shira_format.layouts import stable_order
 from shira_format.quant import entries, matrix_shape, pack_entries
 
 from ..baked_layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, group_positions, panel_positions,
@@ -294,7 +295,7 @@ class InPlaceOnnxRuntimeBackend:
             for copy in self.copies[pname]:
                 pos = copy.positions(idx)
                 if not (copy.form == "contiguous" or (pos.size and np.all(pos[1:] > pos[:-1]))):
-                    order = np.argsort(pos, kind="stable")
+                    order = stable_order(pos)
                     pos, sorted_rest = pos[order], tuple(a[order] for a in rest)
                 else:
                     sorted_rest = tuple(rest)
