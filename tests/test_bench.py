@@ -1,6 +1,7 @@
 """`shira-bench` smoke test: the JSON's structure and that every measurement is a real sample, not its speed."""
 import json
 
+import numpy as np
 import pytest
 from shira_toolchain.bench.run import bench_model, markdown, plot
 from shira_toolchain.bench.scaling import bench_size, copy_bandwidth
@@ -66,6 +67,12 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     assert not {m: v["error"] for m, v in row["modes"].items() if "error" in v}
     assert row["modes"]["in-place"]["session_mode"] == "in-place"
     assert row["modes"]["two-phase"]["to_full_speed_s"] > 0
+    inplace = row["modes"]["in-place"]
+    assert inplace["restore_median_ms"] > 0 and inplace["write_median_ms"] > 0
+    many = row["many_adapters"]  # 1, 10, 100 adapters loaded: the warm switch at each, the cold one past the cache
+    assert [c["n"] for c in many["counts"]] == [1, 10, 100] and many["blob_bytes"] > 0
+    assert all(c["warm_switch_ms"] > 0 and c["rss"] > 0 for c in many["counts"])
+    assert all(("cold_switch_ms" in c) == (c["n"] > many["plan_cache"]) for c in many["counts"])
     for mode, v in row["modes"].items():
         assert 0 < v["rss_rest"] <= v["rss_peak_switch"] or mode == "constant", mode
         if mode not in ("constant", "peft-lora"):  # peft-lora: torch's runs, not comparable with ORT's
@@ -75,6 +82,7 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
               "threads": 1, "repeats": 2, "seconds": 1.0})
     md = markdown(r)
     assert "| llama-small | in-place |" in md and "| llama-small | onnx-adapter |" in md
+    assert "## Many adapters loaded (llama-small, in place)" in md and "| 100 |" in md and "switch / floor" in md
     plot(r, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
 
@@ -127,3 +135,47 @@ def test_quantized_bench_measures_quality_and_size(tmp_path):
     assert "| int4 |" in md and "| llama-small int4 |" in md and "ExecuTorch (XNNPACK)" in md
     assert "the style net and its style adapters" in md and earlier["command"] in md
     assert (out / "quantized.png").stat().st_size > 1000
+
+
+@pytest.mark.long  # a small Llama exported three ways and baked, then one child per base: ~2 min
+def test_ort_lora_bench_measures_every_rank_beside_shira(tmp_path):
+    """`shira-bench --ort-lora` on a small Llama: the LoRA graph really adds branches (its output moves with the
+    adapter's values), and every base gets every rank and adapter count measured side by side with SHiRA."""
+    import onnxruntime as ort
+
+    from shira_toolchain.bench import ort_lora
+    from shira_toolchain.bench.real_size import inputs_for
+
+    spec = {"llama-small": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=4, vocab_size=512))}
+    def onnx_nodes(base):
+        import onnx
+
+        return onnx.load(str(base / "model_prepacked.onnx"), load_external_data=False).graph.node
+
+    rep = ort_lora.run_ort_lora(tmp_path / "out", threads=1, repeats=2, work=tmp_path / "work",
+                                log=lambda *a: None, models=spec)
+    rows = rep["models"]["llama-small"]
+    assert set(rows) == {"fp32", "int8", "int4"} and not [k for k, v in rows.items() if "error" in v]
+    for res in rows.values():
+        assert res["shira_mode"] == "in-place"
+        assert {(r["rank"], r["adapters"]) for r in res["lora"]} == {(r, n) for r in ort_lora.RANKS
+                                                                     for n in ort_lora.BRANCHES}
+        assert all(r["ratio"]["decode"] > 0 and r["ms"]["prefill128"]["lora"] > 0 for r in res["lora"])
+        tokens = res["tokens"]  # time to the first tokens after a switch, every mode, KV-cache export
+        assert {"SHiRA in place", "SHiRA patchable", "ORT LoRA r=64, 3 active"} <= set(tokens)
+        assert all(t["total_s"] >= t["prompt_s"] + t["decode_s"] > 0 for t in tokens.values())
+    base = tmp_path / "work" / "llama-small" / "base-int4"
+    model, adapters = ort_lora.add_lora_branches(base, 8, 3)
+    feed = inputs_for(base)["decode"]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(str(base / "model_prepacked.onnx"), opts, providers=["CPUExecutionProvider"])
+    with_lora = sess.run(None, feed)[0]
+    zero = {i.name: np.zeros(i.shape, np.float32) for i in sess.get_overridable_initializers() if "__lora" in i.name}
+    assert len(zero) == 2 * 3 * len([n for n in onnx_nodes(base) if n.op_type == "MatMulNBits"])
+    np.testing.assert_allclose(sess.run(None, {**feed, **zero})[0], plain.run(None, feed)[0], rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(with_lora - plain.run(None, feed)[0])) > 1e-4  # the branches compute something
+    md = (tmp_path / "out" / "ort_lora.md").read_text()
+    assert "| llama-small | int4 | 64 | 3 |" in md and "| llama-small | int4 | SHiRA in place |" in md and (tmp_path / "out" / "ort_lora.png").stat().st_size > 1000

@@ -357,16 +357,25 @@ def train_main():
                    "quantizing), the style net's style adapters (PSNR), and a 168M Llama's memory, bake, switch and "
                    "speed in place on ONNX Runtime and on ExecuTorch. Writes quantized.{json,md,png}; --quick: "
                    "tiny-llama and the style net only.")
+@click.option("--ort-lora", is_flag=True,
+              help="Instead: SHiRA in place against ONNX Runtime's LoRA left unfused (.onnx_adapter) on the same "
+                   "float32, int8 and int4 bases of a 168M Llama: LoRA r = 8, 16, 64 with one and three adapters "
+                   "active, runs side by side in one process per base, RSS. Writes ort_lora.{json,md,png}.")
 @click.option("--parts", default=",".join(("lm", "style", "real", "executorch")), show_default=True,
               help="With --quantized: the sections to measure (lm: tiny-llama, style: the style net, real: 168M on "
                    "ONNX Runtime, executorch: 168M on ExecuTorch); the others are kept from quantized.json in --out, "
                    "which says which command measured each.")
-def bench_cmd(out_dir, quick, threads, real_size, quantized, parts):
+def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, parts):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
     a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
     switch time against model size from ~10M to ~1.1B parameters."""
     quiet_third_party()
+    if ort_lora:
+        from .bench.ort_lora import run_ort_lora
+
+        run_ort_lora(out_dir, threads, log=click.echo)
+        return
     if quantized:
         from .bench.quantized import PARTS, run_quantized
 

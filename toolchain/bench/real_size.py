@@ -274,8 +274,64 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
             sess.wait_full_speed(600)
         if mode == "in-place":
             res["touched_lines"] = _touched_lines(sess)
+            # the two halves of a switch: restoring a's entries (a reset from a) and writing b's (from the base)
+            restore, write = [], []
+            for _ in range(max(4, repeats)):
+                t = time.perf_counter()
+                sess.reset()
+                restore.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                sess.switch("a")
+                write.append((time.perf_counter() - t) * 1e3)
+            res["restore_median_ms"], res["write_median_ms"] = float(np.median(restore)), float(np.median(write))
         sess.reset()
         sess.close()
+    return res
+
+
+MANY = (1, 10, 100)  # adapters loaded at once (many_adapters)
+
+
+def many_adapters(base: Path, cache: Path, threads: int, repeats: int) -> dict:
+    """An app's catalogue: 1, 10 and 100 adapters loaded in one in-place session. Each load reads its file
+    anew (a.shira and b.shira in turn, under new names), so every loaded adapter holds memory of its own. Per
+    count: RSS; the switch back and forth between two adapters still decoded (warm); and the switch to one
+    decoded again from its blob (cold: adapters visited in a cycle longer than the session's plan cache)."""
+    from shira_runtime import ShiraSession
+    from shira_runtime.session import PLAN_CACHE
+
+    work = base.parent
+    sess = ShiraSession(base, threads=threads, prepack="inplace", cache_dir=cache)
+    res = {"blob_bytes": (work / "a.shira").stat().st_size, "plan_cache": PLAN_CACHE, "counts": []}
+    loaded: list[str] = []
+    for n in MANY:
+        while len(loaded) < n:
+            name = f"{'ab'[len(loaded) % 2]}{len(loaded)}"
+            sess.load(work / f"{name[0]}.shira", name=name)
+            loaded.append(name)
+        row = {"n": n}
+        if n > PLAN_CACHE:  # a cycle through PLAN_CACHE + 1 or more adapters: every switch decodes its blob
+            cold = []
+            for i in range(max(4, repeats // 2)):
+                t = time.perf_counter()
+                sess.switch(loaded[i % n])
+                cold.append((time.perf_counter() - t) * 1e3)
+            row["cold_switch_ms"] = float(np.median(cold))
+        pair = loaded[:2] if n > 1 else loaded[:1]
+        for name in pair:
+            sess.switch(name)
+        warm = []
+        for i in range(max(4, repeats)):
+            t = time.perf_counter()
+            sess.switch(pair[i % len(pair)])
+            warm.append((time.perf_counter() - t) * 1e3)
+        row["warm_switch_ms"] = float(np.median(warm))
+        row["rss"] = _status("VmRSS")
+        res["counts"].append(row)
+    sess.reset()
+    sess.close()
+    first, last = res["counts"][-2], res["counts"][-1]  # both with a full plan cache
+    res["rss_per_adapter"] = (last["rss"] - first["rss"]) / (last["n"] - first["n"])
     return res
 
 
@@ -399,7 +455,7 @@ def _touched_lines(sess) -> int:
     byte_of = {key: c.byte_of for cs in sess.backend.copies.values() for c in cs for key in c.keys}
     for key in sess.backend.buffers:
         offset = int(key.rsplit("@", 1)[1].split("#")[0])
-        idx = [sess._mapped[t][key][0] for t in ("a", "b") if key in sess._mapped[t]]
+        idx = [sess._decoded_for(t).mapped[key][0] for t in ("a", "b") if key in sess._decoded_for(t).mapped]
         if idx:
             lines += np.unique((offset + byte_of[key](np.concatenate(idx))) // 64).size
     return int(lines)
@@ -451,6 +507,12 @@ def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=pri
         inplace = row["modes"].get("in-place", {})
         if "touched_lines" in inplace:
             row["bandwidth_floor_ms"] = inplace["touched_lines"] * 64 * 2 / out["copy_bandwidth_Bps"] * 1e3
+        if name == next(iter(specs)):  # the catalogue: 1, 10, 100 adapters loaded (the first model only)
+            p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.real_size", "many-adapters", str(base),
+                                str(cache), str(threads), str(repeats)], capture_output=True, text=True, timeout=1800)
+            row["many_adapters"] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else
+                                    {"error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+            log(f"  many adapters: {row['many_adapters']}")
         out["models"][name] = row
     return out
 
@@ -490,6 +552,34 @@ def markdown(report: dict) -> str:
               "a constant-weight session opened in the same process afterwards, alternating (4 rounds). peft-lora: "
               "PyTorch eager, LoRA r=8 on every Linear but the head, unmerge + merge (its runs are torch's). The "
               "bake's peak counts the weight files it maps (page cache) as well as its own memory.", ""]
+    split = [(n, row["modes"]["in-place"], row["bandwidth_floor_ms"]) for n, row in report["models"].items()
+             if "restore_median_ms" in row["modes"].get("in-place", {}) and "bandwidth_floor_ms" in row]
+    if split:
+        lines += ["## The in-place switch against its floor", "",
+                  "| model | switch a <-> b ms | restore a (reset) ms | write b (from the base) ms | floor ms | "
+                  "switch / floor |", "|---|---|---|---|---|---|"]
+        for n, r, floor in split:
+            lines.append(f"| {n} | {r['switch_median_ms']:.1f} | {r['restore_median_ms']:.1f} | "
+                         f"{r['write_median_ms']:.1f} | {floor:.1f} | {r['switch_median_ms'] / floor:.2f}x |")
+        lines += ["", "Floor: every 64-byte line a switch a -> b touches, read and written once at the copy "
+                  "bandwidth of a large numpy copy measured in this run. A switch to a decoded adapter is a "
+                  "restore and a write per buffer (its base values and new values planned at load).", ""]
+    for n, row in report["models"].items():
+        many = row.get("many_adapters")
+        if not many or "error" in many:
+            continue
+        lines += [f"## Many adapters loaded ({n}, in place)", "",
+                  "| adapters loaded | RSS MB | switch between two decoded ms | switch to one decoded again ms |",
+                  "|---|---|---|---|"]
+        for c in many["counts"]:
+            cold = f"{c['cold_switch_ms']:.0f}" if "cold_switch_ms" in c else "-"
+            lines.append(f"| {c['n']} | {c['rss'] / 2**20:,.0f} | {c['warm_switch_ms']:.1f} | {cold} |")
+        lines += ["", f"Each adapter touches 1% of every patchable weight; its blob is {many['blob_bytes'] / 2**20:.1f} "
+                  f"MB. RSS per loaded adapter (from {many['counts'][-2]['n']} to {many['counts'][-1]['n']}): "
+                  f"{many['rss_per_adapter'] / 2**20:.2f} MB, {many['rss_per_adapter'] / many['blob_bytes']:.2f}x "
+                  f"its blob: the session keeps the blob and only the {many['plan_cache']} most recently used "
+                  "adapters decoded (`plan_cache`); a switch to any other decodes its blob again "
+                  "(`prepare(name)` does that ahead).", ""]
     return "\n".join(lines)
 
 
@@ -552,4 +642,5 @@ def run_real_size(out_dir, quick: bool = False, threads: int = 2, repeats: int =
 if __name__ == "__main__":  # a child: one mode, JSON on the last line of stdout
     mode, base, cache, threads, repeats = sys.argv[1:6]
     os.environ.setdefault("OMP_NUM_THREADS", threads)
-    print(json.dumps(run_mode(mode, Path(base), Path(cache), int(threads), int(repeats))))
+    measure = many_adapters if mode == "many-adapters" else lambda *a: run_mode(mode, *a)
+    print(json.dumps(measure(Path(base), Path(cache), int(threads), int(repeats))))

@@ -150,7 +150,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
         flip = iter(["shira-a", "shira-b"] * (repeats + 10))
         res["switch"][f"shira_{b}"] = stats(sample(lambda s=s: s.switch(next(flip)), repeats))
         if b == "onnxruntime":  # the patch kernel alone, on the same buffers: what the session adds is the rest
-            terms = {k: {buf: [(i, d, 1.0)] for buf, (i, d) in s._mapped[k].items()} for k in ("shira-a", "shira-b")}
+            terms = {k: {buf: [(i, d, 1.0)] for buf, (i, d) in s._decoded_for(k).mapped.items()} for k in ("shira-a", "shira-b")}
             flip = iter(["shira-a", "shira-b"] * (repeats + 10))
             res["switch"]["patch_kernel_onnxruntime"] = stats(sample(
                 lambda s=s: s.patcher.commit(s.patcher.plan(terms[next(flip)])), repeats))
