@@ -93,14 +93,21 @@ def report_styles_cmd(out_dir, steps):
 @click.option("--steps", default=300, show_default=True, help="Training steps per task and adapter.")
 @click.option("--masks", default="snip wm grad rand struct", show_default=True,
               help="SHiRA masks trained alone (space-separated); disjoint and joint recipes use snip.")
-def report_fusion_cmd(out_dir, steps, masks):
+@click.option("--seeds", default="0,1,2", show_default=True,
+              help="Training seeds of the three-task LM table (comma-separated): mean and range over them.")
+def report_fusion_cmd(out_dir, steps, masks, seeds):
     """Fuse 3 and up to 16 adapters trained alone, on disjoint masks and jointly (shira-train --joint), SHiRA
     against LoRA at the same trainable count: LM task accuracy retained and style concept loss, with every merge
-    rule; a curve of retained accuracy against the number fused and an image row of the fused styles."""
+    rule; a curve of retained accuracy against the number fused and an image row of the fused styles. SHiRA is
+    judged as users run it: blobs packed by shira-pack's defaults, switched and fused by a ShiraSession."""
     quiet_third_party()
     from .fusion import fusion_report
 
-    fusion_report(out_dir, steps, tuple(masks.split()), log=click.echo)
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: comma-separated integers", param_hint="--seeds") from None
+    fusion_report(out_dir, steps, tuple(masks.split()), log=click.echo, seeds=seed_list)
 
 
 @report_group.command("cost")

@@ -66,26 +66,40 @@ def test_fused_deltas_follow_the_runtime_rules():
         torch.testing.assert_close(fused_deltas([a, b], [1.0, 0.5], rule)["w"][0], sums[0])
 
 
-@pytest.mark.long  # trains 5 recipes x 19 tasks at a few steps: ~1 min
+@pytest.mark.long  # trains 6 recipes x 19 tasks at a few steps, 2 seeds of the 3-task table: ~2 min
 def test_fusion_report_structure(tmp_path):
-    from shira_demos.fusion import CURVE_N, fusion_report
+    from shira_demos.fusion import ALL_LINEAR, CURVE_N, fusion_report
+    from shira_format.adapter import DEFAULT_VALUES
 
-    r = fusion_report(tmp_path, steps=2, curve_masks=("snip",), log=lambda *a: None)
+    r = fusion_report(tmp_path, steps=2, curve_masks=("snip",), log=lambda *a: None, seeds=(0, 1))
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["lm"]["three"] == json.loads(json.dumps(r["lm"]["three"]))
     recipes = {x["recipe"] for x in r["lm"]["three"]}
-    assert recipes == {"SHiRA-snip, alone", "SHiRA-snip, disjoint", "SHiRA-snip, joint", "LoRA, alone", "LoRA, joint"}
+    assert recipes == {"SHiRA-snip, alone", "SHiRA-snip, disjoint", "SHiRA-snip, joint", ALL_LINEAR, "LoRA, alone",
+                       "LoRA, joint"}
     for x in r["lm"]["three"]:
-        expect = np.mean([(x["alone"][t] - x["fused"][t]) * 100 for t in x["alone"]])
-        assert np.isclose(x["concept_loss_points"], expect)
+        assert [run["seed"] for run in x["per_seed"]] == [0, 1]
+        losses = [np.mean([(run["alone"][t] - run["fused"][t]) * 100 for t in run["alone"]]) for run in x["per_seed"]]
+        assert np.isclose(x["concept_loss_points"], np.mean(losses))
+        assert x["concept_loss_range"] == [min(losses), max(losses)]
+        if x["recipe"].startswith("SHiRA"):  # judged on blobs packed with shira-pack's defaults, in a session
+            assert x["judged"]["values"] == [DEFAULT_VALUES] and x["judged"]["session_mode"] == "in-place"
+            assert all(b > 0 for b in x["judged"]["blob_bytes"].values()) and "shira-train tiny-llama" in x["command"]
     disjoint = [x for x in r["lm"]["three"] if x["recipe"] == "SHiRA-snip, disjoint"]
     assert len({json.dumps(x["fused"]) for x in disjoint}) == 1  # no overlap: every rule is the sum
+    assert "--fused-weight 0" in disjoint[0]["command"]
+    every = next(x for x in r["lm"]["three"] if x["recipe"] == ALL_LINEAR)
+    assert "--targets" not in every["command"]
+    every_bytes = sum(every["judged"]["blob_bytes"].values())
+    joint = next(x for x in r["lm"]["three"] if x["recipe"] == "SHiRA-snip, joint")
+    assert every_bytes > sum(joint["judged"]["blob_bytes"].values())  # more layers adapted, more entries
     curve = [c for c in r["lm"]["curve"] if "n" in c]
     assert {c["n"] for c in curve} == set(CURVE_N) and all(c["retained"] == 1.0 for c in curve if c["n"] == 1)
+    assert ALL_LINEAR not in {c["recipe"] for c in curve}
     for row in r["style"]["rows"]:
         assert np.isclose(row["concept_loss_db"], row["ensemble_psnr"] - row["fused_psnr"])
     md = (tmp_path / "README.md").read_text()
-    assert "curve.png" in md and "| LoRA, joint | sum |" in md
+    assert "curve.png" in md and "| LoRA, joint | sum |" in md and "shira-pack adapter" in md
     from PIL import Image
 
     assert Image.open(tmp_path / "curve.png").size[0] > 300 and Image.open(tmp_path / "styles.png").size[0] >= 128 * 7
