@@ -32,6 +32,8 @@ def block(after_heading: str, lang: str) -> str:
 
 
 def shell_lines(text: str) -> list[str]:
+    """The commands of a block, a line ending in a backslash joined with the next (as the shell reads them)."""
+    text = text.replace("\\\n", " ")
     return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 

@@ -103,3 +103,23 @@ def test_fusion_report_structure(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "curve.png").size[0] > 300 and Image.open(tmp_path / "styles.png").size[0] >= 128 * 7
+
+
+def test_readme_joint_example_trains_the_fusion_reports_joint_row():
+    """The README's `--joint` line is the report's "SHiRA-snip, joint" recipe (its numbers are the line's)."""
+    import shlex
+
+    from shira_demos.fusion import LM_TASKS, command, recipes
+
+    from .test_readme import block, shell_lines
+
+    line = next(ln for ln in shell_lines(block("## Training adapters", "sh")) if "--joint" in ln)
+    recipe = next(r for r in recipes() if r[0] == "SHiRA-snip, joint")
+
+    def options(cmd):
+        words = shlex.split(cmd.split("#")[0])
+        pairs = {w: (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True)
+                 for i, w in enumerate(words) if w.startswith("--")}
+        return {k: v for k, v in pairs.items() if k not in ("--seed", "--out")}
+
+    assert options(line) == options(command(recipe, LM_TASKS, 2, 300, 0.02, 0))
