@@ -218,3 +218,93 @@ def test_the_bake_refuses_a_base_whose_patches_would_not_reach_the_engine(llama,
     (tmp_path / "out").mkdir()
     with pytest.raises(BakeError, match="does not reach ONNX Runtime's output"):
         learn_layout(manifest_mod.load(llama.base_dir), tmp_path / "out")
+
+
+def test_weights_found_by_value_map_exactly_as_the_coded_passes_do(llama, tmp_path):
+    """One ORT pass (the weights found by their own values) against three (their positions coded): the same map."""
+    from shira_format import manifest as manifest_mod
+    from shira_runtime.bake import learn_layout
+
+    logs = {}
+    for by_value in (True, False):
+        (tmp_path / str(by_value)).mkdir()
+        lines = []
+        learn_layout(manifest_mod.load(llama.base_dir), tmp_path / str(by_value), log=lines.append,
+                     by_value=by_value)
+        logs[by_value] = lines
+    assert any("by their values" in ln for ln in logs[True]) and not any("positions" in ln for ln in logs[True])
+    assert any("baked the row positions" in ln for ln in logs[False])
+    fast, coded = (json.loads((tmp_path / str(b) / MAP_FILE).read_text())["placements"] for b in (True, False))
+    assert fast == coded and fast
+
+
+def _packed(rng, rows, cols, values=None):
+    """A fake baked data file: one weight stored plainly, then packed in MLAS panels, as two regions."""
+    from shira_runtime.onnx_regions import Region
+
+    form = {"form": "panels", "rows": rows, "cols": cols, "k_block": 256, "panel": 16,
+            "aligned_n": -(-cols // 16) * 16}
+    w = rng.standard_normal(rows * cols).astype(np.float32) if values is None else values
+    packed = np.zeros(rows * form["aligned_n"], dtype=np.float32)
+    packed[panel_positions(np.arange(w.size), form)] = w
+    data = np.concatenate([w, packed]).view(np.uint8)
+    regions = [Region("w", "data", 0, w.nbytes), Region("w", "prepacked", w.nbytes, packed.nbytes)]
+    return w, form, data, regions
+
+
+def test_find_by_value_reads_each_copy_under_its_form_and_refuses_what_it_cannot_tell():
+    from types import SimpleNamespace
+
+    from shira_runtime.bake import _find_by_value
+
+    rng = np.random.default_rng(0)
+    p = SimpleNamespace(name="w", shape=(300, 37))
+    w, form, data, regions = _packed(rng, 300, 37)
+    found = _find_by_value(regions, [p], {"w": w}, data)
+    assert [(r.kind, f) for r, f in found["w"]] == [("data", "contiguous"), ("prepacked", form)]
+    # many equal values fit several forms: left to the coded passes
+    sparse = np.where(rng.random(300 * 37) < 0.5, 0, rng.standard_normal(300 * 37)).astype(np.float32)
+    w2, _, data2, regions2 = _packed(rng, 300, 37, sparse)
+    assert _find_by_value(regions2, [p], {"w": w2}, data2) is None
+    # a copy that no form describes (here: the packed copy reversed): the weight is not found by value
+    bad = data.copy()
+    bad[w.nbytes:] = bad[w.nbytes:].view(np.float32)[::-1].copy().view(np.uint8)
+    assert _find_by_value(regions, [p], {"w": w}, bad) is None
+    # two weights that one region fits (ORT shares equal constants): refused
+    q = SimpleNamespace(name="v", shape=(300, 37))
+    assert _find_by_value(regions, [p, q], {"w": w, "v": w.copy()}, data) is None
+
+
+def test_a_by_value_map_that_fails_the_proof_is_made_again_with_coded_passes(llama, tmp_path, monkeypatch):
+    from shira_format import manifest as manifest_mod
+    from shira_runtime import bake
+
+    real_proof, calls = bake._prove_patches_reach_the_engine, []
+
+    def proof(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise bake.BakeError("made up")
+        return real_proof(*a, **k)
+
+    monkeypatch.setattr(bake, "_prove_patches_reach_the_engine", proof)
+    lines = []
+    (tmp_path / "out").mkdir()
+    bake.learn_layout(manifest_mod.load(llama.base_dir), tmp_path / "out", log=lines.append)
+    assert len(calls) == 2 and any("coded passes" in ln for ln in lines)
+    assert any("baked the row positions" in ln for ln in lines) and (tmp_path / "out" / MAP_FILE).exists()
+
+
+def test_the_first_load_shows_the_bakes_progress_while_it_runs(llama, tmp_path):
+    """Each step's line reaches the caller's log as the child prints it, not when the bake is over."""
+    from shira_format import manifest as manifest_mod
+    from shira_runtime.bake_cache import acquire
+
+    seen = []
+
+    def log(msg):
+        if "baked the base" in msg:  # the child has just made the real bake; its map is not written yet
+            seen.append([d for d in tmp_path.glob(".bake-*") if (d / MAP_FILE).exists()])
+
+    acquire(manifest_mod.load(llama.base_dir), tmp_path, log=log)
+    assert seen == [[]]

@@ -78,6 +78,19 @@ def test_in_place_snippet_runs_verbatim_and_says_in_place(llama, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "in-place None", r.stderr[-2000:]
 
 
+def test_many_adapters_snippet_runs_verbatim(llama, tmp_path):
+    """plan_cache=1 and prepare(): the snippet switches to an adapter that was no longer decoded."""
+    from shira_toolchain.pack import pack_peft_shira
+
+    (tmp_path / "out").mkdir()
+    os.symlink(llama.base_dir, tmp_path / "out" / "llama")
+    pack_peft_shira(llama.peft_dirs["zen"], llama.base_dir, tmp_path / "zen.shira", name="zen")
+    pack_peft_shira(llama.peft_dirs["json-doc"], llama.base_dir, tmp_path / "json.shira", name="json")
+    r = subprocess.run([sys.executable, "-c", block("Many adapters (same run", "python")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "{'zen': 1.0}", r.stderr[-2000:]
+
+
 @pytest.mark.long
 def test_tool_lines_then_snippet_then_training_run_in_a_fresh_directory(tmp_path):
     for line in shell_lines(block("## The tools", "sh")):

@@ -7,12 +7,15 @@ Conv), so patching the original buffer is invisible and keeping weights unpacked
 computes on the packed bytes where they lie. A weight written into ORT's (private, copy-on-write) mapping of
 that file is seen by the very next run: one engine, full speed, no second copy (docs/INPLACE.md).
 
-What the runtime must learn is where each weight entry went. The packers only copy values, so the model is
-baked three times: once with the real weights, and twice with every patchable entry replaced by an exact
-float32 code of its position (pass "row": flat // 4096, pass "col": flat % 4096, each offset per tensor so
+What the runtime must learn is where each weight entry went. The packers only copy values, placed by shape and
+kernel, so a float weight whose values are nearly all distinct is found in the real bake by its own bytes under
+a known form (`_find_by_value`): one ORT pass. Where that cannot be told for sure (a sparse or constant weight,
+a packing no form describes, integers), the model is baked twice more with every patchable entry replaced by an
+exact float32 code of its position (pass "row": flat // 4096, pass "col": flat % 4096, each offset per tensor so
 that no two tensors are equal, or ORT would merge them and change the layout). Decoding the two coded files
-gives, for every region of the real file, which entry of which weight sits where. The map is then proven on
-the real file: every mapped entry must equal the stored weight bit for bit, or the placement is not baked.
+gives, for every region of the real file, which entry of which weight sits where. Either map is then proven on
+the real file (every mapped entry must equal the stored weight bit for bit) and through the engine (a random
+patch must reach its output), or the placement is not baked.
 
 The bake is CPU- and ORT-specific (MLAS picks its kernels, hence its packing, at run time), so it is cached
 per CPU and ORT version (bake_cache.py) and made on the device at first load, in a child process so that its
@@ -23,6 +26,7 @@ copies of the weights: the coded weights are written to a file next to a copy of
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -39,7 +43,8 @@ from shira_format.safetensors_file import SafetensorsError, parse
 from shira_format.weights import quant_scales, safetensors_views
 
 from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,  # noqa: F401
-                           BakeError, describe, panel_positions, unpack_panels)
+                           BakeError, describe, form_positions, panel_forms, panel_positions, read_form,
+                           unpack_panels)
 from .onnx_regions import read_regions
 
 CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight
@@ -143,6 +148,7 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
         k = max(1, w.size // 100)
         idx = np.sort(rng.choice(w.size, k, replace=False)).astype(np.int64)
         scale = float(np.max(np.abs(w))) or 1.0
+        _release(w)
         mapped[name] = (idx, (rng.standard_normal(k) * 0.5 * scale).astype(np.float32))
     engine = InPlaceOnnxRuntimeBackend(manifest, threads, verify="off", bake_dir=out_dir)
     try:
@@ -199,6 +205,21 @@ def _load_check(out_dir: Path, threads) -> None:
                         f"{first_line(e)}") from None
 
 
+def _release(*mapped: np.ndarray) -> None:
+    """Let go of the pages of read-only file mappings read so far: they stay in the page cache, but no longer
+    count in this process's RSS (a bake that reads every weight twice would otherwise hold them all)."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for a in mapped:
+        for _ in range(16):  # down the chain of views to the mapping itself
+            if isinstance(a, mmap.mmap):
+                a.madvise(mmap.MADV_DONTNEED)
+                break
+            a = a.obj if isinstance(a, memoryview) else getattr(a, "_mmap", None) or getattr(a, "base", None)
+            if a is None:
+                break
+
+
 def _mapped_weights(path: Path):
     """weights.safetensors through a read-only memory map (page cache, not this process's own memory)."""
     try:
@@ -213,9 +234,12 @@ def _region_view(data: np.ndarray, region) -> np.ndarray:
     return data[region.offset: region.offset + region.length - region.length % 4].view(np.float32)
 
 
-def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) -> dict:
+def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by_value: bool = True) -> dict:
     """Bake `manifest`'s base into `out_dir` and map every patchable placement into the baked data file.
-    Returns the map (also written to out_dir/bake.json); raises BakeError when a placement cannot be mapped."""
+    Returns the map (also written to out_dir/bake.json); raises BakeError when a placement cannot be mapped.
+
+    `by_value`: find float weights in the real bake by their own values first (`_find_by_value`: one ORT pass
+    instead of three); where that cannot be told for sure, or its map fails the proof, the coded passes decide."""
     import onnxruntime as ort
 
     files = manifest.files_of("onnxruntime")
@@ -240,6 +264,8 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
     stored = safetensors_views(manifest, weights, weights_path)
     verify_placements("fast", manifest, "onnxruntime", stored, weights_path, threads,  # a damaged export is no base
                       scales=quant_scales(manifest, weights, weights_path))
+    release = lambda: _release(*stored.values())  # noqa: E731 - after each pass over the weights
+    release()
     real_dir = out_dir
     _bake_once(source, real_dir, threads)
     log(f"baked the base in {time.perf_counter() - t0:.1f}s")
@@ -247,9 +273,14 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
         raise BakeError(f"{manifest.path}: ONNX Runtime kept every weight inside the optimized model (all below "
                         f"{MIN_EXTERNAL_BYTES} bytes); they cannot be patched in place")
     regions, uses = read_regions((real_dir / BAKED_MODEL).read_bytes())
+    real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
+    found = _find_by_value(regions, floats, stored, real, release) if by_value and floats else None
+    _release(real)
+    if found is not None:
+        log(f"found the {len(floats)} float weights by their values in {time.perf_counter() - t0:.1f}s")
     coded = {}
     with tempfile.TemporaryDirectory(prefix="shira-bake-", dir=out_dir) as tmp:
-        for which in ("row", "col") if floats else ():
+        for which in ("row", "col") if floats and found is None else ():
             t1 = time.perf_counter()
             src_dir, d = Path(tmp) / f"{which}-source", Path(tmp) / which
             src_dir.mkdir()
@@ -261,8 +292,8 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
                                 "change; this base cannot be patched in place")
             coded[which] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
             log(f"baked the {which} positions in {time.perf_counter() - t1:.1f}s")
-        real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
-        found = _decode(regions, coded, floats, starts, real) if floats else {}
+        if found is None:
+            found = _decode(regions, coded, floats, starts, real) if floats else {}
         del coded
         if quants:
             from .bake_quantized import learn_quantized
@@ -286,7 +317,9 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
             packed_elsewhere = any(r.kind == "prepacked" for r in by_region.get(region.initializer, []))
             if region.kind == "data" and packed_elsewhere and uses.get(region.initializer, 0) <= 1:
                 continue  # the only consumer reads the packed copy: the plain one is never read again
-            if p.quant is None:
+            if p.quant is None and not isinstance(positions, np.ndarray):  # found by value: read back already
+                same = True
+            elif p.quant is None:
                 same = np.array_equal(_region_view(real, region).view(np.uint32)[positions],
                                       stored[p.name].view(np.uint32))
             else:
@@ -299,7 +332,8 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
                 raise BakeError(f"{manifest.path}: weight {owner[p.name].name} ({p.name}): ONNX Runtime transforms "
                                 f"its values when it optimizes ({region.initializer}); it cannot be patched in place")
             copy = {"region": region.initializer, "kind": region.kind, "offset": region.offset,
-                    "length": region.length, "positions": describe(positions, p.shape)}
+                    "length": region.length,
+                    "positions": describe(positions, p.shape) if isinstance(positions, np.ndarray) else positions}
             if p.quant is not None:
                 copy["unit"] = "byte" if p.quant.bits == 8 else "nibble"
                 if how["signed"]:
@@ -319,12 +353,81 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None) ->
                             f"(below {MIN_EXTERNAL_BYTES} bytes, or folded into another constant); it cannot be "
                             "patched in place")
         absmax = float(np.max(np.abs(stored[p.name]))) if stored[p.name].size and p.quant is None else 0.0
+        _release(real, stored[p.name])
         out["placements"][p.name] = {"copies": copies, "absmax": absmax}
     _load_check(out_dir, threads)
     (out_dir / MAP_FILE).write_text(json.dumps(out, indent=1))
-    _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)
+    try:
+        _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)
+    except BakeError as e:
+        if not (by_value and floats and any(not isinstance(c[1], np.ndarray) for v in found.values() for c in v)):
+            raise
+        log(f"{e}; mapping the weights again with coded passes")
+        del real
+        for f in out_dir.iterdir():
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+        return learn_layout(manifest, out_dir, threads, log, by_value=False)
     log(f"mapped {len(placements)} weights in {time.perf_counter() - t0:.1f}s")
     return out
+
+
+def _find_by_value(regions, placements, stored: dict, real: np.ndarray, release=lambda: None
+                   ) -> dict[str, list] | None:
+    """placement name -> [(region, form)]: every float placement found in the real bake alone, as the weight's own
+    bytes under one of the packings `describe` knows, bit for bit; None where that cannot be told for sure.
+
+    Packers place values by shape and kernel, never by value, so a weight whose values are nearly all distinct
+    and that reads back exactly under one form (and under no other that places the sampled entries
+    differently) lies there. Refused here, and left to the coded passes: weights with many equal values (a
+    constant or sparse weight fits several forms), a weight found nowhere, a region that two weights fit (ORT
+    shares one copy of equal weights). Copies this misses that the engine reads are caught by the proof."""
+    by_start: dict[bytes, list] = {}
+    for r in regions:
+        if r.length >= 8:
+            by_start.setdefault(bytes(real[r.offset:r.offset + 8]), []).append(r)
+    rng = np.random.default_rng(0)
+    found: dict[str, list] = {}
+    claimed: set = set()
+    for p in placements:
+        w = np.ascontiguousarray(stored[p.name]).reshape(-1).view(np.uint32)
+        n = w.size
+        if n < 16:
+            return None
+        probe = np.unique(np.concatenate([np.arange(64), np.arange(n - 64, n), rng.integers(0, n, 4096)]))
+        want = w[probe]
+        if np.unique(want).size < 0.9 * want.size:
+            return None
+        for r in by_start.get(w[:2].tobytes(), []):
+            view = _region_view(real, r).view(np.uint32)
+            fits = []
+            for form in ("contiguous", *panel_forms(p.shape)):
+                need = n if form == "contiguous" else form["rows"] * form["aligned_n"]
+                if view.size < need:
+                    continue
+                pos = form_positions(probe, form)
+                if pos.max() < view.size and np.array_equal(view[pos], want):
+                    if not any(np.array_equal(pos, q) for _, q in fits):
+                        fits.append((form, pos))
+            if not fits:
+                continue
+            if len(fits) > 1 or r in claimed:
+                return None
+            form = fits[0][0]
+            try:
+                if not np.array_equal(read_form(view, form, n), w):
+                    return None
+            except (IndexError, ValueError):  # the packing would run past the region's end: not this one
+                return None
+            claimed.add(r)
+            found.setdefault(p.name, []).append((r, form))
+        if p.name not in found:
+            return None
+        _release(real)
+        release()
+    for r in regions:  # a weight found in one copy must be found in all: a packing no form describes is coded
+        if r not in claimed and any(c.initializer == r.initializer for c in claimed):
+            return None
+    return found
 
 
 def _decode(regions, coded: dict[str, np.ndarray], placements, starts, real: np.ndarray) -> dict[str, list]:
@@ -371,6 +474,7 @@ def _decode(regions, coded: dict[str, np.ndarray], placements, starts, real: np.
             positions = np.empty(n, dtype=np.int64 if region.length >= 1 << 33 else np.int32)  # half the peak
             positions[f] = e
             found.setdefault(placements[ti].name, []).append((region, positions))
+        _release(coded["row"], coded["col"], real)
     return found
 
 

@@ -115,13 +115,16 @@ def _bake_into(base_dir: Path, root: Path, key_dir: Path, threads, log) -> Path:
         raise BakeError(f"{root}: cannot write the bake cache: {e.strerror}") from None
     cmd = [sys.executable, "-m", "shira_runtime.bake", str(base_dir), str(tmp), str(threads or 0)]
     log(f"{base_dir}: baking ONNX Runtime's packed weights for this CPU (first load)")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stderr.splitlines():
-        if not line.startswith("bake: "):
-            log(f"  {line}")
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:  # progress as the child makes it (a bake takes seconds to minutes)
+            line = line.rstrip("\n")
+            if line.strip():
+                lines.append(line)
+            if not line.startswith("bake: "):
+                log(f"  {line}")
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         reason = next((ln[6:] for ln in lines if ln.startswith("bake: ")), lines[-1] if lines else "")
         if proc.returncode < 0:  # killed: the last line it printed is progress, not the reason
             reason = (f"{base_dir}: the bake process was killed by signal {-proc.returncode}"

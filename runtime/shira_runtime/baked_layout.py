@@ -128,17 +128,35 @@ def describe(positions: np.ndarray, shape) -> str | dict | None:
     groups = _groups(positions, shape)
     if groups is not None:
         return groups
-    if len(shape) != 2:
-        return None
-    rows, cols = int(shape[0]), int(shape[1])
     probe = np.unique(np.concatenate([np.arange(min(n, 64)), np.arange(max(0, n - 64), n),
                                       np.random.default_rng(0).integers(0, n, 4096)]))
+    for form in panel_forms(shape):
+        if np.array_equal(panel_positions(probe, form), positions[probe]) and \
+                np.array_equal(panel_positions(np.arange(n), form), positions):
+            return form
+    return None
+
+
+def panel_forms(shape):
+    """Every MLAS panel packing tried for a float weight of `shape` (none unless it is a matrix), most likely first."""
+    if len(shape) != 2:
+        return
+    rows, cols = int(shape[0]), int(shape[1])
     for panel in (16, 8, 32, 4, 64):
         for kblock in (256, 128, 512, 64, 1024, rows):
             for align in sorted({panel, 16, 32, 64}):
-                form = {"form": "panels", "rows": rows, "cols": cols, "k_block": kblock, "panel": panel,
-                        "aligned_n": -(-cols // align) * align}
-                if np.array_equal(panel_positions(probe, form), positions[probe]) and \
-                        np.array_equal(panel_positions(np.arange(n), form), positions):
-                    return form
-    return None
+                yield {"form": "panels", "rows": rows, "cols": cols, "k_block": kblock, "panel": panel,
+                       "aligned_n": -(-cols // align) * align}
+
+
+def form_positions(flat: np.ndarray, form) -> np.ndarray:
+    """Where entries `flat` of a float weight lie in its region under `form` ("contiguous" or panels)."""
+    return flat.astype(np.int64) if form == "contiguous" else panel_positions(flat, form)
+
+
+def read_form(region: np.ndarray, form, n: int) -> np.ndarray:
+    """The weight's n entries (flat, row-major) read out of its region under `form`."""
+    if form == "contiguous":
+        return region[:n]
+    out = unpack_panels(region, form)
+    return out if out is not None else region[panel_positions(np.arange(n), form)]
