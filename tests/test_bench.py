@@ -83,6 +83,9 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     md = markdown(r)
     assert "| llama-small | in-place |" in md and "| llama-small | onnx-adapter |" in md
     assert "## Many adapters loaded (llama-small, in place)" in md and "| 100 |" in md and "switch / floor" in md
+    bake = row["bake"]  # the first load: found by value in one ORT pass, against a plain session's creation
+    assert bake["route"] == "by value" and bake["bake_s"] > 0 and bake["bake_peak_rss"] > 0
+    assert "## The first load: the bake against a plain session" in md and "| llama-small | by value |" in md
     plot(r, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
 
