@@ -348,7 +348,7 @@ def train_main():
 @click.option("--real-size", is_flag=True,
               help="Instead: switching at real size (Llama 168M and 0.55B, ViT-B/16, random weights, ONNX Runtime), "
                    "each mode in its own process with its RSS: in place, two-phase, patchable, re-creating the "
-                   "session, PEFT LoRA, ORT's LoRA adapters. Writes real_size.{json,md,png}. 15 min on the 2-core "
+                   "session, PEFT LoRA, ORT's LoRA adapters. Writes real_size.{json,md,png}. 11 min on the 2-core "
                    "x86-64 dev machine (`shira-bench --real-size --out reports/real_size`); --quick: the 168M Llama "
                    "only, about 3 min.")
 @click.option("--quantized", is_flag=True,
@@ -360,7 +360,8 @@ def train_main():
 @click.option("--ort-lora", is_flag=True,
               help="Instead: SHiRA in place against ONNX Runtime's LoRA left unfused (.onnx_adapter) on the same "
                    "float32, int8 and int4 bases of a 168M Llama: LoRA r = 8, 16, 64 with one and three adapters "
-                   "active, runs side by side in one process per base, RSS. Writes ort_lora.{json,md,png}.")
+                   "active, runs side by side in one process per base, RSS. Writes ort_lora.{json,md,png}. 46 min on "
+                   "the 2-core x86-64 dev machine (`shira-bench --ort-lora --out reports/ort_lora`).")
 @click.option("--parts", default=",".join(("lm", "style", "real", "executorch")), show_default=True,
               help="With --quantized: the sections to measure (lm: tiny-llama, style: the style net, real: 168M on "
                    "ONNX Runtime, executorch: 168M on ExecuTorch); the others are kept from quantized.json in --out, "
