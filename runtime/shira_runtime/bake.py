@@ -264,8 +264,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     stored = safetensors_views(manifest, weights, weights_path)
     verify_placements("fast", manifest, "onnxruntime", stored, weights_path, threads,  # a damaged export is no base
                       scales=quant_scales(manifest, weights, weights_path))
-    release = lambda: _release(*stored.values())  # noqa: E731 - after each pass over the weights
-    release()
+    _release(*stored.values())
     real_dir = out_dir
     _bake_once(source, real_dir, threads)
     log(f"baked the base in {time.perf_counter() - t0:.1f}s")
@@ -274,7 +273,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
                         f"{MIN_EXTERNAL_BYTES} bytes); they cannot be patched in place")
     regions, uses = read_regions((real_dir / BAKED_MODEL).read_bytes())
     real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
-    found = _find_by_value(regions, floats, stored, real, release) if by_value and floats else None
+    found = _find_by_value(regions, floats, stored, real) if by_value and floats else None
     _release(real)
     if found is not None:
         log(f"found the {len(floats)} float weights by their values in {time.perf_counter() - t0:.1f}s")
@@ -371,8 +370,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     return out
 
 
-def _find_by_value(regions, placements, stored: dict, real: np.ndarray, release=lambda: None
-                   ) -> dict[str, list] | None:
+def _find_by_value(regions, placements, stored: dict, real: np.ndarray) -> dict[str, list] | None:
     """placement name -> [(region, form)]: every float placement found in the real bake alone, as the weight's own
     bytes under one of the packings `describe` knows, bit for bit; None where that cannot be told for sure.
 
@@ -422,8 +420,7 @@ def _find_by_value(regions, placements, stored: dict, real: np.ndarray, release=
             found.setdefault(p.name, []).append((r, form))
         if p.name not in found:
             return None
-        _release(real)
-        release()
+        _release(real, stored[p.name])
     for r in regions:  # a weight found in one copy must be found in all: a packing no form describes is coded
         if r not in claimed and any(c.initializer == r.initializer for c in claimed):
             return None
