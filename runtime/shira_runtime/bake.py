@@ -26,7 +26,6 @@ copies of the weights: the coded weights are written to a file next to a copy of
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import platform
 import shutil
@@ -44,7 +43,7 @@ from shira_format.weights import quant_scales, safetensors_views
 
 from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,  # noqa: F401
                            BakeError, describe, form_positions, panel_forms, panel_positions, read_form,
-                           unpack_panels)
+                           release_pages, unpack_panels)
 from .onnx_regions import read_regions
 
 CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight
@@ -148,7 +147,7 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
         k = max(1, w.size // 100)
         idx = np.sort(rng.choice(w.size, k, replace=False)).astype(np.int64)
         scale = float(np.max(np.abs(w))) or 1.0
-        _release(w)
+        release_pages(w)
         mapped[name] = (idx, (rng.standard_normal(k) * 0.5 * scale).astype(np.float32))
     engine = InPlaceOnnxRuntimeBackend(manifest, threads, verify="off", bake_dir=out_dir)
     try:
@@ -205,21 +204,6 @@ def _load_check(out_dir: Path, threads) -> None:
                         f"{first_line(e)}") from None
 
 
-def _release(*mapped: np.ndarray) -> None:
-    """Let go of the pages of read-only file mappings read so far: they stay in the page cache, but no longer
-    count in this process's RSS (a bake that reads every weight twice would otherwise hold them all)."""
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    for a in mapped:
-        for _ in range(16):  # down the chain of views to the mapping itself
-            if isinstance(a, mmap.mmap):
-                a.madvise(mmap.MADV_DONTNEED)
-                break
-            a = a.obj if isinstance(a, memoryview) else getattr(a, "_mmap", None) or getattr(a, "base", None)
-            if a is None:
-                break
-
-
 def _mapped_weights(path: Path):
     """weights.safetensors through a read-only memory map (page cache, not this process's own memory)."""
     try:
@@ -264,7 +248,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     stored = safetensors_views(manifest, weights, weights_path)
     verify_placements("fast", manifest, "onnxruntime", stored, weights_path, threads,  # a damaged export is no base
                       scales=quant_scales(manifest, weights, weights_path))
-    _release(*stored.values())
+    release_pages(*stored.values())
     real_dir = out_dir
     _bake_once(source, real_dir, threads)
     log(f"baked the base in {time.perf_counter() - t0:.1f}s")
@@ -274,7 +258,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     regions, uses = read_regions((real_dir / BAKED_MODEL).read_bytes())
     real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
     found = _find_by_value(regions, floats, stored, real) if by_value and floats else None
-    _release(real)
+    release_pages(real)
     if found is not None:
         log(f"found the {len(floats)} float weights by their values in {time.perf_counter() - t0:.1f}s")
     coded = {}
@@ -312,28 +296,22 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     maps_dir.mkdir(exist_ok=True)
     for p in placements:
         copies = []
-        for region, positions, *quantized in found.get(p.name, []):  # quantized: [export entries, how]
+        for region, positions, *quantized in found.get(p.name, []):  # quantized: [how]
             packed_elsewhere = any(r.kind == "prepacked" for r in by_region.get(region.initializer, []))
             if region.kind == "data" and packed_elsewhere and uses.get(region.initializer, 0) <= 1:
                 continue  # the only consumer reads the packed copy: the plain one is never read again
-            if p.quant is None and not isinstance(positions, np.ndarray):  # found by value: read back already
-                same = True
-            elif p.quant is None:
-                same = np.array_equal(_region_view(real, region).view(np.uint32)[positions],
-                                      stored[p.name].view(np.uint32))
-            else:
-                from .bake_quantized import slots
-
-                want, how = quantized
-                flip = (1 << (p.quant.bits - 1)) if how["signed"] else 0
-                same = np.array_equal(slots(real, region, p.quant.bits)[positions], want ^ np.uint8(flip))
+            # found by value or quantized: read back already
+            same = p.quant is not None or not isinstance(positions, np.ndarray) or np.array_equal(
+                _region_view(real, region).view(np.uint32)[positions], stored[p.name].view(np.uint32))
             if not same:
                 raise BakeError(f"{manifest.path}: weight {owner[p.name].name} ({p.name}): ONNX Runtime transforms "
                                 f"its values when it optimizes ({region.initializer}); it cannot be patched in place")
             copy = {"region": region.initializer, "kind": region.kind, "offset": region.offset,
                     "length": region.length,
-                    "positions": describe(positions, p.shape) if isinstance(positions, np.ndarray) else positions}
+                    "positions": positions if not isinstance(positions, np.ndarray)
+                    else describe(positions, p.shape) if p.quant is None else None}  # quantized: described already
             if p.quant is not None:
+                how = quantized[0]
                 copy["unit"] = "byte" if p.quant.bits == 8 else "nibble"
                 if how["signed"]:
                     copy["signed"] = True
@@ -352,7 +330,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
                             f"(below {MIN_EXTERNAL_BYTES} bytes, or folded into another constant); it cannot be "
                             "patched in place")
         absmax = float(np.max(np.abs(stored[p.name]))) if stored[p.name].size and p.quant is None else 0.0
-        _release(real, stored[p.name])
+        release_pages(real, stored[p.name])
         out["placements"][p.name] = {"copies": copies, "absmax": absmax}
     _load_check(out_dir, threads)
     (out_dir / MAP_FILE).write_text(json.dumps(out, indent=1))
@@ -420,7 +398,7 @@ def _find_by_value(regions, placements, stored: dict, real: np.ndarray) -> dict[
             found.setdefault(p.name, []).append((r, form))
         if p.name not in found:
             return None
-        _release(real, stored[p.name])
+        release_pages(real, stored[p.name])
     for r in regions:  # a weight found in one copy must be found in all: a packing no form describes is coded
         if r not in claimed and any(c.initializer == r.initializer for c in claimed):
             return None
@@ -471,7 +449,7 @@ def _decode(regions, coded: dict[str, np.ndarray], placements, starts, real: np.
             positions = np.empty(n, dtype=np.int64 if region.length >= 1 << 33 else np.int32)  # half the peak
             positions[f] = e
             found.setdefault(placements[ti].name, []).append((region, positions))
-        _release(coded["row"], coded["col"], real)
+        release_pages(coded["row"], coded["col"], real)
     return found
 
 

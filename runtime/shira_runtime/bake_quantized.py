@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from shira_format.quant import entries
 
-from .baked_layout import BAKED_DATA, BAKED_MODEL, BakeError
+from .baked_layout import BAKED_DATA, BAKED_MODEL, BakeError, describe, release_pages
 from .onnx_regions import read_regions
 from .quant_sums import FORMULAS, block_sums, count, match
 from .quant_sums import sums as quant_sums
@@ -44,28 +44,42 @@ def mask(f: np.ndarray, tensor: int, base: int, which: int) -> np.ndarray:
     return r.astype(np.int64)
 
 
-def _pass_values(kind: str, f: np.ndarray, tensor: int, base: int) -> np.ndarray:
+def masks(placements: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """placement name -> (r, r2) as uint8 [n], hashed once per bake: every pass and the decode read them."""
+    out = {}
+    for i, p in enumerate(placements):
+        n, base = int(np.prod(p.shape)), 1 << p.quant.bits
+        r1, r2 = np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8)
+        for lo in range(0, n, CHUNK):
+            f = np.arange(lo, min(n, lo + CHUNK), dtype=np.int64)
+            r1[lo:lo + f.size], r2[lo:lo + f.size] = mask(f, i, base, 1), mask(f, i, base, 2)
+        out[p.name] = (r1, r2)
+    return out
+
+
+def _pass_values(kind: str, lo: int, hi: int, base: int, r: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Pass `kind`'s values of entries lo..hi-1 as uint8 (base 256 wraps by itself; base 16 is masked)."""
     if kind == "mask":
-        return mask(f, tensor, base, 1)
+        return r[0][lo:hi]
     if kind == "other":
-        return mask(f, tensor, base, 2)
+        return r[1][lo:hi]
     m = int(kind.removeprefix("digit"))
-    return ((f // base**m) % base + mask(f, tensor, base, 1)) % base
+    digit = ((np.arange(lo, hi, dtype=np.int64) // base**m) % base).astype(np.uint8)
+    return (digit + r[0][lo:hi]) & np.uint8(base - 1)
 
 
-def _write_pass(kind: str, placements: list):
+def _write_pass(kind: str, placements: list, r: dict):
     """An edit for bake._source_copy: every quantized entry replaced by its value for pass `kind`."""
     def edit(st):
-        for i, p in enumerate(placements):
+        for p in placements:
             buf = st.array(p.name).reshape(-1)
             n, base = int(np.prod(p.shape)), 1 << p.quant.bits
             for lo in range(0, n, CHUNK):
-                f = np.arange(lo, min(n, lo + CHUNK), dtype=np.int64)
-                v = _pass_values(kind, f, i, base).astype(np.uint8)
+                v = _pass_values(kind, lo, min(n, lo + CHUNK), base, r[p.name])
                 if p.quant.bits == 8:
-                    buf[lo:lo + f.size] = v
+                    buf[lo:lo + v.size] = v
                 else:  # chunks are even-sized: whole bytes
-                    buf[lo // 2:(lo + f.size) // 2] = v[0::2] | (v[1::2] << np.uint8(4))
+                    buf[lo // 2:(lo + v.size) // 2] = v[0::2] | (v[1::2] << np.uint8(4))
     return edit
 
 
@@ -84,8 +98,9 @@ def _slots(raw: np.ndarray, bits: int) -> np.ndarray:
 
 def learn_quantized(source: Path, weights_name: str, placements: list, stored: dict, scales: dict, dims: dict,
                     regions, real: np.ndarray, tmp: Path, bake_once, source_copy, threads, log) -> dict[str, list]:
-    """placement name -> [(region, positions, export entries, how)] for every region of the baked file that
-    holds its entries: positions[f] = the slot (byte or nibble) of entry f; how = {"signed": slots hold u XOR
+    """placement name -> [(region, positions, how)] for every region of the baked file that holds its entries,
+    each read back against the real bake: positions = the formula (baked_layout.describe) or the array giving
+    entry f's slot (byte or nibble); how = {"signed": slots hold u XOR
     the zero point, "sums": None or (formula, word of each sum)}. `stored`: the export's stored bytes per
     placement; `scales`: its float32 scales; `dims`: (rows, cols) of its matrix; `real`: the real bake's data."""
     ours = {p.name: [r for r in regions if r.initializer == p.name] for p in placements}
@@ -97,47 +112,61 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
     digits = {bits: max(1, int(np.ceil(np.log(max(largest, 2)) / np.log(1 << bits))))
               for bits in {p.quant.bits for p in placements}}
     kinds = ["mask", "other"] + [f"digit{m}" for m in range(max(digits.values()))]
-    raw: dict[str, dict] = {"real": {p.name: [np.array(real[r.offset:r.offset + r.length]) for r in ours[p.name]]
-                                     for p in placements}}  # kind -> placement -> [region bytes]
+    t0 = time.perf_counter()
+    r = masks(placements)
+    log(f"drew the quantized passes' values in {time.perf_counter() - t0:.1f}s")
+    data = {"real": real}  # kind -> that pass's baked data, mapped; read one placement at a time
     for kind in kinds:
         t0 = time.perf_counter()
         src_dir, d = tmp / f"q-{kind}-source", tmp / f"q-{kind}"
         src_dir.mkdir()
         d.mkdir()
-        bake_once(source_copy(source, weights_name, src_dir, _write_pass(kind, placements)), d, threads)
+        bake_once(source_copy(source, weights_name, src_dir, _write_pass(kind, placements, r)), d, threads)
         shutil.rmtree(src_dir)
         if read_regions((d / BAKED_MODEL).read_bytes())[0] != regions:
             raise BakeError(f"{source}: ONNX Runtime lays the quantized weights out differently when their values "
                             "change; this base cannot be patched in place")
-        data = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
-        raw[kind] = {p.name: [np.array(data[r.offset:r.offset + r.length]) for r in ours[p.name]] for p in placements}
-        del data
-        shutil.rmtree(d)
+        data[kind] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
         log(f"baked the quantized {kind} pass in {time.perf_counter() - t0:.1f}s")
 
     found: dict[str, list] = {}
+    t0 = time.perf_counter()
     for i, p in enumerate(placements):
         n, base, bits = int(np.prod(p.shape)), 1 << p.quant.bits, p.quant.bits
         want = entries(stored[p.name], p.quant)[np.arange(n, dtype=np.int64)]
         for k, region in enumerate(ours[p.name]):
-            sl = {kind: _slots(raw[kind][p.name][k], bits) for kind in raw}
+            raw = {kind: np.array(d[region.offset:region.offset + region.length]) for kind, d in data.items()}
+            release_pages(*(d for kind, d in data.items() if kind != "real"))
+            sl = {kind: _slots(raw[kind], bits) for kind in raw}
             v1, v2 = sl["mask"], sl["other"]
             changed = np.flatnonzero(v1 != v2)
-            f = np.zeros(changed.size, dtype=np.int64)
-            for m in range(digits[bits]):
-                f += ((sl[f"digit{m}"][changed].astype(np.int64) - v1[changed]) % base) * base**m
+            if changed.size == v1.size:  # every slot holds an entry (x86): slices, not gathers
+                changed = slice(None)
+            top = np.uint8(base - 1)
+            v1c = v1[changed]
+            wide = np.uint32 if bits * digits[bits] <= 32 else np.int64  # f < base ** digits
+            f = np.zeros(v1c.size, dtype=wide)
+            for m in range(digits[bits]):  # uint8 differences wrap mod 256; mod 16 by the mask
+                f += ((sl[f"digit{m}"][changed] - v1c) & top).astype(wide) << wide(bits * m)
             # an entry's slot holds its pass value plus one constant (0, or z where the packer stores u - z in
             # two's complement) in both mask passes; other changed slots hold values derived from the entries
-            fc = np.minimum(f, n - 1)
-            off = (v1[changed].astype(np.int64) - mask(fc, i, base, 1)) % base
-            valid = (f < n) & (off == (v2[changed].astype(np.int64) - mask(fc, i, base, 2)) % base)
+            fc = np.minimum(f, wide(n - 1))
+            off = (v1c - r[p.name][0][fc]) & top
+            valid = (f < n) & (off == ((v2[changed] - r[p.name][1][fc]) & top))
+            del v1c
             offset = int(np.bincount(off[valid], minlength=base).argmax()) if valid.any() else 0
-            valid &= (off == offset) & (sl["real"][changed] == (want[fc].astype(np.int64) + offset) % base)
+            valid &= (off == offset) & (sl["real"][changed] == ((want[fc] + np.uint8(offset)) & top))
             # a derived float's nibble or byte can pass those checks by chance (1 in 4096 nibbles); packers keep
             # entries and derived floats in separate 4-byte words, so a word with any other changed slot is
             # derived as a whole
-            word = (changed >> 1 if bits == 4 else changed) // 4
-            valid &= ~np.isin(word, word[~valid])
+            if isinstance(changed, slice):
+                changed = np.arange(v1.size, dtype=np.int64)
+            if not valid.all():
+                word = (changed >> 1 if bits == 4 else changed) // 4
+                derived_word = np.zeros(int(word[-1]) + 1, dtype=bool)
+                derived_word[word[~valid]] = True  # marks, not np.isin: sorting every slot costs minutes at 168M
+                valid &= ~derived_word[word]
+                del derived_word, word
             ent, f = changed[valid], f[valid]
             ok = ent.size == n and offset in (0, base // 2)
             if ok:
@@ -147,32 +176,42 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
             if not ok:
                 raise BakeError(f"region {region.initializer} ({region.kind}): holds {ent.size} of the {n} entries "
                                 f"of quantized weight {p.name}, or mixes them; it cannot be patched in place")
-            derived = np.setdiff1d(np.unique(np.concatenate(
-                [np.flatnonzero(sl[kind] != v1) for kind in sl if kind != "mask"])), ent, assume_unique=True)
+            moved = np.zeros(v1.size, dtype=bool)  # slots that change in any pass, then less the entries
+            for kind in sl:
+                if kind != "mask":
+                    moved |= sl[kind] != v1
+            moved[ent] = False
+            derived = np.flatnonzero(moved)
+            del moved
             sums = None
             if derived.size:
-                u = {kind: want if kind == "real" else _pass_values(kind, np.arange(n, dtype=np.int64), i, base)
-                     for kind in raw}
-                sums = _learn_sums(region, k, p, raw, u, scales[p.name], dims[p.name], derived)
-            positions = np.empty(n, dtype=np.int64)
+                u = {kind: want if kind == "real" else _pass_values(kind, 0, n, base, r[p.name]) for kind in raw}
+                sums = _learn_sums(region, p, raw, u, scales[p.name], dims[p.name], derived)
+            positions = np.empty(n, dtype=np.uint32 if v1.size < 1 << 32 else np.int64)
             positions[f] = ent
-            found.setdefault(p.name, []).append((region, positions, want, {"signed": offset != 0, "sums": sums}))
+            del ent, f, changed, sl, raw
+            # every entry was read back above: keep its formula where one gives it (a map only where none does),
+            # so a bake holds no weight-sized index arrays beyond the one being decoded
+            form = describe(positions, p.shape)
+            found.setdefault(p.name, []).append((region, positions if form is None else form,
+                                                 {"signed": offset != 0, "sums": sums}))
+    log(f"found the entries of {len(placements)} quantized weights in {time.perf_counter() - t0:.1f}s")
     return found
 
 
-def _learn_sums(region, k: int, p, raw: dict, u: dict, scales: np.ndarray, dims, derived: np.ndarray):
+def _learn_sums(region, p, raw: dict, u: dict, scales: np.ndarray, dims, derived: np.ndarray):
     """(formula, word of each sum) for the floats a packer derived from the entries (quant_sums.py): every
     changed slot that is not an entry must lie in a float32 word that one formula explains in every pass."""
     rows, cols = dims
     block, z = p.quant.block, p.quant.zero_point
     byte = derived >> 1 if p.quant.bits == 4 else derived
     words = np.unique(byte // 4)
-    length = raw["real"][p.name][k].size // 4
+    length = raw["real"].size // 4
     if words.max() >= length:
         raise BakeError(f"region {region.initializer}: values derived from quantized weight {p.name} end past a "
                         "whole float; it cannot be patched in place")
     kinds = sorted(raw)
-    seen = np.stack([raw[kind][p.name][k][:length * 4].view(np.uint32)[words] for kind in kinds])
+    seen = np.stack([raw[kind][:length * 4].view(np.uint32)[words] for kind in kinds])
     s = np.asarray(scales, dtype=np.float32).reshape(rows, cols // block)
     for formula in FORMULAS:
         if count(formula, rows, cols // block) != words.size:
