@@ -82,7 +82,7 @@ def report_styles_cmd(out_dir, steps):
     PSNR/SSIM to each style, concept loss under 2- and 3-adapter fusion, mask overlap and AWOM/AWOR, and an
     image grid. About 10 min (600 s) on the 2-core x86-64 dev machine."""
     quiet_third_party()
-    from .report import style_report
+    from .styles_report import style_report
 
     style_report(out_dir, steps, log=click.echo)
 
@@ -151,7 +151,7 @@ def generate_cmd(base, adapters, prompt, prompt_ids, max_new_tokens, top_k, temp
     try:
         if (prompt is None) == (prompt_ids is None):
             raise ShiraError("give exactly one of --prompt and --prompt-ids")
-        with ShiraSession(base, backend=backend, threads=threads, prepack="off") as sess:
+        with ShiraSession(base, backend=backend, threads=threads, mode="patchable") as sess:
             tok = load_tokenizer(Path(base), sess.manifest) if prompt is not None else None
             if prompt is not None:
                 ids = tok.encode(prompt)

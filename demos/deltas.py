@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from shira_toolchain.train.layers import ShiraConv
+from shira_toolchain.train.shira_conv import ShiraConv
 
 
 def effective_deltas(model, base: torch.nn.Module, targets: list[str]) -> dict[str, torch.Tensor]:

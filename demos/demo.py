@@ -63,7 +63,7 @@ def run_demo(model_name: str, out_dir, steps: int = 40, r: int = 1, threads: int
         log(f"  loaded the base once in {backend} in {(time.perf_counter() - t) * 1e3:.0f} ms")
         for task, path in blobs.items():
             sessions[backend].load(path, name=task)
-    base_weights = {b: {n: w.copy() for n, w in s.backend.buffers.items()} for b, s in sessions.items()}
+    base_weights = {b: s.live_buffers() for b, s in sessions.items()}
 
     sample = np.load(base_dir / "sample.npz")
     inputs = {k.removeprefix("input:"): sample[k] for k in sample.files if k.startswith("input:")}
@@ -88,7 +88,7 @@ def run_demo(model_name: str, out_dir, steps: int = 40, r: int = 1, threads: int
                             "max_abs_diff_vs_peft": float(np.max(np.abs(out - ref)))}
             row["patched_entries"] = sess.patcher.patched_entries
         rows.append(row)
-    exact = {b: all(np.array_equal(s.backend.buffers[n], w) for n, w in base_weights[b].items())
+    exact = {b: all(np.array_equal(v, base_weights[b][n]) for n, v in s.live_buffers().items())
              for b, s in sessions.items()}
     log("")
     log(format_table(rows))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from shira_toolchain.bench.measure import psnr
 from shira_toolchain.train import lm_text, photos
 from shira_toolchain.train.loop import fit
 from shira_toolchain.train.styles import STYLES
@@ -26,10 +27,6 @@ from shira_toolchain.train.styles import STYLES
 MODELS = Path(__file__).resolve().parents[1] / "models"
 STYLE_TARGETS = r"^(enc\.2|mix\.0|dec\.3)\.weight$"  # r=1 -> 1,091 values = 1.93% of the net's 56,675
 STYLE_MASK = "wm"
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1.0 / F.mse_loss(a.clamp(0, 1), b)))
 
 
 def train_base(steps: int = 2000, batch: int = 8, size: int = 48, lr: float = 2e-3, seed: int = 0, log=print):

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from shira_format.atomic import write_text
 from shira_runtime import ShiraSession
 from shira_runtime.patcher import RULES, merge
 from shira_toolchain.export import export_model
@@ -315,27 +316,20 @@ def fusion_report(out_dir, steps: int = 300, curve_masks=("snip", "wm", "grad", 
                          + (f" --seeds {','.join(map(str, seeds))}" if tuple(seeds) != SEEDS else ""),
               "steps": steps, "fused_weight": FUSED_WEIGHT, "lm": lm, "style": style, "seconds": time.time() - t0,
               "machine": machine()}
-    _write(out_dir / "report.json", json.dumps(report, indent=1))
+    write_text(out_dir / "report.json", json.dumps(report, indent=1))
     plot_png(out_dir / "curve.png", lm["curve"])
     grid_png(out_dir / "styles.png", images)
-    _write(out_dir / "README.md", markdown(report))
+    write_text(out_dir / "README.md", markdown(report))
     log(f"report -> {out_dir} ({report['seconds']:.0f}s)")
     return report
 
 
 def machine() -> str:
-    import os
-    import platform
+    """The machine in one line, from the benches' own record of it."""
+    from shira_toolchain.bench.measure import machine as record
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    m = record()
+    return f"{m['cpu']}, {m['cores']} cores"
 
 
 def plot_png(path: Path, curve: list[dict]) -> None:

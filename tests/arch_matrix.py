@@ -120,8 +120,8 @@ def check_architecture(name: str, work: Path, log=lambda *a: None) -> dict:
             *[torch.from_numpy(inputs[k]) for k in subject.example_inputs])
     ref = ref if isinstance(ref, tuple) else (ref,)
     for backend in ("onnxruntime", "executorch"):
-        with ShiraSession(base, backend=backend, prepack="off") as sess:
-            before = {n: b.copy() for n, b in sess.backend.buffers.items()}
+        with ShiraSession(base, backend=backend, mode="patchable") as sess:
+            before = sess.live_buffers()
             out0 = sess.run(inputs)
             sess.load(blob)
             sess.switch("a")
@@ -132,7 +132,7 @@ def check_architecture(name: str, work: Path, log=lambda *a: None) -> dict:
             assert moved > 0, f"{backend}: the adapter changed no output"
             assert rel <= REL_TOL, f"{backend}: max |runtime - merged| is {rel:.3g} of the output's scale"
             sess.reset()
-            for n, b in sess.backend.buffers.items():
+            for n, b in sess.live_buffers().items():
                 assert np.array_equal(b.view(np.uint8), before[n].view(np.uint8)), f"{backend}: {n} not reset"
             assert all(np.array_equal(sess.run(inputs)[n], out0[n]) for n in out0), f"{backend}: output not reset"
             row["rel_error"][backend] = rel
@@ -144,7 +144,7 @@ def check_architecture(name: str, work: Path, log=lambda *a: None) -> dict:
 
 
 def check_in_place(base: Path, blob: Path, inputs: dict, patchable_out: dict, cache: Path) -> str:
-    """The default ONNX Runtime session (prepack="auto"): in place where the base bakes, checked against the
+    """The default ONNX Runtime session (mode="auto"): in place where the base bakes, checked against the
     patchable engine's output for the same adapter and bit-exact on reset; else the reason it fell back."""
     from shira_runtime import ShiraSession
 
@@ -182,7 +182,7 @@ def write_models_md(rows: list[dict], path: Path, command: str) -> None:
         err = " / ".join(f"{r['rel_error'][b]:.1e}" for b in ("onnxruntime", "executorch"))
         lines.append(f"| {r['architecture']} | {r['class']} ({r['task']}) | {r['parameters']:,} | {r['patchable']} "
                      f"| {r['folded']} | {why} | {err} | {r.get('in_place', '-')} | {r['export_s']} |")
-    lines += ["", "`in place on ORT`: what the default session (`prepack=\"auto\"`) got on ONNX Runtime: `yes` is the "
+    lines += ["", "`in place on ORT`: what the default session (`mode=\"auto\"`) got on ONNX Runtime: `yes` is the "
               "baked base patched in place (docs/INPLACE.md), its output checked against the patchable engine's and "
               "reset bit for bit; otherwise the reason it fell back.",
               "", "`export s`: wall time of both exports, with their probes and checks (other work shared the cores). "

@@ -51,4 +51,4 @@ def patched_copy(model: torch.nn.Module, modules: dict, scale: float = 1.0) -> t
 
 
 def snapshot(session) -> dict[str, bytes]:
-    return {n: b.tobytes() for n, b in session.backend.buffers.items()}
+    return {n: b.tobytes() for n, b in session.live_buffers().items()}

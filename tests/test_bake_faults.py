@@ -47,7 +47,7 @@ def _in_place(base: Path, cache: Path):
 
 def test_a_bake_killed_midway_is_swept_and_made_again(base, tmp_path):
     cache = tmp_path / "cache"
-    code = ("import sys; from shira_format import manifest as m; from shira_runtime.bake_cache import acquire; "
+    code = ("import sys; from shira_format import manifest as m; from shira_runtime.inplace.cache import acquire; "
             f"acquire(m.load({str(base)!r}), {str(cache)!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     deadline = time.time() + 120

@@ -178,7 +178,7 @@ def test_train_data_that_is_not_text(capsys, monkeypatch, llama, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["model", "tiny-lama", "--out", "x"], "tiny-lama: not a built-in model"),
     (["model", "EMPTY", "--out", "x"], "no config.json"),
-    (["model", "tiny-llama", "--task", "causal-lm", "--out", "x"], "--task applies to Hugging Face model directories"),
+    (["model", "tiny-llama", "--hf-task", "causal-lm", "--out", "x"], "--hf-task applies to Hugging Face model directories"),
 ])
 def test_export_refuses_a_bad_source_before_importing_torch(args, needle, tmp_path):
     """A typo costs a second, not the 15 s of importing torch and transformers first."""

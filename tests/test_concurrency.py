@@ -7,10 +7,10 @@ import pytest
 from shira_runtime import ShiraSession
 
 
-@pytest.mark.parametrize("prepack", ["off", "background"])
-def test_no_half_patched_outputs_under_concurrent_switching(llama, backend, prepack):
-    """With "background", prepacked engines are built and swapped in while runs and switches go on."""
-    sess = ShiraSession(llama.base_dir, backend=backend, threads=1, prepack=prepack)
+@pytest.mark.parametrize("mode", ["patchable", "two-phase"])
+def test_no_half_patched_outputs_under_concurrent_switching(llama, backend, mode):
+    """With "two-phase", prepacked engines are built and swapped in while runs and switches go on."""
+    sess = ShiraSession(llama.base_dir, backend=backend, threads=1, mode=mode)
     names = list(llama.blobs)
     for t in names:
         sess.load(llama.blobs[t], name=t)
@@ -51,7 +51,7 @@ def test_no_half_patched_outputs_under_concurrent_switching(llama, backend, prep
     assert switches[0] == 300
     assert not bad, f"{len(bad)} outputs matched no valid state"
     assert len(seen) > 20 and len(set(seen)) >= 2, f"too little overlap to test anything: {len(seen)} runs"
-    if prepack == "background":
+    if mode == "two-phase":
         assert sess.wait_full_speed() and sess.rebuilder.history, sess.rebuilder.last_error
         installs = len(sess.rebuilder.history)
         assert installs >= 2, f"only {installs} prepacked engine(s) were swapped in during the run"

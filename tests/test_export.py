@@ -187,7 +187,7 @@ def test_depthwise_1x1_and_column_vectors_are_patchable_on_both_runtimes(tmp_pat
             dict(patched.named_parameters())[d.target].view(-1)[torch.from_numpy(d.indices)] += torch.from_numpy(d.values)
         ref = patched(*subject.example_inputs.values())
     for backend in ("onnxruntime", "executorch"):
-        with ShiraSession(tmp_path, backend=backend, prepack="off") as s:
+        with ShiraSession(tmp_path, backend=backend, mode="patchable") as s:
             s.load(blob)
             s.switch("a")
             out = s.run({k: v.numpy() for k, v in subject.example_inputs.items()})

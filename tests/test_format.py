@@ -109,7 +109,7 @@ def test_an_older_manifest_is_refused_with_the_way_out(tmp_path):
 
 
 def test_folded_placements_are_checked_and_need_version_3(tmp_path):
-    from shira_runtime.integrity import placement_crc32
+    from shira_format.checksum import placement_crc32
 
     good = _manifest()
     place = good["tensors"]["fc.weight"]["placements"]["onnxruntime"][0]

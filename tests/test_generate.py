@@ -42,7 +42,7 @@ def test_greedy_tokens_match_transformers_with_and_without_an_adapter(cached_lla
     ckpt, merged = make_adapter(subject.model, __import__("json").loads((d / "base" / "manifest.json").read_text()),
                                 d / "adapter")
     pack_peft_shira(ckpt, d / "base", d / "a.shira", name="a", value_coding="f32")
-    with ShiraSession(d / "base", prepack="off") as sess:
+    with ShiraSession(d / "base", mode="patchable") as sess:
         base = generate(sess, prompt, max_new_tokens=12)
         assert base.tokens == _hf_greedy(subject.model, prompt, 12)
         assert base.tokens_per_s > 0 and base.prompt_tokens == len(prompt)
@@ -85,7 +85,7 @@ def test_generate_refuses_a_base_without_its_cache(tmp_path):
 
     export_model(resolve(str(save("llama", tmp_path / "hf"))), tmp_path / "base", formats=("onnx",),
                  log=lambda *a: None)
-    with ShiraSession(tmp_path / "base", prepack="off") as sess, pytest.raises(ShiraError, match="--kv-cache"):
+    with ShiraSession(tmp_path / "base", mode="patchable") as sess, pytest.raises(ShiraError, match="--kv-cache"):
         generate(sess, [1, 2, 3])
     assert np.load(tmp_path / "base" / "sample.npz")["input:input_ids"].shape[0] == 1
 
@@ -104,7 +104,7 @@ def test_executorch_generates_the_same_tokens_from_the_same_export(tmp_path):
     prompt = [5, 77, 301, 12, 9]
     want = _hf_greedy(subject.model, prompt, 10)
     for backend in ("onnxruntime", "executorch"):
-        with ShiraSession(tmp_path / "base", backend=backend, prepack="off") as sess:
+        with ShiraSession(tmp_path / "base", backend=backend, mode="patchable") as sess:
             assert generate(sess, prompt, max_new_tokens=10).tokens == want, backend
 
 

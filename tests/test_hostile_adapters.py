@@ -318,7 +318,7 @@ def live(llama):
 
     from .helpers import snapshot
 
-    sess = ShiraSession(llama.base_dir, prepack="off")
+    sess = ShiraSession(llama.base_dir, mode="patchable")
     sess.load(llama.blobs["zen"], name="zen")
     sess.switch("zen")
     yield sess, llama.blobs["json-doc"].read_bytes(), snapshot(sess)

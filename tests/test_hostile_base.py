@@ -1,6 +1,6 @@
 """Damaged or edited exported base directories: every damage is refused with one ManifestError line naming the
-file, under every prepack mode, on both backends; damage the session does not read (a packed-engine file under
-prepack="off") does not stop it. Integrity is checked by default: a changed weight byte, a moved ExecuTorch
+file, under every mode, on both backends; damage the session does not read (a packed-engine file under
+mode="patchable") does not stop it. Integrity is checked by default: a changed weight byte, a moved ExecuTorch
 offset or an edited layout can no longer make patches land in the wrong place."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from shira_runtime import ManifestError, ShiraError, ShiraSession
 
-PREPACK = ("off", "auto", "background")
+MODES = ("patchable", "auto", "two-phase")
 NOT_READ_IN_PLACE = ("model.onnx",)  # the in-place engine runs the baked model_prepacked.onnx, never model.onnx
 
 
@@ -95,32 +95,32 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("prepack", PREPACK)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_damage_is_refused_naming_the_file(llama, tmp_path, damage, prepack):
+def test_damage_is_refused_naming_the_file(llama, tmp_path, damage, mode):
     fn, backends, file = DAMAGE[damage]
     d = _copy(llama, tmp_path)
     fn(d)
     for backend in ("onnxruntime", "executorch") if backends == "both" else (backends,):
-        if backend == "onnxruntime" and prepack == "auto" and file in NOT_READ_IN_PLACE:
-            with ShiraSession(d, backend=backend, prepack=prepack) as s:  # not read, so no obstacle
+        if backend == "onnxruntime" and mode == "auto" and file in NOT_READ_IN_PLACE:
+            with ShiraSession(d, backend=backend, mode=mode) as s:  # not read, so no obstacle
                 assert s.mode == "in-place"
             continue
         with pytest.raises(ManifestError) as e:
-            ShiraSession(d, backend=backend, prepack=prepack)
+            ShiraSession(d, backend=backend, mode=mode)
         msg = str(e.value)
         assert "\n" not in msg and file in msg, msg
 
 
 @pytest.mark.parametrize("backend,file", [("onnxruntime", "model_prepacked.onnx"), ("executorch", "model_prepacked.pte")])
 def test_damaged_packed_engine_file(llama, tmp_path, backend, file):
-    """Refused where it is read (auto, background); not read, so no obstacle, with prepack="off"."""
+    """Refused where it is read (auto, background); not read, so no obstacle, with mode="patchable"."""
     d = _copy(llama, tmp_path)
     _truncate(d / file)
-    for prepack in ("auto", "background"):
+    for mode in ("auto", "two-phase"):
         with pytest.raises(ManifestError, match=file):
-            ShiraSession(d, backend=backend, prepack=prepack)
-    with ShiraSession(d, backend=backend, prepack="off") as s:
+            ShiraSession(d, backend=backend, mode=mode)
+    with ShiraSession(d, backend=backend, mode="patchable") as s:
         assert s.run(llama.inputs)
 
 
@@ -128,12 +128,12 @@ def test_missing_sample_is_refused_where_it_is_needed(llama, tmp_path):
     d = _copy(llama, tmp_path)
     (d / "sample.npz").unlink()
     with pytest.raises(ManifestError, match="sample.npz"):
-        ShiraSession(d, prepack="auto", backend="executorch")  # "auto" measures both engines on the sample
-    with ShiraSession(d, prepack="background") as s:
+        ShiraSession(d, mode="auto", backend="executorch")  # "auto" measures both engines on the sample
+    with ShiraSession(d, mode="two-phase") as s:
         assert s.run(llama.inputs)
     with pytest.raises(ManifestError, match="sample.npz"):  # the first bake proves its patches on the sample
-        ShiraSession(d, prepack="auto", cache_dir=tmp_path / "fresh-cache")
-    with ShiraSession(d, prepack="off") as s:
+        ShiraSession(d, mode="auto", cache_dir=tmp_path / "fresh-cache")
+    with ShiraSession(d, mode="patchable") as s:
         assert s.run(llama.inputs)
 
 
@@ -149,7 +149,7 @@ def test_old_manifest_without_checksums(llama, tmp_path):
                                  for p in ps])
     with pytest.raises(ManifestError, match="export the model again"):
         ShiraSession(d)
-    with ShiraSession(d, verify="off", prepack="off") as s:  # the documented way to open it anyway
+    with ShiraSession(d, verify="off", mode="patchable") as s:  # the documented way to open it anyway
         assert s.run(llama.inputs)
 
 
@@ -157,10 +157,10 @@ def test_full_verify_catches_what_the_checksum_record_alone_would_not(llama, tmp
     """verify="full" re-hashes each weight in torch layout: an edited sha256 in the manifest is caught."""
     d = _copy(llama, tmp_path)
     _edit_manifest(d, lambda m: _first(m)[0].__setitem__("sha256", "0" * 64))
-    with ShiraSession(d, prepack="off"):
+    with ShiraSession(d, mode="patchable"):
         pass
     with pytest.raises(ManifestError, match="sha256"):
-        ShiraSession(d, verify="full", prepack="off")
+        ShiraSession(d, verify="full", mode="patchable")
 
 
 # ---- session lifetime -----------------------------------------------------------------------------------------
@@ -168,12 +168,12 @@ def test_full_verify_catches_what_the_checksum_record_alone_would_not(llama, tmp
 def test_close_stops_threads_frees_engines_and_refuses_later_calls(llama, backend):
     import threading
 
-    with ShiraSession(llama.base_dir, backend=backend, prepack="background") as s:
+    with ShiraSession(llama.base_dir, backend=backend, mode="two-phase") as s:
         s.load(llama.blobs["zen"], name="zen")
         s.switch("zen")
-        assert any(t.name == "shira-prepack" for t in threading.enumerate())
+        assert any(t.name == "shira-two-phase" for t in threading.enumerate())
     assert s.closed and s.backend.prepacked is None
-    assert not any(t.name == "shira-prepack" and t.is_alive() for t in threading.enumerate())
+    assert not any(t.name == "shira-two-phase" and t.is_alive() for t in threading.enumerate())
     for call in (lambda: s.run(llama.inputs), lambda: s.switch("zen"), lambda: s.load(llama.blobs["zen"]),
                  lambda: s.reset(), lambda: s.weight(next(iter(s.manifest.tensors))), s.stop_two_phase):
         with pytest.raises(ShiraError, match="closed"):
@@ -182,7 +182,7 @@ def test_close_stops_threads_frees_engines_and_refuses_later_calls(llama, backen
 
 
 def test_stop_two_phase_keeps_the_session_open(llama):
-    with ShiraSession(llama.base_dir, prepack="background") as s:
+    with ShiraSession(llama.base_dir, mode="two-phase") as s:
         s.stop_two_phase()
         assert s.mode == "patchable" and s.rebuilder is None and not s.closed
         out = s.run(llama.inputs)
@@ -193,7 +193,7 @@ def test_background_without_a_prepacked_model_is_refused_and_auto_says_why(llama
     d = _copy(llama, tmp_path)
     (d / "model_prepacked.onnx").unlink()  # an older export had none
     with pytest.raises(ShiraError, match="cannot switch in two phases"):
-        ShiraSession(d, prepack="background")
-    with ShiraSession(d, prepack="auto", cache_dir=tmp_path / "cache") as s:
+        ShiraSession(d, mode="two-phase")
+    with ShiraSession(d, mode="auto", cache_dir=tmp_path / "cache") as s:
         assert s.mode == "patchable" and "two-phase switching needs" in s.mode_reason, s.mode_reason
         assert s.run(llama.inputs)

@@ -9,7 +9,7 @@ import pytest
 
 from shira_format.errors import ShiraError
 from shira_runtime import ShiraSession
-from shira_runtime.baked_layout import BAKED_DATA, MAP_FILE, panel_positions, unpack_panels
+from shira_runtime.inplace.layout import BAKED_DATA, MAP_FILE, panel_positions, unpack_panels
 from shira_toolchain.train import peft_shira
 
 SCALE_PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {}, {"a": 1.0}]
@@ -24,7 +24,7 @@ def test_in_place_equals_peft_merged_model_and_the_rebuilt_prepacked_engine(buil
     a constant-weight ORT session built from the patched weights (what two-phase switching would install)."""
     sess = ShiraSession(built.base_dir, cache_dir=tmp_path)
     assert sess.mode == "in-place" and sess.rebuilder is None
-    rebuilt = ShiraSession(built.base_dir, prepack="background")
+    rebuilt = ShiraSession(built.base_dir, mode="two-phase")
     a, b = list(built.blobs)
     for s in (sess, rebuilt):
         for task, path in built.blobs.items():
@@ -104,7 +104,7 @@ def _copied_kb(path) -> int:
 def test_an_adapters_pages_are_copied_when_it_loads_not_in_its_first_switch(llama, tmp_path, monkeypatch, populate):
     """Copy-on-write happens in load() (MADV_POPULATE_WRITE, or a write-back per page where the kernel lacks
     it), so the first switch is a plain scatter like every later one, and the outputs stay right."""
-    from shira_runtime.backends import onnxruntime_inplace
+    from shira_runtime.inplace import engine as onnxruntime_inplace
 
     if not populate:
         monkeypatch.setattr(onnxruntime_inplace, "_populate_write", lambda address, nbytes: False)
@@ -187,7 +187,7 @@ def test_a_base_that_cannot_be_baked_falls_back_and_says_why(tmp_path):
     s.close()
     assert len(list((tmp_path / "cache").glob("*.unbakeable"))) == 1  # not retried at every load
     with pytest.raises(ShiraError, match="cannot patch in place.*below 64 bytes"):
-        ShiraSession(tmp_path / "b", cache_dir=tmp_path / "cache", prepack="inplace")
+        ShiraSession(tmp_path / "b", cache_dir=tmp_path / "cache", mode="in-place")
 
 
 def test_the_bake_needs_neither_torch_nor_the_toolchain(llama, tmp_path):
@@ -198,7 +198,7 @@ def test_the_bake_needs_neither_torch_nor_the_toolchain(llama, tmp_path):
                 if name.split(".")[0] in ("torch", "shira_toolchain", "onnx"):
                     raise ImportError("blocked on device: " + name)
         sys.meta_path.insert(0, Block())
-        from shira_runtime.bake import main
+        from shira_runtime.inplace.bake import main
         sys.exit(main([{str(llama.base_dir)!r}, {str(tmp_path)!r}]))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -211,8 +211,8 @@ def test_the_bake_refuses_a_base_whose_patches_would_not_reach_the_engine(llama,
     plain session built from the patched weights. A patch that lands where ORT does not read (here: nowhere,
     as it would if ORT had copied a region instead of mapping it) must make the bake refuse the base."""
     from shira_format import manifest as manifest_mod
-    from shira_runtime.backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
-    from shira_runtime.bake import BakeError, learn_layout
+    from shira_runtime.inplace.engine import InPlaceOnnxRuntimeBackend
+    from shira_runtime.inplace.bake import BakeError, learn_layout
 
     monkeypatch.setattr(InPlaceOnnxRuntimeBackend, "to_buffers", lambda self, mapped: {})
     (tmp_path / "out").mkdir()
@@ -223,7 +223,7 @@ def test_the_bake_refuses_a_base_whose_patches_would_not_reach_the_engine(llama,
 def test_weights_found_by_value_map_exactly_as_the_coded_passes_do(llama, tmp_path):
     """One ORT pass (the weights found by their own values) against three (their positions coded): the same map."""
     from shira_format import manifest as manifest_mod
-    from shira_runtime.bake import learn_layout
+    from shira_runtime.inplace.bake import learn_layout
 
     logs = {}
     for by_value in (True, False):
@@ -240,7 +240,7 @@ def test_weights_found_by_value_map_exactly_as_the_coded_passes_do(llama, tmp_pa
 
 def _packed(rng, rows, cols, values=None):
     """A fake baked data file: one weight stored plainly, then packed in MLAS panels, as two regions."""
-    from shira_runtime.onnx_regions import Region
+    from shira_runtime.inplace.regions import Region
 
     form = {"form": "panels", "rows": rows, "cols": cols, "k_block": 256, "panel": 16,
             "aligned_n": -(-cols // 16) * 16}
@@ -255,7 +255,7 @@ def _packed(rng, rows, cols, values=None):
 def test_find_by_value_reads_each_copy_under_its_form_and_refuses_what_it_cannot_tell():
     from types import SimpleNamespace
 
-    from shira_runtime.bake import _find_by_value
+    from shira_runtime.inplace.bake import _find_by_value
 
     rng = np.random.default_rng(0)
     p = SimpleNamespace(name="w", shape=(300, 37))
@@ -277,7 +277,7 @@ def test_find_by_value_reads_each_copy_under_its_form_and_refuses_what_it_cannot
 
 def test_a_by_value_map_that_fails_the_proof_is_made_again_with_coded_passes(llama, tmp_path, monkeypatch):
     from shira_format import manifest as manifest_mod
-    from shira_runtime import bake
+    from shira_runtime.inplace import bake
 
     real_proof, calls = bake._prove_patches_reach_the_engine, []
 
@@ -298,7 +298,7 @@ def test_a_by_value_map_that_fails_the_proof_is_made_again_with_coded_passes(lla
 def test_the_first_load_shows_the_bakes_progress_while_it_runs(llama, tmp_path):
     """Each step's line reaches the caller's log as the child prints it, not when the bake is over."""
     from shira_format import manifest as manifest_mod
-    from shira_runtime.bake_cache import acquire
+    from shira_runtime.inplace.cache import acquire
 
     seen = []
 

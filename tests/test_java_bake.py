@@ -1,5 +1,5 @@
 """The app's Java bake (android_demo/shira-core: Baker, OnnxRegions, PositionForms) against the Python runtime's
-bake.py, on the host. The host has no ONNX Runtime Java jar, so the one step that needs ORT (optimize a model and
+inplace/bake.py, on the host. The host has no ONNX Runtime Java jar, so the one step that needs ORT (optimize a model and
 save it with its packed weights) is played by this process: BakeTool prints "bake SOURCE OUT", and Python runs
 onnxruntime with exactly bake._bake_once's options. Everything else (the coded sources, reading baked.onnx's
 regions, decoding, the bit-for-bit proof, the position forms, bake.json and its maps) is the Java code's."""
@@ -32,7 +32,7 @@ def onnx_base(tmp_path_factory) -> Path:
 def _java_bake(build, base, out, fail_at=None):
     """BakeTool over `base` into `out`, its ORT requests baked here. Returns (exit status, its other lines); what
     it printed on stderr is the last line."""
-    from shira_runtime.bake import BakeError, _bake_once
+    from shira_runtime.inplace.bake import BakeError, _bake_once
 
     tool = subprocess.Popen(["java", "-cp", f"{build}/main:{build}/test", "org.shira.core.BakeTool", str(base),
                              str(out), ort.__version__], env=ENV, text=True, stdin=subprocess.PIPE,
@@ -77,7 +77,7 @@ def bakes(java_build, onnx_base, tmp_path_factory):  # noqa: F811
 
 def _positions(bake_dir: Path, name: str, copy: dict, size: int) -> np.ndarray:
     """A copy's positions of every entry, read by the Python runtime's in-place backend."""
-    from shira_runtime.backends.onnxruntime_inplace import _Copy
+    from shira_runtime.inplace.engine import _Copy
 
     return _Copy(name, copy, bake_dir, size).positions(np.arange(size, dtype=np.int64))
 
@@ -91,7 +91,7 @@ def test_java_bake_maps_every_weight_as_the_python_bake_does(bakes, onnx_base):
     """The same regions in baked.onnx; for every placement the same copies (region, kind, offset, length), the
     same position form, and equal positions for every entry; the .npy maps byte for byte numpy's; the same absmax."""
     from shira_format import manifest as manifest_mod
-    from shira_runtime.onnx_regions import read_regions
+    from shira_runtime.inplace.regions import read_regions
 
     py_bake, java_bake, lines = bakes
     steps = [line.split(" ", 1)[1].rsplit(" in ", 1)[0] for line in lines if line.startswith("progress ")]
@@ -124,12 +124,13 @@ def test_java_bake_maps_every_weight_as_the_python_bake_does(bakes, onnx_base):
 
 
 def test_a_switch_on_the_java_bake_gives_the_python_bakes_output(bakes, onnx_base, tmp_path):
-    """bake.py's last steps, run here as the app's caller would run them, then the runtime itself on the Java bake:
+    """inplace/bake.py's last steps, run here as the app's caller would run them, then the runtime itself on the Java bake:
     the baked model loads, a random patch written into it reaches ORT's output, and a ShiraSession whose cache holds
     the Java bake switches and fuses to the Python-baked session's outputs, bit for bit."""
     from shira_format import manifest as manifest_mod
-    from shira_runtime import ShiraSession, bake
-    from shira_runtime.bake_cache import bake_key
+    from shira_runtime import ShiraSession
+    from shira_runtime.inplace import bake
+    from shira_runtime.inplace.cache import bake_key
     from shira_format.weights import safetensors_views
 
     py_bake, java_bake, _ = bakes

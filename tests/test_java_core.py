@@ -55,11 +55,11 @@ def test_app_core_patches_a_real_export_like_the_python_runtime(java_build, styl
                         str(stylenet.base_dir), runtime, str(out), rule, *args],
                        capture_output=True, text=True, timeout=300, env=ENV)
     assert r.returncode == 0, r.stdout + r.stderr
-    with ShiraSession(stylenet.base_dir, runtime, prepack="off") as s:
+    with ShiraSession(stylenet.base_dir, runtime, mode="patchable") as s:
         for name in scales:
             s.load(blobs[name], name)
         s.fuse(scales, rule)
-        want = {n: np.array(v) for n, v in s.backend.buffers.items()}
+        want = s.live_buffers()
         reference = s.run(stylenet.inputs)
     assert sum(int(np.count_nonzero(v)) for v in want.values()) > 0
     original = np.fromfile(stylenet.base_dir / out.name, np.uint8)
@@ -112,5 +112,5 @@ def test_app_core_patches_a_real_export_like_the_python_runtime(java_build, styl
         np.testing.assert_allclose(after, want_live, rtol=0, atol=1e-6)
         del mapping
     np.testing.assert_allclose(ran, reference["styled"], rtol=0, atol=1e-6)
-    with ShiraSession(stylenet.base_dir, runtime, prepack="off") as base:
+    with ShiraSession(stylenet.base_dir, runtime, mode="patchable") as base:
         assert np.abs(base.run(stylenet.inputs)["styled"] - ran).max() > 1e-3  # the adapters changed the image

@@ -76,7 +76,7 @@ def _synthetic_bake(path):
     """A bake.json with every position form (panels with a partial block and padding, tiles, row groups with a
     partial group, .npy maps of both widths, a placement with two copies) over a zeroed data file, regions at
     offsets that are not page-aligned; and the file Python expects once entry f of each holds f + 1."""
-    from shira_runtime.baked_layout import group_positions, panel_positions, tile_positions
+    from shira_runtime.inplace.layout import group_positions, panel_positions, tile_positions
 
     rng = np.random.default_rng(0)
     (path / "maps").mkdir(parents=True)
@@ -108,7 +108,7 @@ def _synthetic_bake(path):
 
 
 def test_baked_weights_reads_every_position_form_and_refuses_what_it_cannot(java_build, tmp_path):  # noqa: F811
-    """BakedWeights' positions equal baked_layout.py's for every form; an unknown bake format, a quantized bake
+    """BakedWeights' positions equal inplace/layout.py's for every form; an unknown bake format, a quantized bake
     and a position map of another dtype are refused, naming the file."""
     numels, want = _synthetic_bake(tmp_path)
     fill = ["--fill", tmp_path, tmp_path / "baked.bin", *(f"{n}={k}" for n, k in numels.items())]

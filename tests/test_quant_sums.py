@@ -1,4 +1,4 @@
-"""The sums ONNX Runtime's ARM packers derive from quantized integers (shira_runtime.quant_sums), pinned to real
+"""The sums ONNX Runtime's ARM packers derive from quantized integers (shira_runtime.inplace.derived_sums), pinned to real
 packed bytes: tests/vectors/arm64_packing/cortex_a76.npz holds the prepacked B of one MatMulNBits (K=128, N=64,
 block 32, accuracy level 4) that onnxruntime 1.32's aarch64 wheel saved on an emulated Cortex-A76, with the
 integers and scales it was made from. The layouts below are what that packer wrote (docs/INPLACE.md); the test
@@ -11,7 +11,7 @@ import pytest
 
 from shira_format.quant import Nibbles, Quant, entries
 from shira_runtime.patcher import WeightPatcher
-from shira_runtime.quant_sums import block_sums, match, stored_block_sums, sums
+from shira_runtime.inplace.derived_sums import block_sums, match, stored_block_sums, sums
 
 V = np.load(Path(__file__).parent / "vectors" / "arm64_packing" / "cortex_a76.npz")
 N, K, BLOCK = 64, 128, 32

@@ -125,7 +125,7 @@ def _requantized(u: np.ndarray, d: np.ndarray, s: np.ndarray, bits: int) -> np.n
 def _entries(session, pname, p):
     from shira_format.quant import entries
 
-    return entries(session.patcher.raw[pname], p.quant)
+    return entries(session.live_buffers()[pname], p.quant)
 
 
 def test_switch_requantizes_with_the_base_scales_and_reset_is_bit_exact(qbase):
@@ -133,7 +133,7 @@ def test_switch_requantizes_with_the_base_scales_and_reset_is_bit_exact(qbase):
     from shira_runtime import ShiraSession
 
     mode, base = qbase
-    with ShiraSession(base, prepack="off") as s:
+    with ShiraSession(base, mode="patchable") as s:
         before = snapshot(s)
         s.load(ADAPTERS["upper"])
         s.switch("upper")
@@ -172,7 +172,7 @@ def test_fusion_sums_in_float_and_requantizes_once(qbase):
     from shira_runtime import ShiraSession
 
     _, base = qbase
-    with ShiraSession(base, prepack="off") as s:
+    with ShiraSession(base, mode="patchable") as s:
         before = snapshot(s)
         for name, path in ADAPTERS.items():
             s.load(path, name)
@@ -205,7 +205,7 @@ def test_the_engine_computes_with_the_patched_integers(qbase):
 
     assert "tiny-llama" in BUILTIN
     subject = resolve("tiny-llama")
-    with ShiraSession(qbase[1], prepack="off") as s:
+    with ShiraSession(qbase[1], mode="patchable") as s:
         s.load(ADAPTERS["reverse"])
         s.switch("reverse")
         x = s.manifest.sample_inputs()
@@ -224,7 +224,7 @@ def test_a_refused_fusion_leaves_the_integers_untouched(qbase):
     from shira_format.errors import AdapterError
     from shira_runtime import ShiraSession
 
-    with ShiraSession(qbase[1], prepack="off") as s:
+    with ShiraSession(qbase[1], mode="patchable") as s:
         s.load(ADAPTERS["upper"])
         s.switch("upper")
         live = snapshot(s)
@@ -254,7 +254,7 @@ def test_a_damaged_quant_entry_is_refused_in_one_line(qbase, tmp_path, edit, mes
     edit(next(iter(raw["tensors"].values()))["placements"]["onnxruntime"][0])
     (base / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ManifestError, match=message) as e:
-        ShiraSession(base, prepack="off")
+        ShiraSession(base, mode="patchable")
     assert "\n" not in str(e.value) and str(base / "manifest.json") in str(e.value)
 
 
@@ -270,7 +270,7 @@ def test_an_older_version_and_a_changed_scale_are_refused(qbase, tmp_path):
     raw = json.loads((base / "manifest.json").read_text())
     (base / "manifest.json").write_text(json.dumps({**raw, "format_version": 3}))
     with pytest.raises(ManifestError, match="needs manifest version 4"):
-        ShiraSession(base, prepack="off")
+        ShiraSession(base, mode="patchable")
     (base / "manifest.json").write_text(json.dumps(raw))
     st = read_file(base / "weights.safetensors")
     scales = next(iter(raw["tensors"].values()))["placements"]["onnxruntime"][0]["quant"]["scales"]
@@ -279,7 +279,7 @@ def test_an_older_version_and_a_changed_scale_are_refused(qbase, tmp_path):
     data[st.data_start + e.start + 2] ^= 0x01  # a scale's low mantissa bits: still a valid positive float
     (base / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(ManifestError, match="does not match the checksum"):
-        ShiraSession(base, prepack="off")
+        ShiraSession(base, mode="patchable")
 
 
 def test_executorch_holds_xnnpack_integers_and_scales_by_offset(qbase_et):
@@ -325,7 +325,7 @@ def _torchao_twin(session):
     modules = dict(twin.model.named_modules())
     for target, info in session.manifest.tensors.items():
         (p,) = info.placements["executorch"]
-        e = entries(session.backend.buffers[p.name].copy(), p.quant)
+        e = entries(session.live_buffers()[p.name], p.quant)
         u = e[np.arange(int(np.prod(info.shape)))].reshape(info.shape)
         qt = modules[target.rsplit(".", 1)[0]].weight
         with torch.no_grad():
@@ -409,7 +409,7 @@ def test_in_place_patches_the_packed_integers_at_once_and_resets_them(qbase, tmp
             s.load(path, name)
         s.fuse({"upper": 1.0, "reverse": 0.5})
         got = s.run(x)
-        with ShiraSession(base, prepack="off") as plain:  # one count per entry, however many copies hold it
+        with ShiraSession(base, mode="patchable") as plain:  # one count per entry, however many copies hold it
             for name, path in ADAPTERS.items():
                 plain.load(path, name)
             plain.fuse({"upper": 1.0, "reverse": 0.5})
@@ -490,12 +490,12 @@ def test_patchable_int8_under_an_int4_base(tmp_path):
     assert raw["quantization"]["constants"] > 0 and raw["quantization"]["mode"] == "int4"
     with ShiraSession(base, cache_dir=tmp_path / "cache") as s:
         assert s.mode == "in-place", s.mode_reason
-        before = {k: np.array(v) for k, v in s.patcher.raw.items()}
+        before = s.live_buffers()
         s.load(ADAPTERS["upper"])
         s.switch("upper")
         assert s.clamped < 0.1 * 5632  # 4x headroom: the float-trained adapter mostly fits
         s.reset()
-        assert all(np.array_equal(s.patcher.raw[k], before[k]) for k in before)
+        assert all(np.array_equal(v, before[k]) for k, v in s.live_buffers().items())
 
 
 def test_an_adapter_trained_on_the_quantized_base_is_never_clamped(qbase, tmp_path):
@@ -516,7 +516,7 @@ def test_an_adapter_trained_on_the_quantized_base_is_never_clamped(qbase, tmp_pa
     assert reports["on-base"].quantized["clamped"] == 0 and reports["on-base"].quantized["kept"] > 0.8
     if mode == "int4":  # no headroom: the float recipe overshoots the scales (int8's 4x headroom may hold it)
         assert reports["float"].quantized["clamped"] > 0
-    with ShiraSession(base, prepack="off") as s:
+    with ShiraSession(base, mode="patchable") as s:
         s.load(tmp_path / "on-base.shira", "q")
         s.switch("q")
         assert s.clamped == 0
@@ -536,7 +536,7 @@ def test_a_full_finetune_is_packed_against_the_float_base(qbase, tmp_path):
 def test_the_packed_integer_forms_are_found_and_read_back_by_reshaping():
     """MatMulNBits' 4-bit packing seen at real size (groups of 4 rows, chunks of 64 with two blocks' nibbles
     interleaved) is described by a formula, not a position file, and read back without positions."""
-    from shira_runtime.baked_layout import describe, group_positions, unpack_groups
+    from shira_runtime.inplace.layout import describe, group_positions, unpack_groups
 
     rows, cols = 12, 512  # a group of 4 rows spans 2048 slots: more than a 'tiles' period
     perm = np.concatenate([np.arange(0, 64, 2), np.arange(1, 64, 2)])  # entry j of a chunk -> its slot
@@ -567,7 +567,7 @@ def test_scales_that_are_not_positive_are_refused_before_any_engine(qbase, tmp_p
     data[st.data_start + e.start:st.data_start + e.start + 4] = np.float32(0).tobytes()  # a zero scale
     (base / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(ManifestError, match="not all finite and positive") as err:
-        ShiraSession(base, prepack="off")
+        ShiraSession(base, mode="patchable")
     assert str(base / "weights.safetensors") in str(err.value)
 
 
@@ -646,13 +646,13 @@ def test_a_quantized_style_net_holds_its_convolutions_as_8_bit_integers_patched_
     image = photos.eval_crops(1, 48).numpy()  # the held-out photo
     target = STYLES["sepia"](torch.from_numpy(image)).numpy()
     outs = {}
-    for prepack in ("inplace", "off"):
-        with ShiraSession(base, prepack=prepack, cache_dir=tmp_path / "cache") as s:
+    for mode in ("in-place", "patchable"):
+        with ShiraSession(base, mode=mode, cache_dir=tmp_path / "cache") as s:
             before = {t: s.weight(t) for t in s.manifest.tensors}
             (plain,) = s.run({"image": image}).values()
             s.switch(s.load(sepia))
-            (outs[prepack],) = s.run({"image": image}).values()
-            if prepack == "inplace":  # the engine runs exactly the bytes written: a constant session of them
+            (outs[mode],) = s.run({"image": image}).values()
+            if mode == "in-place":  # the engine runs exactly the bytes written: a constant session of them
                 st = read_file(base / "weights.safetensors", writable=True)
                 for info in s.manifest.tensors.values():
                     (p,) = info.placements["onnxruntime"]
@@ -662,24 +662,24 @@ def test_a_quantized_style_net_holds_its_convolutions_as_8_bit_integers_patched_
                 opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [data], [len(data)])
                 ref = ort.InferenceSession(str(base / "model_prepacked.onnx"), opts, providers=["CPUExecutionProvider"])
                 (want,) = ref.run(None, {"image": image})
-                assert np.max(np.abs(outs[prepack] - want)) <= 1e-5 * np.max(np.abs(want))
+                assert np.max(np.abs(outs[mode] - want)) <= 1e-5 * np.max(np.abs(want))
             for t in read_adapter(sepia, s.manifest).tensors.values():
                 info = s.manifest.tensors[t.target]
                 (p,) = info.placements["onnxruntime"]
                 rows, cols = matrix_shape(info.shape)
-                scale = p.quant.scale_of(s.backend.placement_scales(p.name) if prepack == "inplace"
+                scale = p.quant.scale_of(s.backend.placement_scales(p.name) if mode == "in-place"
                                          else s.backend.scales[p.name], t.indices, cols)
                 base_u = np.rint(before[t.target].reshape(-1)[t.indices] / scale).astype(np.int64) + p.quant.zero_point
                 want = _requantized(base_u, t.values, scale, p.quant.bits)
                 live_u = np.rint(s.weight(t.target).reshape(-1)[t.indices] / scale).astype(np.int64)
-                assert np.array_equal(live_u + p.quant.zero_point, want), (prepack, t.target)
+                assert np.array_equal(live_u + p.quant.zero_point, want), (mode, t.target)
             s.reset()
             assert all(np.array_equal(s.weight(t), before[t]) for t in s.manifest.tensors)
-        assert s.mode == ("in-place" if prepack == "inplace" else "patchable")
-        assert np.mean((outs[prepack] - target) ** 2) < 0.5 * np.mean((plain - target) ** 2)
+        assert s.mode == mode
+        assert np.mean((outs[mode] - target) ** 2) < 0.5 * np.mean((plain - target) ** 2)
     # the patchable engine runs MatMulNBits over unpacked graph inputs (float compute) where the packed one
     # quantizes activations per block (accuracy level 4): close, not equal
-    assert np.max(np.abs(outs["inplace"] - outs["off"])) < 5e-3
+    assert np.max(np.abs(outs["in-place"] - outs["patchable"])) < 5e-3
 
 
 def test_one_state_one_answer_where_in_place_is_not_possible(qbase, tmp_path):
@@ -688,7 +688,7 @@ def test_one_state_one_answer_where_in_place_is_not_possible(qbase, tmp_path):
     never depends on which engine answered."""
     from shira_format import manifest as manifest_format
     from shira_runtime import ShiraSession
-    from shira_runtime.bake_cache import bake_key
+    from shira_runtime.inplace.cache import bake_key
     from shira_runtime.session import SAME_ANSWER
 
     _, base = qbase

@@ -6,7 +6,7 @@ import pytest
 import numpy as np
 import torch
 
-from shira_demos.report import interference, style_report
+from shira_demos.styles_report import interference, style_report
 
 
 @pytest.mark.slow

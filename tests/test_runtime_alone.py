@@ -34,7 +34,7 @@ def test_runtime_installs_alone_and_switches(tmp_path):
         import importlib.util, sys
         import numpy as np
         from shira_runtime import ShiraSession
-        with ShiraSession({str(base)!r}, prepack="off") as s:  # one engine: every run of a state is bit-identical
+        with ShiraSession({str(base)!r}, mode="patchable") as s:  # one engine: every run of a state is bit-identical
             x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
             a = s.run({{"image": x}})["styled"]
             s.load({str(ROOT / "models" / "styles" / "sepia.shira")!r})

@@ -14,7 +14,7 @@ def test_runtime_runs_with_torch_and_toolchain_unimportable(llama):
         sys.meta_path.insert(0, Block())
         import numpy as np
         import shira_runtime
-        s = shira_runtime.ShiraSession({str(llama.base_dir)!r}, prepack="off")
+        s = shira_runtime.ShiraSession({str(llama.base_dir)!r}, mode="patchable")
         ids = np.array([[1, 2, 3, 4]], dtype=np.int64)
         a = s.run({{"input_ids": ids}})["logits"]
         s.load({str(llama.blobs["zen"])!r}, name="zen")

@@ -14,7 +14,7 @@ SCALE_PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": 0.7, "b": -0.
 
 
 def test_runtime_equals_peft_merged_model_after_each_switch_and_fusion(built, backend):
-    sess = ShiraSession(built.base_dir, backend=backend, prepack="off")  # the patchable engine alone
+    sess = ShiraSession(built.base_dir, backend=backend, mode="patchable")  # the patchable engine alone
     a, b = list(built.blobs)
     for task, path in built.blobs.items():
         sess.load(path, name=task)

@@ -9,7 +9,7 @@ PLANS = [{"a": 1.0}, {"b": 1.0}, {"a": 0.7, "b": -0.4}, {}]
 
 
 def test_prepacked_engine_equals_peft_merged_model_after_each_switch(built, backend):
-    sess = ShiraSession(built.base_dir, backend=backend, prepack="background")
+    sess = ShiraSession(built.base_dir, backend=backend, mode="two-phase")
     assert sess.mode == "two-phase" and sess.full_speed
     a, b = list(built.blobs)
     for task, path in built.blobs.items():
@@ -31,14 +31,14 @@ def test_prepacked_engine_equals_peft_merged_model_after_each_switch(built, back
     assert len(hist) == len(PLANS) + 1 and all(h["to_full_speed_s"] is not None for h in hist[1:])
     sess.stop_two_phase()
     assert sess.mode == "patchable" and sess.backend.prepacked is None
-    assert getattr(sess.backend, "_prepacked_program", None) is None  # ExecuTorch's prepacked program is freed too
+    assert sess.backend.prepacked_nbytes == 0  # ExecuTorch's prepacked program is freed too
     np.testing.assert_allclose(sess.run(built.inputs)[out_name], fast, atol=2e-5)  # still serving, on the patchable engine
     sess.close()
 
 
 def test_reset_prepacked_output_equals_base_prepacked_output_bit_for_bit(llama, backend):
     """The prepacked engine is rebuilt from the restored bytes, so the base output comes back exactly."""
-    sess = ShiraSession(llama.base_dir, backend=backend, prepack="background")
+    sess = ShiraSession(llama.base_dir, backend=backend, mode="two-phase")
     base = sess.run(llama.inputs)["logits"]
     sess.load(llama.blobs["zen"], name="zen")
     sess.switch("zen")
@@ -50,7 +50,7 @@ def test_reset_prepacked_output_equals_base_prepacked_output_bit_for_bit(llama, 
 
 
 def test_rapid_switches_install_only_the_latest_weights(llama):
-    sess = ShiraSession(llama.base_dir, prepack="background")
+    sess = ShiraSession(llama.base_dir, mode="two-phase")
     names = list(llama.blobs)
     for t in names:
         sess.load(llama.blobs[t], name=t)
@@ -74,13 +74,13 @@ def test_auto_mode_is_in_place_where_it_can_and_calibrates_elsewhere(llama, back
 
 
 def test_prepack_off_and_bad_mode(llama):
-    assert ShiraSession(llama.base_dir, prepack="off").mode == "patchable"
-    with pytest.raises(ValueError, match="prepack must be one of"):
-        ShiraSession(llama.base_dir, prepack="sometimes")
+    assert ShiraSession(llama.base_dir, mode="patchable").mode == "patchable"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ShiraSession(llama.base_dir, mode="sometimes")
 
 
 def test_a_failed_background_build_shows_in_mode_and_reason(llama, monkeypatch):
-    with ShiraSession(llama.base_dir, prepack="background") as sess:
+    with ShiraSession(llama.base_dir, mode="two-phase") as sess:
         assert sess.mode == "two-phase" and sess.mode_reason is None
         def fail(snapshot):
             raise MemoryError("no room for the packed engine")

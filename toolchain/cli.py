@@ -108,7 +108,7 @@ def export_group():
 @click.option("--format", "fmt", type=click.Choice(["onnx", "pte", "all"]), default="all", show_default=True,
               help="onnx: model.onnx for ONNX Runtime; pte: model.pte for ExecuTorch (XNNPACK); all: both. A weight "
                    "is patchable only if every exported format can patch it.")
-@click.option("--task", default=None, type=click.Choice(list(HF_TASKS)),
+@click.option("--hf-task", default=None, type=click.Choice(list(HF_TASKS)),
               help="For a model directory: the class to load it as. Default: the class its config.json names "
                    "(architectures). Weights missing or unexpected for that class are refused, never initialised.")
 @click.option("--kv-cache", is_flag=True,
@@ -127,13 +127,13 @@ def export_group():
               help="With --quantize: the patchable weights' scales cover this many times their largest entry, room "
                    "for adapters' values (never for constants). Default 4 at int8, 1 at int4 (measured in "
                    "docs/QUANTIZATION.md).")
-def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cache, quantize, quantize_patchable,
+def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, hf_task, kv_cache, quantize, quantize_patchable,
                      headroom):
     """Export MODEL once: a built-in name (tiny-llama, style-net), package.module:factory, or a local Hugging
     Face model directory. Reports the export's max abs error against torch on a sample input."""
     from .source_check import early_refusal
 
-    why = early_refusal(model, task)  # a typo is refused at once, not after torch and transformers load
+    why = early_refusal(model, hf_task)  # a typo is refused at once, not after torch and transformers load
     if why:
         _fail(ValueError(why))
     quiet_third_party()
@@ -148,7 +148,7 @@ def export_model_cmd(model, out_dir, targets, weights, inputs, fmt, task, kv_cac
         if "pte" in formats and not _has_executorch():
             raise ExportError(f"--format {fmt}: ExecuTorch is not installed (pip install 'shira-runtime[executorch]'); "
                               "--format onnx exports for ONNX Runtime alone")
-        subject = resolve(model, weights, inputs, task)
+        subject = resolve(model, weights, inputs, hf_task)
         if kv_cache:
             from .export.kv_cache import with_kv_cache
 

@@ -1,4 +1,4 @@
-"""The tasks a Hugging Face model directory can be exported for (`shira-export model DIR --task`).
+"""The tasks a Hugging Face model directory can be exported for (`shira-export model DIR --hf-task`).
 
 Torch-free, so the CLI can list them in --help without importing torch. Each task names the transformers
 auto-mapping whose classes it covers, the class that loads it, what it takes and what it returns.

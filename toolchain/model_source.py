@@ -5,7 +5,7 @@ Three forms:
   * `package.module:factory` (+ `--weights FILE.safetensors`): the factory returns an nn.Module; its sample
     input comes from a method `example_inputs()` on the module, or from `--input NAME:1x3x64x64[:dtype]`;
   * a local Hugging Face model directory (config.json + weights, as save_pretrained writes it): loaded as the
-    class its config names (or the class of `--task`), strictly: a missing or unexpected weight is refused.
+    class its config names (or the class of `--hf-task`), strictly: a missing or unexpected weight is refused.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from shira_format.errors import first_line
 
 from .hf_tasks import TASKS
 
@@ -80,7 +81,7 @@ def resolve(model: str, weights: str | None = None, inputs: tuple[str, ...] = ()
     from shira_models import BUILTIN, get_spec
 
     if task is not None and not Path(model).is_dir():
-        raise ModelSourceError(f"--task applies to Hugging Face model directories only; {model} is not one")
+        raise ModelSourceError(f"--hf-task applies to Hugging Face model directories only; {model} is not one")
 
     if inputs and (model in BUILTIN or Path(model).is_dir()):
         raise ModelSourceError(f"--input applies to package.module:factory models only; {model} brings its own "
@@ -120,7 +121,7 @@ def resolve(model: str, weights: str | None = None, inputs: tuple[str, ...] = ()
             with torch.no_grad():
                 out = m(*ex.values())
         except Exception as e:  # noqa: BLE001 - any error of the user's model
-            raise ModelSourceError(f"{model}: the model fails on its sample input: {first_line(e)}") from None
+            raise ModelSourceError(f"{model}: the model fails on its sample input: {_named_line(e)}") from None
         return ExportSubject(model, m, ex, output_names_of(out), by_keyword=False)
     raise ModelSourceError(f"{model}: not a built-in model ({', '.join(BUILTIN)}), a local model directory, "
                            "or package.module:factory")
@@ -185,7 +186,7 @@ def task_of(path: Path, raw_config: dict) -> str:
         return "unet"
     archs = raw_config.get("architectures") or []
     if not archs:
-        raise ModelSourceError(f"{path}/config.json names no architecture; give --task ({', '.join(TASKS)})")
+        raise ModelSourceError(f"{path}/config.json names no architecture; give --hf-task ({', '.join(TASKS)})")
     from transformers.models.auto import modeling_auto
 
     arch = archs[0]
@@ -198,7 +199,7 @@ def task_of(path: Path, raw_config: dict) -> str:
                 return "image-feature-extraction"
             return task
     raise ModelSourceError(f"{path}: architecture {arch} is not one of the tasks shira-export knows; give "
-                           f"--task ({', '.join(TASKS)})")
+                           f"--hf-task ({', '.join(TASKS)})")
 
 
 def _is_vision(raw_config: dict) -> bool:
@@ -220,7 +221,7 @@ def _load_strict(path: Path, task: str) -> torch.nn.Module:
     try:
         m, info = cls.from_pretrained(path, local_files_only=True, output_loading_info=True, **kw)
     except (ValueError, OSError, KeyError) as e:
-        raise ModelSourceError(f"{path}: cannot load as {task}: {first_line(e)}") from None
+        raise ModelSourceError(f"{path}: cannot load as {task}: {_named_line(e)}") from None
     problems = [(what, info.get(key) or []) for what, key in (("missing", "missing_keys"),
                                                               ("unexpected", "unexpected_keys"),
                                                               ("of the wrong shape", "mismatched_keys"))]
@@ -228,13 +229,13 @@ def _load_strict(path: Path, task: str) -> torch.nn.Module:
     if problems:
         what, keys = problems[0]
         raise ModelSourceError(f"{path}: {len(keys)} weight(s) {what} for {type(m).__name__} ({task}), e.g. "
-                               f"{keys[0]}: the directory was saved for another task; give the right --task")
+                               f"{keys[0]}: the directory was saved for another task; give the right --hf-task")
     return m.eval()
 
 
-def first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+def _named_line(e: BaseException) -> str:
+    """A library's exception as one line that keeps its type (torch and transformers raise bare ValueErrors)."""
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def _from_hf_dir(path: Path, task: str | None = None) -> ExportSubject:
@@ -248,7 +249,7 @@ def _from_hf_dir(path: Path, task: str | None = None) -> ExportSubject:
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"{cfg_path}: not readable JSON: {e}") from None
     if task is not None and task not in TASKS:
-        raise ModelSourceError(f"--task {task!r}: known tasks are {', '.join(TASKS)}")
+        raise ModelSourceError(f"--hf-task {task!r}: known tasks are {', '.join(TASKS)}")
     task = task or task_of(path, raw)
     m = _load_strict(path, task)
     kind, outputs = TASKS[task].inputs, list(TASKS[task].outputs)

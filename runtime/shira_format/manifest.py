@@ -130,6 +130,13 @@ class Manifest:
     def file(self, name: str) -> Path:
         return self.root / name
 
+    def placements(self, runtime: str):
+        """(tensor info, placement) for every placement of every patchable weight in `runtime`'s patchable
+        engine, in manifest order: the loop nearly every reader of a manifest needs."""
+        for info in self.tensors.values():
+            for p in info.placements.get(runtime, ()):
+                yield info, p
+
     def sample_inputs(self) -> dict[str, np.ndarray]:
         """The export's sample inputs (sample.npz, `input:<name>` entries)."""
         path = self.file(self.sample)

@@ -129,7 +129,7 @@ def quantized_placements(manifest) -> dict[str, tuple]:
     for a quantized base: ONNX Runtime's where the base has both runtimes (their integers can differ: ExecuTorch's
     int4 scales are bfloat16), else ExecuTorch's. Empty for a float base."""
     runtime = "onnxruntime" if "onnxruntime" in manifest.runtimes else "executorch"
-    if not any(p.quant is not None for info in manifest.tensors.values() for p in info.placements.get(runtime, ())):
+    if not any(p.quant is not None for _, p in manifest.placements(runtime)):
         return {}
     if runtime == "onnxruntime":
         path = manifest.file(manifest.files_of(runtime).weights)

@@ -12,16 +12,16 @@ Lifetime: `close()` stops the background thread and frees both engines; later ca
 session that is never closed is closed when it is garbage-collected or at interpreter exit (before native
 libraries are torn down: a background build of an ORT session still running at exit aborted the process).
 
-Modes (`prepack=`; `session.mode` says which one a session got, `session.mode_reason` why not in-place):
-  "inplace"     ONNX Runtime only: one engine on its own packed weights, baked once per CPU into a cached file
-                that the session patches in place (bake.py, backends/onnxruntime_inplace.py). Base speed at
+Modes (`mode=` asks for one; `session.mode` says which one a session got, `session.mode_reason` why not another):
+  "in-place"    ONNX Runtime only: one engine on its own packed weights, baked once per CPU into a cached file
+                that the session patches in place (inplace/bake.py, inplace/engine.py). Base speed at
                 once after every switch, the base's memory, no background work. Refused with the reason where
                 the base cannot be baked.
-  "off"         only the patchable engine (weights as graph inputs / non-static XNNPACK weights): least
+  "patchable"   only the patchable engine (weights as graph inputs / non-static XNNPACK weights): least
                 memory, slower runs.
-  "background"  two-phase switching (prepack.py): the patchable engine at once, a fully prepacked engine
+  "two-phase"   two-phase switching (two_phase.py): the patchable engine at once, a fully prepacked engine
                 rebuilt in the background after each switch. Twice the memory; slow runs until the rebuild lands.
-  "auto"        (default) "inplace" where it works; otherwise measures both engines on the manifest's sample
+  "auto"        (default) "in-place" where it works; otherwise measures both engines on the manifest's sample
                 input and keeps two-phase only where the patchable engine is more than 2% slower.
 """
 from __future__ import annotations
@@ -40,15 +40,15 @@ import numpy as np
 from shira_format import manifest as manifest_mod
 from shira_format.adapter import Adapter, read_adapter
 from shira_format.errors import AdapterError, ManifestError, ShiraError, first_line
-from shira_format.quant import dequantize, dequantize_entries, matrix_shape
+from shira_format.quant import matrix_shape
 
 from .integrity import VERIFY_MODES
 from .patcher import WeightPatcher
-from .prepack import PrepackedRebuilder
+from .two_phase import PrepackedRebuilder
 from .rwlock import RWLock
 
 BACKENDS = ("onnxruntime", "executorch")
-PREPACK_MODES = ("auto", "inplace", "background", "off")
+MODES = ("auto", "in-place", "two-phase", "patchable")
 AUTO_THRESHOLD = 1.02  # two-phase pays off when the patchable engine is slower than this ratio
 SAME_ANSWER = 1e-4  # two engines answer alike if their outputs differ by at most this share of the output's scale
 # (float32 kernels differ in summation order, ~1e-6; quantized kernels that quantize activations their own way
@@ -82,8 +82,8 @@ def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
                       "method load (docs/INPLACE.md)")
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
         return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
-    from .baked_layout import BakeError
-    from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
+    from .inplace.layout import BakeError
+    from .inplace.engine import InPlaceOnnxRuntimeBackend
 
     try:
         return InPlaceOnnxRuntimeBackend(manifest, threads, verify, cache_dir, log=log.info), None
@@ -128,7 +128,7 @@ class _Resources:
 
 class ShiraSession:
     def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
-                 prepack: str = "auto", cache_dir=None, plan_cache: int = PLAN_CACHE):
+                 mode: str = "auto", cache_dir=None, plan_cache: int = PLAN_CACHE):
         """Open an exported base directory.
 
         `verify`: "fast" (default) checks every patchable weight, and its place and layout in the manifest,
@@ -142,13 +142,14 @@ class ShiraSession:
         if isinstance(plan_cache, bool) or not isinstance(plan_cache, int) or plan_cache < 1:
             raise ValueError(f"plan_cache must be an integer >= 1, got {plan_cache!r}")
         self._plan_cache = plan_cache
-        if prepack not in PREPACK_MODES:
-            raise ValueError(f"prepack must be one of {', '.join(PREPACK_MODES)}, got {prepack!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self._closed = True  # until every engine is up: a failed __init__ leaves nothing to close
+        self.rebuilder: PrepackedRebuilder | None = None  # two-phase switching's background builder
         self._lock = RWLock()  # inference = readers, commit = writer
         self._patch_mutex = threading.Lock()  # one load/plan/commit at a time
         self._res = _Resources()
@@ -157,41 +158,35 @@ class ShiraSession:
         self.mode_reason: str | None = None
         try:
             inplace = None
-            if prepack in ("auto", "inplace"):
+            if mode in ("auto", "in-place"):
                 inplace, self.mode_reason = _make_inplace_backend(backend, self.manifest, threads, verify, cache_dir)
-                if inplace is None and prepack == "inplace":
+                if inplace is None and mode == "in-place":
                     raise ShiraError(f"{self.manifest.root}: cannot patch in place: {self.mode_reason}")
             self._res.backend = self.backend = inplace or _make_backend(backend, self.manifest, threads, verify)
-            self._open(threads, "inplace" if inplace else prepack)
+            self._open(threads, "in-place" if inplace else mode)
         except BaseException:
             self._finalizer()
             raise
         self._closed = False
 
-    def _open(self, threads, prepack) -> None:
-        quant = getattr(self.backend, "buffer_quant", None)  # in place: per copy buffer
-        if quant is None:
-            quant = {p.name: p.quant for info in self.manifest.tensors.values()
-                     for p in info.placements.get(self.backend.name, ()) if p.quant is not None}
-        self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads,
-                                                         getattr(self.backend, "absmax", None), quant)
+    def _open(self, threads, wanted: str) -> None:
+        self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads, self.backend.absmax,
+                                                         dict(self.backend.buffer_quant))
         self.clamped = 0  # quantized bases: entries of the active state clamped to the integer range
-        self._placement_of = {key: pname for pname, copies in getattr(self.backend, "copies", {}).items()
-                              for c in copies for key in c.keys}  # in place: copy buffer -> its placement
+        self._placement_of = self.backend.placement_of()  # in place: copy buffer -> its placement
         self.adapters: dict[str, LoadedAdapter] = {}
         self._decoded: OrderedDict[str, _Decoded] = OrderedDict()  # the plan_cache most recently used, last newest
         self.active: dict[str, float] = {}
         self.rule = "sum"  # the merge rule of the active state (fuse)
-        self.rebuilder: PrepackedRebuilder | None = None
         self.calibration: dict | None = None
-        self.mode = "in-place" if prepack == "inplace" else "patchable"
-        if prepack not in ("off", "inplace"):
+        self.mode = "in-place" if wanted == "in-place" else "patchable"
+        if wanted in ("auto", "two-phase"):
             if self.backend.prepacked_available:
-                self._start_two_phase(calibrate=prepack == "auto")
+                self._start_two_phase(calibrate=wanted == "auto")
             else:  # an explicit request that cannot be met raises; "auto" says why it stayed on one engine
                 why = (f"two-phase switching needs the export's prepacked {'program' if self.backend.name == 'executorch' else 'model'}"
                        " with weights it packs, and this export has none (exported by an older shira-export?)")
-                if prepack == "background":
+                if wanted == "two-phase":
                     raise ShiraError(f"{self.manifest.root}: cannot switch in two phases: {why}")
                 self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
 
@@ -227,6 +222,9 @@ class ShiraSession:
                 self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
                 self._stop_two_phase()
             elif t["ratio"] <= AUTO_THRESHOLD:  # nothing to win: free the prepacked engine and its memory
+                why = (f"two-phase switching is off: the patchable engine runs within {AUTO_THRESHOLD - 1:.0%} of the "
+                       f"packed one on the sample input ({t['ratio']:.2f}x), so its second engine buys nothing")
+                self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
                 self._stop_two_phase()
 
     # ---- lifetime -------------------------------------------------------------------------------------------
@@ -249,8 +247,7 @@ class ShiraSession:
     def mode(self) -> str:
         """"in-place", "two-phase" or "patchable"; "patchable" too once a background build failed (its thread
         has stopped: runs stay on the patchable engine, and mode_reason says why)."""
-        rebuilder = getattr(self, "rebuilder", None)
-        if self._mode == "two-phase" and rebuilder is not None and rebuilder.last_error:
+        if self._mode == "two-phase" and self.rebuilder is not None and self.rebuilder.last_error:
             return "patchable"
         return self._mode
 
@@ -262,7 +259,7 @@ class ShiraSession:
     def mode_reason(self) -> str | None:
         """Why this session is not in place (one line), and, in two-phase mode, a background build that failed:
         runs then stay on the patchable engine (correct, slower) until a later switch builds again."""
-        failed = self.rebuilder.last_error if getattr(self, "rebuilder", None) is not None else None
+        failed = self.rebuilder.last_error if self.rebuilder is not None else None
         if failed:
             return "; ".join(r for r in (self._mode_reason, f"the background build failed: {first_line(failed)}") if r)
         return self._mode_reason
@@ -304,8 +301,7 @@ class ShiraSession:
             self._check_open()
             if name in self.active:
                 raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
-            if hasattr(self.backend, "prepare_pages"):  # in place: copy-on-write now, not in the first switch
-                self.backend.prepare_pages(mapped)
+            self.backend.prepare_pages(mapped)  # in place: copy-on-write now, not in the first switch
             self.adapters[name] = LoadedAdapter(name, adapter.source, adapter.nnz, bytes(blob))
             self._decoded.pop(name, None)
             self._keep_decoded(name, _Decoded(mapped, touched, self.patcher.switch_plan(mapped)))
@@ -330,9 +326,7 @@ class ShiraSession:
                 if p.quant is not None:  # each entry's quantization scale travels with it (quant.py)
                     mapped[p.name] += (self.backend.entry_scales(p.name, mapped[p.name][0], matrix_shape(info.shape)[1]),)
                     touched[p.name] = mapped[p.name][0]
-        if hasattr(self.backend, "to_buffers"):  # in place: each placement's copies in the baked file
-            mapped = self.backend.to_buffers(mapped)
-        return mapped, touched
+        return self.backend.to_buffers(mapped), touched  # in place: each placement's copies in the baked file
 
     def _decoded_for(self, name: str) -> _Decoded:
         """The adapter's decoded form, decoding its blob again if it left the cache (under the patch mutex)."""
@@ -393,8 +387,7 @@ class ShiraSession:
                 changed = self.patcher.commit(plans)
                 # e.g. ExecuTorch reloads a method whose conv weights changed; in place on ARM, the sums a packer
                 # derives from quantized integers are computed again for the entries now patched
-                self.backend.weights_changed(changed, self._entries_of(decoded) if getattr(self.backend, "summed", None)
-                                             else None)
+                self.backend.weights_changed(changed, self._entries_of(decoded) if self.backend.needs_entries else None)
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
                 self.active = dict(scales)
@@ -462,16 +455,14 @@ class ShiraSession:
         weight its integers and scales hold."""
         self._check_open()
         info = self.manifest.tensors[torch_name]
-        p = info.placements[self.backend.name][0]
-        if p.quant is not None:
-            if hasattr(self.backend, "placement_values"):
-                return dequantize_entries(self.backend.placement_values(p.name), self.backend.placement_scales(p.name),
-                                          p.quant, *matrix_shape(info.shape)).reshape(info.shape)
-            return dequantize(self.backend.buffers[p.name], self.backend.scales[p.name], p.quant,
-                              *matrix_shape(info.shape)).reshape(info.shape)
-        if hasattr(self.backend, "placement_values"):
-            return p.to_torch_layout(self.backend.placement_values(p.name), info.shape).copy()
-        return p.to_torch_layout(self.backend.buffers[p.name], info.shape).copy()
+        return self.backend.live_weight(info.placements[self.backend.name][0], info.shape)
+
+    def live_buffers(self) -> dict[str, np.ndarray]:
+        """A copy of every buffer the session patches, by name (in place: each live copy in ORT's mappings):
+        what tests and benches compare to see that a reset is bit-exact or a refusal wrote nothing."""
+        self._check_open()
+        with self._lock.read():
+            return {name: np.array(buf) for name, buf in self.backend.buffers.items()}
 
     @property
     def input_names(self) -> list[str]:
@@ -483,5 +474,5 @@ class ShiraSession:
 
 
 def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
-              prepack: str = "auto", cache_dir=None) -> ShiraSession:
-    return ShiraSession(Path(base_dir), backend, threads, verify, prepack, cache_dir)
+              mode: str = "auto", cache_dir=None) -> ShiraSession:
+    return ShiraSession(Path(base_dir), backend, threads, verify, mode, cache_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from shira_runtime import ShiraSession
-from shira_runtime.bake_cache import hwcaps
+from shira_runtime.inplace.cache import hwcaps
 
 def cpu() -> dict:
     """The CPU features the kernel (or qemu) hands this process: what ONNX Runtime's MLAS picks kernels by."""

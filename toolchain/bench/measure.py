@@ -8,6 +8,8 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..export import tool_versions
 
 
@@ -66,3 +68,9 @@ def peft_switcher(model, names=("a", "b")):
         model.merge_adapter()
 
     return switch
+
+
+def psnr(a, b) -> float:
+    """PSNR in dB of image `a` (clipped to [0, 1]) against reference `b`; numpy arrays or torch tensors."""
+    a, b = (np.asarray(x.detach() if hasattr(x, "detach") else x, dtype=np.float64) for x in (a, b))
+    return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2)))

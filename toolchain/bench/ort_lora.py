@@ -17,7 +17,7 @@ SHiRA's switch, and ORT's (a new RunOptions: nothing to do until the run).
 
 Time to the first 64 tokens after a switch, as a chat user feels it: the same model exported with its KV cache
 (`--kv-cache`) per base; a switch, then a 128-token prompt and 64 greedy decode steps through the runtime's
-generate loop (shira_runtime.generate), for SHiRA in place, SHiRA on the patchable engine (prepack="off") and
+generate loop (shira_runtime.generate), for SHiRA in place, SHiRA on the patchable engine (mode="patchable") and
 ORT's LoRA at each rank and adapter count; the median of 3 alternating rounds in one child per base.
 """
 from __future__ import annotations
@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shira_runtime.backends.onnxruntime import session_options
+
+from .subjects import write_onnx_adapter
 
 RANKS = (8, 16, 64)
 BRANCHES = (1, 3)
@@ -52,7 +55,7 @@ def add_lora_branches(base: Path, rank: int, branches: int, seed: int = 0) -> tu
     if out.exists() and all(a.exists() for a in adapters):
         return out, adapters
     man = manifest_mod.load(base)
-    weights = {p.name for info in man.tensors.values() for p in info.placements.get("onnxruntime", ())}
+    weights = {p.name for _, p in man.placements("onnxruntime")}
     proto = onnx.load(str(base / "model_prepacked.onnx"), load_external_data=False)
     shapes = {i.name: list(i.dims) for i in proto.graph.initializer}
     rng = np.random.default_rng(seed)
@@ -76,7 +79,7 @@ def add_lora_branches(base: Path, rank: int, branches: int, seed: int = 0) -> tu
             for name, arr in ((a_name, a), (b_name, b)):
                 proto.graph.initializer.append(numpy_helper.from_array(arr, name))
                 proto.graph.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(arr.shape)))
-                values[i][name] = ort.OrtValue.ortvalue_from_numpy(arr)
+                values[i][name] = arr
             new_nodes.append(helper.make_node("MatMul", [x, a_name], [f"{y}__lora{i}_xa"]))
             new_nodes.append(helper.make_node("MatMul", [f"{y}__lora{i}_xa", b_name], [f"{y}__lora{i}"]))
             terms.append(f"{y}__lora{i}")
@@ -89,11 +92,7 @@ def add_lora_branches(base: Path, rank: int, branches: int, seed: int = 0) -> tu
     onnx.save_model(proto, str(tmp))
     tmp.replace(out)
     for path, vals in zip(adapters, values):
-        fmt = ort.AdapterFormat()
-        fmt.set_adapter_version(1)
-        fmt.set_model_version(1)
-        fmt.set_parameters(vals)
-        fmt.export_adapter(str(path))
+        write_onnx_adapter(path, vals)
     return out, adapters
 
 
@@ -107,7 +106,7 @@ def measure_base(base: Path, cache: Path, threads: int, repeats: int, ranks=RANK
     loads = inputs_for(base)
     work = base.parent
     res: dict = {"rss_start": _status("VmRSS")}
-    shira = ShiraSession(base, threads=threads, prepack="inplace", cache_dir=cache)
+    shira = ShiraSession(base, threads=threads, mode="in-place", cache_dir=cache)
     shira.load(work / "a.shira", name="a")
     shira.load(work / "b.shira", name="b")
     shira.switch("b")
@@ -124,10 +123,7 @@ def measure_base(base: Path, cache: Path, threads: int, repeats: int, ranks=RANK
             model, adapter_files = add_lora_branches(base, rank, nb)
             gc.collect()
             before = _status("VmRSS")
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3  # overridable initializers appear in graph inputs, by design
+            opts = session_options(threads)
             sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
             run_opts = ort.RunOptions()
             adapters = []
@@ -191,15 +187,12 @@ def time_to_tokens(kv_base: Path, cache: Path, threads: int, rounds: int = 3, ra
     work = kv_base.parent
     prompt = [int(i % 1000 + 5) for i in range(PROMPT)]
     modes = {}
-    for label, prepack in (("SHiRA in place", "inplace"), ("SHiRA patchable", "off")):
-        s = ShiraSession(kv_base, threads=threads, prepack=prepack, cache_dir=cache)
+    for label, mode in (("SHiRA in place", "in-place"), ("SHiRA patchable", "patchable")):
+        s = ShiraSession(kv_base, threads=threads, mode=mode, cache_dir=cache)
         s.load(work / "a.shira", name="a")
         s.load(work / "b.shira", name="b")
         modes[label] = (s, _toggle(s))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts = session_options(threads)
     manifest = modes["SHiRA in place"][0].manifest
     for rank in ranks:
         for nb in branches:

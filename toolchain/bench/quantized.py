@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .subjects import MODELS, write_random_adapters
+
 # base label -> export_model's quantization keywords. The LM adapters touch q/v/up/down (models/lm_tasks), so
 # every base makes just those patchable: the mixed base keeps them at 8 bits under 4-bit constants
 BASES = {"fp32": {}, "int8": {"quantize": "int8"}, "int8, headroom 1": {"quantize": "int8", "headroom": 1.0},
@@ -30,8 +32,7 @@ REAL_BASES = ("fp32", "int8", "int4")
 TASKS = ("upper", "reverse", "vowels")
 LM_DIR = Path(__file__).resolve().parents[2] / "models" / "lm_tasks"
 LM_TARGETS = r"(q_proj|v_proj|up_proj|down_proj)\.weight$"  # what the shipped adapters were trained on
-REAL = {"llama-168M": ("llama", dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-                                     num_attention_heads=16, num_key_value_heads=16, vocab_size=32000))}
+REAL = {"llama-168M": MODELS["llama-168M"]}
 
 
 def _export(subject, out: Path, label: str, targets: str | None = None) -> Path:
@@ -179,10 +180,6 @@ STYLE_BASES = ("fp32", "int8", "int4", "int4, patchable int8")
 STYLE_SIZE = 256  # the demo's image size
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1).astype(np.float64) - b) ** 2)))
-
-
 def _styled(sess, images: np.ndarray) -> np.ndarray:
     return np.concatenate([next(iter(sess.run({"image": im[None]}).values())) for im in images])
 
@@ -199,6 +196,7 @@ def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, re
     from ..model_source import resolve
     from ..train import photos
     from ..train.styles import STYLES
+    from .measure import psnr
     from .real_size import _constant_session, _median_ms
 
     targets = json.loads((STYLE_DIR / "build_report.json").read_text())["targets"]  # what the adapters touch
@@ -216,10 +214,10 @@ def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, re
                 target = fn(torch.from_numpy(ev)).numpy()
                 path = STYLE_DIR / f"{style}.shira"
                 adapter = read_adapter(path, sess.manifest)
-                r = {"psnr_base": _psnr(_styled(sess, ev), target), "entries": adapter.nnz}
+                r = {"psnr_base": psnr(_styled(sess, ev), target), "entries": adapter.nnz}
                 name = sess.load(path, style)
                 sess.switch(name)
-                r.update(psnr=_psnr(_styled(sess, ev), target), clamped=sess.clamped,
+                r.update(psnr=psnr(_styled(sess, ev), target), clamped=sess.clamped,
                          delta_kept=_delta_kept(sess, adapter, float_weights))
                 sess.reset()
                 sess.unload(name)
@@ -227,7 +225,7 @@ def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, re
                     merged = _merged_then_quantized("style-net", adapter, work / f"style-merged-{style}-{slug}",
                                                     label, targets)
                     with ShiraSession(merged, threads=threads, cache_dir=work / "cache") as ms:
-                        r["merged_then_quantized"] = _psnr(_styled(ms, ev), target)
+                        r["merged_then_quantized"] = psnr(_styled(ms, ev), target)
                 row["styles"][style] = r
             # speed: the session with an adapter switched in, against the constant-weight session of this base
             sess.switch(sess.load(STYLE_DIR / "sepia.shira", "sepia"))
@@ -261,7 +259,6 @@ def _build_real(name: str, spec, work: Path, log) -> dict[str, Path]:
     """The HF model saved once, exported float32, int8 and int4, and two random 1% adapters (a, b)."""
     import torch
     from shira_format import manifest as manifest_mod
-    from shira_format.adapter import SparseTensor, write_adapter
 
     from ..model_source import resolve
 
@@ -277,16 +274,8 @@ def _build_real(name: str, spec, work: Path, log) -> dict[str, Path]:
         t0 = time.perf_counter()
         bases[label] = _export(resolve(str(src)), root / f"base-{label}", label)
         log(f"  {name} {label}: exported in {time.perf_counter() - t0:.0f}s")
-    man = manifest_mod.load(bases["fp32"])
-    rng = np.random.default_rng(0)
-    for tag in ("a", "b"):
-        tensors = []
-        for tname, info in man.tensors.items():
-            idx = np.sort(rng.choice(info.numel, size=max(1, info.numel // 100), replace=False)).astype(np.int64)
-            tensors.append(SparseTensor(tname, tuple(info.shape), idx,
-                                        rng.normal(0, 0.01, idx.size).astype(np.float32)))
-        # one adapter for every base (one fingerprint, the model's), where real_size's children look for it
-        write_adapter(root / f"{tag}.shira", tag, man.base_fingerprint, tensors)
+    # one adapter for every base (one fingerprint, the model's), where real_size's children look for it
+    write_random_adapters(manifest_mod.load(bases["fp32"]), {tag: root / f"{tag}.shira" for tag in ("a", "b")})
     return bases
 
 

@@ -6,10 +6,10 @@ transformers config (random weights), saved, exported with `shira-export`'s code
 adapters touching 1% of every patchable weight at random positions. Then every mode runs in its own child
 process (so RSS is that mode's alone), in one bench run:
   constant    a plain ORT session of model_prepacked.onnx: the base, every weight prepacked (the reference)
-  in-place    ShiraSession, prepack="inplace": ORT's packed weights baked once per CPU, patched where ORT
+  in-place    ShiraSession, mode="in-place": ORT's packed weights baked once per CPU, patched where ORT
               maps them (docs/INPLACE.md)
-  two-phase   ShiraSession, prepack="background": patchable engine + a prepacked engine rebuilt per switch
-  patchable   ShiraSession, prepack="off": weights as graph inputs, never rebuilt
+  two-phase   ShiraSession, mode="two-phase": patchable engine + a prepacked engine rebuilt per switch
+  patchable   ShiraSession, mode="patchable": weights as graph inputs, never rebuilt
   recreate    patch the weights, then create a fresh constant session from them (the rebuild-per-switch way)
   peft-lora   PyTorch + PEFT LoRA r=8 on every Linear but the head (about SHiRA's trainable count): unmerge+merge
   onnx-adapter  the same LoRA left unfused in the ORT graph, switched with ORT's own adapters (`.onnx_adapter`,
@@ -29,26 +29,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shira_runtime.backends.onnxruntime import session_options
 
-# name -> (family, config kwargs)
-MODELS = {
-    "llama-168M": ("llama", dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-                                 num_attention_heads=16, num_key_value_heads=16, vocab_size=32000)),
-    "llama-0.55B": ("llama", dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
-                                  num_attention_heads=16, num_key_value_heads=16, vocab_size=32000)),
-    "vit-b16": ("vit", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                            image_size=224, patch_size=16, num_labels=1000)),
-}
+from .subjects import MODELS, write_onnx_adapter, write_random_adapters
+
 QUICK_MODELS = ("llama-168M",)
 MODES = ("constant", "in-place", "two-phase", "patchable", "recreate", "peft-lora", "onnx-adapter")
 LORA = dict(r=8, target_modules="all-linear", init_lora_weights=False)  # random B: merges do real work
-DENSITY = 0.01
 
 
 def build(name: str, work: Path, log=print, spec: tuple | None = None) -> Path:
     """Save the model, export it (ONNX), write adapters a.shira and b.shira; -> the base directory."""
     import torch
-    from shira_format.adapter import SparseTensor, write_adapter
     from shira_format import manifest as manifest_mod
 
     from ..export import export_model
@@ -75,15 +67,7 @@ def build(name: str, work: Path, log=print, spec: tuple | None = None) -> Path:
     t0 = time.perf_counter()
     export_model(resolve(str(src)), base, formats=("onnx",), log=lambda *a: None)
     log(f"  {name}: exported in {time.perf_counter() - t0:.0f}s")
-    man = manifest_mod.load(base)
-    rng = np.random.default_rng(0)
-    for tag in ("a", "b"):
-        tensors = []
-        for tname, info in man.tensors.items():
-            n = info.numel
-            idx = np.sort(rng.choice(n, size=max(1, int(n * DENSITY)), replace=False)).astype(np.int64)
-            tensors.append(SparseTensor(tname, tuple(info.shape), idx, rng.normal(0, 0.01, idx.size).astype(np.float32)))
-        write_adapter(work / name / f"{tag}.shira", tag, man.base_fingerprint, tensors)
+    write_random_adapters(manifest_mod.load(base), {tag: work / name / f"{tag}.shira" for tag in ("a", "b")})
     t0 = time.perf_counter()
     build_onnx_adapters(work / name)
     log(f"  {name}: LoRA export and .onnx_adapter files in {time.perf_counter() - t0:.0f}s")
@@ -115,13 +99,8 @@ def build_onnx_adapters(work: Path) -> None:
         for info in man.tensors.values():
             for p in info.placements["onnxruntime"]:
                 inputs[p.name] = p.shape
-                w = rng.normal(0, 0.02, p.shape).astype(np.float32)
-                values[p.name] = ort.OrtValue.ortvalue_from_numpy(w)
-        fmt = ort.AdapterFormat()
-        fmt.set_adapter_version(1)
-        fmt.set_model_version(1)
-        fmt.set_parameters(values)
-        fmt.export_adapter(str(work / f"{tag}.onnx_adapter"))
+                values[p.name] = rng.normal(0, 0.02, p.shape).astype(np.float32)
+        write_onnx_adapter(work / f"{tag}.onnx_adapter", values)
     proto = onnx.load(str(out / "model_prepacked.onnx"), load_external_data=False)
     for init in proto.graph.initializer:
         if init.name in inputs:
@@ -180,10 +159,7 @@ def _median_ms(fn, n: int) -> float:
 def _constant_session(base: Path, threads: int, weights: bytes | None = None):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts = session_options(threads)
     if weights is not None:
         opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [weights], [len(weights)])
     return ort.InferenceSession(str(base / "model_prepacked.onnx"), opts, providers=["CPUExecutionProvider"])
@@ -206,8 +182,7 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
         sess = _constant_session(base, threads)
         run = lambda feed: sess.run(None, feed)  # noqa: E731
     else:
-        prepack = {"in-place": "inplace", "two-phase": "background", "patchable": "off"}[mode]
-        sess = ShiraSession(base, threads=threads, prepack=prepack, cache_dir=cache)
+        sess = ShiraSession(base, threads=threads, mode=mode, cache_dir=cache)
         res["session_mode"] = sess.mode
         if mode == "two-phase":
             sess.wait_full_speed(600)
@@ -301,7 +276,7 @@ def many_adapters(base: Path, cache: Path, threads: int, repeats: int) -> dict:
     from shira_runtime.session import PLAN_CACHE
 
     work = base.parent
-    sess = ShiraSession(base, threads=threads, prepack="inplace", cache_dir=cache)
+    sess = ShiraSession(base, threads=threads, mode="in-place", cache_dir=cache)
     res = {"blob_bytes": (work / "a.shira").stat().st_size, "plan_cache": PLAN_CACHE, "counts": []}
     loaded: list[str] = []
     for n in MANY:
@@ -384,10 +359,7 @@ def _onnx_adapter(work: Path, loads: dict, threads: int, repeats: int, res: dict
     import onnxruntime as ort
 
     t0 = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # "Initializer ... appears in graph inputs": overridable initializers, by design
+    opts = session_options(threads)
     sess = ort.InferenceSession(str(work / "lora-export" / "model_overridable.onnx"), opts,
                                 providers=["CPUExecutionProvider"])
     adapters = {}
@@ -466,13 +438,13 @@ def bake_once(base: Path, cache: Path, threads: int) -> dict:
     import shutil
 
     from shira_format import manifest as manifest_mod
-    from shira_runtime.bake_cache import bake_key
+    from shira_runtime.inplace.cache import bake_key
 
     shutil.rmtree(cache, ignore_errors=True)
     out = cache / f"{base.name}-{bake_key(manifest_mod.load(base))}"  # where the session looks for it
     out.mkdir(parents=True)
     t = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "shira_runtime.bake", str(base), str(out),
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "shira_runtime.inplace.bake", str(base), str(out),
                         str(threads)], capture_output=True, text=True)
     if p.returncode != 0:
         return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
@@ -566,7 +538,7 @@ def markdown(report: dict) -> str:
                          f"{c['rss_rest'] / 2**20:,.0f} | {b['bake_peak_rss'] / c['rss_rest']:.1f}x |")
         lines += ["", "plain session: the constant row (a plain ONNX Runtime session of `model_prepacked.onnx`, "
                   "its creation). The bake runs once per base, CPU and ONNX Runtime version, in a child "
-                  "process (`python -m shira_runtime.bake`); its peak counts the pages of the files it maps.", ""]
+                  "process (`python -m shira_runtime.inplace.bake`); its peak counts the pages of the files it maps.", ""]
     split = [(n, row["modes"]["in-place"], row["bandwidth_floor_ms"]) for n, row in report["models"].items()
              if "restore_median_ms" in row["modes"].get("in-place", {}) and "bandwidth_floor_ms" in row]
     if split:

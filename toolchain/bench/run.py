@@ -14,7 +14,7 @@ pairs measured under the same conditions. Scenarios (per built-in model):
   generation one new token at context 128 with the KV cache (`--kv-cache` export) against recomputing the prefix
   two_phase  per runtime: the switch as the caller sees it, the time until the prepacked engine is installed,
              and the extra memory it holds
-  auto_mode  per runtime: what prepack="auto" picks for this model, and why
+  auto_mode  per runtime: what mode="auto" picks for this model, and why
   fusion     fusing 2-4 SHiRA adapters in place, time against the number of adapters
   size       the packed blob against the PEFT SHiRA and PEFT LoRA checkpoints with as many trainable values
   scaling    Llama-shaped random models from ~10M to ~1B parameters (scaling.py)
@@ -31,12 +31,14 @@ import numpy as np
 import torch
 from shira_format import manifest as manifest_format
 from shira_format.atomic import atomic_path, write_text
+from shira_runtime.backends.onnxruntime import session_options
 
 from ..export import export_model
 from ..model_source import resolve
 from ..pack import pack_adapter
 from ..train import TrainConfig, train
 from .measure import machine, peft_switcher, sample, sample_rounds, stats
+from .subjects import write_onnx_adapter
 
 PAPER = ("Paper anchors (SHiRA, NeurIPS 2024): SHiRA vs LoRA switch 4.68x faster on SDXL and 5.71x on LLaMA2-7B end "
          "to end on CPU, up to 16x in a micro-benchmark; unfused LoRA up to +30% inference latency.")
@@ -55,9 +57,7 @@ def _prepacked_base_session(base_dir: Path, threads: int):
     del m.graph.input[:]
     m.graph.input.extend(keep)
     m.graph.initializer.extend(numpy_helper.from_array(np.array(st.array(n)), n) for n in st.tensors)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3  # load-time warnings only
+    opts = session_options(threads)
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -82,17 +82,13 @@ def _lora_sessions(lora_dirs: dict, subject, work: Path, threads: int):
     for name, ck in lora_dirs.items():
         lm = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(ck)).base_model.model
         params = dict(lm.named_parameters())
-        fmt = ort.AdapterFormat()
-        fmt.set_adapter_version(1)
-        fmt.set_model_version(1)
         values = {}
         for tname, info in man.tensors.items():
             w = params[tname].detach().numpy()
             for p in info.placements["onnxruntime"]:
-                values[p.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(w.T if p.layout == "transpose2d" else w))
-        fmt.set_parameters(values)
+                values[p.name] = w.T if p.layout == "transpose2d" else w
         path = work / f"{name}.onnx_adapter"
-        fmt.export_adapter(str(path))
+        write_onnx_adapter(path, values)
         size = path.stat().st_size
         adapters[name] = ort.LoraAdapter()
         adapters[name].Load(str(path))
@@ -102,12 +98,10 @@ def _lora_sessions(lora_dirs: dict, subject, work: Path, threads: int):
 
     proto = onnx.load(str(work / "lora-export" / "model_prepacked.onnx"), load_external_data=False)
     for init in proto.graph.initializer:
-        if init.name in {p.name for info in man.tensors.values() for p in info.placements["onnxruntime"]}:
+        if init.name in {p.name for _, p in man.placements("onnxruntime")}:
             proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     onnx.save_model(proto, str(work / "lora-export" / "model_overridable.onnx"))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3  # "Initializer ... appears in graph inputs": by design, overridable initializers
+    opts = session_options(threads)
     with_inputs = ort.InferenceSession(str(work / "lora-export" / "model_overridable.onnx"), opts,
                                        providers=["CPUExecutionProvider"])
     return _prepacked_base_session(work / "lora-export", threads), with_inputs, adapters, size
@@ -143,7 +137,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
            "fusion": {}, "inference": {}, "size": {}}
 
     # ---- switch ----
-    sessions = {b: ShiraSession(base_dir, backend=b, threads=threads, prepack="off") for b in ("onnxruntime", "executorch")}
+    sessions = {b: ShiraSession(base_dir, backend=b, threads=threads, mode="patchable") for b in ("onnxruntime", "executorch")}
     for b, s in sessions.items():
         for k, p in blobs.items():
             s.load(p, name=k)
@@ -172,11 +166,11 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
     shira.load_adapter(str(ck["shira-b"]), adapter_name="b")
     res["switch"]["peft_shira_unmerge_merge"] = stats(sample(peft_switcher(shira), repeats))
     res["switch"]["ort_session_recreate"] = stats(sample(  # a bare session: no second, prepacked engine
-        lambda: ShiraSession(base_dir, threads=threads, prepack="off"), max(3, repeats // 4)))
+        lambda: ShiraSession(base_dir, threads=threads, mode="patchable"), max(3, repeats // 4)))
     res["switch"]["et_method_reload"] = stats(sample(sessions["executorch"].backend.program.reload, max(3, repeats // 4)))
 
     # ---- two-phase switching: visible switch, time to prepacked speed, extra memory ----
-    two = {b: ShiraSession(base_dir, backend=b, threads=threads, prepack="background") for b in sessions}
+    two = {b: ShiraSession(base_dir, backend=b, threads=threads, mode="two-phase") for b in sessions}
     res["two_phase"] = {}
     for b, s in two.items():
         for k in ("shira-a", "shira-b"):
@@ -191,12 +185,12 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
         s.switch("shira-a")
         s.wait_full_speed(60)
     res["auto_mode"] = {}
-    for b in sessions:  # what prepack="auto" picks here, and why
+    for b in sessions:  # what mode="auto" picks here, and why
         with ShiraSession(base_dir, backend=b, threads=threads, cache_dir=work / "bake-cache") as auto:
             res["auto_mode"][b] = {"mode": auto.mode, "reason": auto.mode_reason, "calibration": auto.calibration}
 
     # ---- in place (ONNX Runtime): one engine on its own packed weights, patched where they lie ----
-    inplace = ShiraSession(base_dir, threads=threads, prepack="inplace", cache_dir=work / "bake-cache")
+    inplace = ShiraSession(base_dir, threads=threads, mode="in-place", cache_dir=work / "bake-cache")
     for k in ("shira-a", "shira-b"):
         inplace.load(blobs[k], name=k)
     flip = iter(["shira-a", "shira-b"] * (repeats + 10))
@@ -321,7 +315,7 @@ def markdown(report: dict) -> str:
 
 
 def _auto_pick(auto: dict | None) -> str:
-    """What prepack="auto" chose, in words (older reports carry no choice)."""
+    """What mode="auto" chose, in words (older reports carry no choice)."""
     if not auto:
         return "-"
     cal = auto.get("calibration")
@@ -427,8 +421,8 @@ def _decode_with_cache(subject, base_dir: Path, work: Path, blob: Path, repeats:
     kv_dir = work / "base-kv"
     export_model(with_kv_cache(subject), kv_dir, formats=("onnx",), log=lambda *a: None)
     out = {"context": context}
-    with ShiraSession(kv_dir, threads=threads, prepack="off") as kv, \
-            ShiraSession(base_dir, threads=threads, prepack="off") as plain:
+    with ShiraSession(kv_dir, threads=threads, mode="patchable") as kv, \
+            ShiraSession(base_dir, threads=threads, mode="patchable") as plain:
         for s in (kv, plain):
             s.load(blob, name="a")
             s.switch("a")

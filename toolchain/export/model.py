@@ -480,7 +480,7 @@ def add_checksums(base_dir: Path, manifest: dict) -> None:
     from shira_format.manifest import Placement
     from shira_format.quant import decode_scales
     from shira_format.safetensors_file import read_file
-    from shira_runtime.integrity import placement_crc32
+    from shira_format.checksum import placement_crc32
 
     from .quantize import quant_of
 
@@ -550,7 +550,7 @@ def verify_export(base_dir: Path, backend: str, subject: ExportSubject, ref_outp
     """Run the exported base through the real runtime and compare with torch on the sample input."""
     from shira_runtime import ShiraSession
 
-    # prepack="off": check the engine that patches are written to, without building a second one
-    with ShiraSession(base_dir, backend=backend, verify="full", prepack="off") as sess:
+    # mode="patchable": check the engine that patches are written to, without building a second one
+    with ShiraSession(base_dir, backend=backend, verify="full", mode="patchable") as sess:
         outs = sess.run({k: v.numpy() for k, v in subject.example_inputs.items()})
     return max(float(np.max(np.abs(outs[k] - ref_outputs[k]))) for k in ref_outputs)

@@ -30,7 +30,7 @@ from ..model_source import ExportSubject
 from ..pack import TRAIN_SIDE_FILE
 from . import tasks
 from .config import TrainConfig
-from .layers import ShiraConv
+from .shira_conv import ShiraConv
 from .loop import fit
 from .masks import MASKS, NEEDS_GRADIENTS, mask_indices
 

@@ -26,6 +26,8 @@ import numpy as np
 from shira_format.errors import ManifestError, ShiraError, first_line
 from shira_format.weights import program_scales, program_views
 
+from ..engine import Engine
+
 NAME = "executorch"
 METHOD = "forward"
 
@@ -119,7 +121,8 @@ def _import_torch():
     return torch
 
 
-class ExecuTorchBackend:
+class ExecuTorchBackend(Engine):
+    """The ExecuTorch engine (engine.py's contract): weights patched inside the loaded program's bytes."""
     name = NAME
 
     def __init__(self, manifest, threads: int | None = None, verify: str = "fast"):
@@ -135,13 +138,13 @@ class ExecuTorchBackend:
         self._reload_on: set[str] = set()
 
         self.scales: dict[str, np.ndarray] = {}  # quantized placements: their scales (never patched)
-        self._quant = {p.name: p.quant for info in manifest.tensors.values() for p in info.placements[NAME]
-                       if p.quant is not None}
+        self.buffer_quant = {p.name: p.quant for _, p in manifest.placements(NAME)
+                             if p.quant is not None}
 
         def locate(program: PatchableProgram) -> None:  # runs before ExecuTorch parses the program
             self.buffers.update(program_views(manifest, program.memory, path))
             self.scales.update(program_scales(manifest, program.memory, path))
-            self._reload_on.update(p.name for info in manifest.tensors.values() for p in info.placements[NAME]
+            self._reload_on.update(p.name for _, p in manifest.placements(NAME)
                                    if p.reload)
             self._check(self.buffers, path)
 
@@ -164,7 +167,7 @@ class ExecuTorchBackend:
 
     def entry_scales(self, pname: str, flat: np.ndarray, cols: int) -> np.ndarray:
         """The quantization scale of each of a quantized placement's entries (torch flat indices)."""
-        return self._quant[pname].scale_of(self.scales[pname], flat, cols)
+        return self.buffer_quant[pname].scale_of(self.scales[pname], flat, cols)
 
     def close(self) -> None:
         """Free both programs; the session object calls this once, from close()."""
@@ -179,10 +182,14 @@ class ExecuTorchBackend:
             with self._exec_lock:
                 self.program.reload()
 
-    # ---- two-phase switching (runtime/prepack.py) -------------------------------------------------------------
+    # ---- two-phase switching (two_phase.py) -------------------------------------------------------------
     @property
     def prepacked_available(self) -> bool:
         return self._prepacked_path is not None and self._prepacked_path.exists() and bool(self._pairs)
+
+    @property
+    def prepacked_nbytes(self) -> int:
+        return self._prepacked_program.memory.size if self._prepacked_program is not None else 0
 
     def drop_prepacked(self) -> None:
         """Free the prepacked program too (the "auto" mode calls this when two-phase buys nothing)."""

@@ -14,7 +14,27 @@ from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
 from shira_format.weights import open_weights, quant_scales, safetensors_views
 
+from ..engine import Engine
+
 NAME = "onnxruntime"
+
+
+def session_options(threads: int | None, optimize: bool = True, config: dict | None = None) -> ort.SessionOptions:
+    """ONNX Runtime's options as every session in this project sets them: `threads` intra-op threads (None: ORT's
+    default), one inter-op thread (these graphs run one node at a time), load-time warnings off (errors still
+    raise; "initializer appears in graph inputs" is by design for overridable weights). `optimize=False` for a
+    model optimized already (the bake's): optimizing again could only make private copies of its weights.
+    `config`: session config entries (the bake's, so that ORT packs as it did when baking)."""
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    for k, v in (config or {}).items():
+        opts.add_session_config_entry(str(k), str(v))
+    return opts
 
 
 def create_session(path, opts: ort.SessionOptions) -> ort.InferenceSession:
@@ -24,7 +44,8 @@ def create_session(path, opts: ort.SessionOptions) -> ort.InferenceSession:
         raise ManifestError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from None
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Engine):
+    """The patchable ONNX Runtime engine (engine.py's contract), with an optional prepacked twin."""
     name = NAME
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast"):
@@ -41,8 +62,8 @@ class OnnxRuntimeBackend:
         self._ort_values: dict[str, ort.OrtValue] = {}  # kept alive for the session's life (dropping one crashed ORT)
         verify_placements(verify, manifest, NAME, self.buffers, weights_path, threads,  # before any engine sees them
                           scales=self.scales)
-        places = {p.name: p for info in manifest.tensors.values() for p in info.placements[NAME]}
-        self._quant = {n: p.quant for n, p in places.items() if p.quant is not None}
+        places = {p.name: p for _, p in manifest.placements(NAME)}
+        self.buffer_quant = {n: p.quant for n, p in places.items() if p.quant is not None}
         for name, buf in self.buffers.items():
             q = places[name].quant
             shape = places[name].shape if q is None else q.storage_shape(*places[name].shape)
@@ -66,28 +87,23 @@ class OnnxRuntimeBackend:
         self._ort_values.clear()
 
     def _options(self) -> ort.SessionOptions:
-        opts = ort.SessionOptions()
-        if self._threads:
-            opts.intra_op_num_threads = self._threads
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # ORT's load-time warnings say nothing a user can act on; errors still raise
-        return opts
+        return session_options(self._threads)
 
     def entry_scales(self, pname: str, flat: np.ndarray, cols: int) -> np.ndarray:
         """The quantization scale of each torch flat index of a quantized placement."""
-        return self._quant[pname].scale_of(self.scales[pname], flat, cols)
+        return self.buffer_quant[pname].scale_of(self.scales[pname], flat, cols)
 
     def weights_changed(self, names: set[str], entries: dict | None = None) -> None:
         """Nothing to do: every run of the patchable engine reads the bound buffers."""
 
-    # ---- two-phase switching (runtime/prepack.py) -------------------------------------------------------------
+    # ---- two-phase switching (two_phase.py) -------------------------------------------------------------
     @property
     def prepacked_available(self) -> bool:
         return self._prepacked_path is not None and self._prepacked_path.exists()
 
-    def drop_prepacked(self) -> None:
-        self.prepacked = None
+    @property
+    def prepacked_nbytes(self) -> int:
+        return self.prepacked.nbytes if self.prepacked is not None else 0
 
     def snapshot(self) -> bytes:
         """The live weights.safetensors bytes: model_prepacked.onnx reads its patchable weights from there."""

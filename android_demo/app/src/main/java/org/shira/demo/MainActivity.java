@@ -217,7 +217,7 @@ public class MainActivity extends Activity implements StyleSwitcher.Listener {
     }
 
     /** A fresh bake must compute what the patchable engine computes with `style` patched in (1e-4 of the output's
-     *  scale, as bake.py's proof): null if it does, else why not. Leaves the weights at the base. */
+     *  scale, as inplace/bake.py's proof): null if it does, else why not. Leaves the weights at the base. */
     private String prove(StyleEngine inPlace, PatchableBase base, String style) throws Exception {
         try (OrtStyleEngine reference = new OrtStyleEngine(asset("base/" + base.program), base, base.inputs.get(0),
                 SIZE, THREADS, null)) {

@@ -20,14 +20,14 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.TreeMap;
 
-/** The bake on the phone (docs/INPLACE.md, "The bake"): the Java twin of the Python runtime's bake.py for float
+/** The bake on the phone (docs/INPLACE.md, "The bake"): the Java twin of the Python runtime's inplace/bake.py for float
  *  placements. It asks ONNX Runtime three times to optimize the export's model_prepacked.onnx and save it with its
  *  packed weights in one data file (baked.onnx + baked.bin): once with the real weights, and once each with every
  *  patchable entry replaced by a float32 code of its row and of its column (CODE_BASE + row_start[t] + f / 4096,
  *  CODE_BASE + 4096 t + f % 4096). The coded bakes must lay the file out as the real one does; decoding them gives,
  *  for every placement, every region of baked.bin that holds a copy of it and the position of each entry there.
  *  The map is proven on the real file bit for bit and written as bake.json (format 2), with the same position
- *  forms bake.py chooses, so {@link BakedWeights} (and the Python runtime) read it.
+ *  forms inplace/bake.py chooses, so {@link BakedWeights} (and the Python runtime) read it.
  *
  *  Everything here is plain Java; the one thing it needs from ONNX Runtime is {@link Optimizer}, which the app
  *  implements with ORT's Java API (not in this library, which has no ORT dependency; this code compiles against
@@ -44,17 +44,17 @@ import java.util.TreeMap;
  *      }
  *  }</pre>
  *
- *  What is left to the caller (it needs ORT runs, which this class does not do): bake.py's last two steps, i.e.
+ *  What is left to the caller (it needs ORT runs, which this class does not do): inplace/bake.py's last two steps, i.e.
  *  load the baked model as it will be served (ORT's optimizations off, bake.json's session_config, which is
  *  {} here), run it once on the export's sample, write a random patch through {@link BakedWeights} into the app's
  *  own copy of baked.bin, and compare the output with the patchable engine (model.onnx fed the same patched
  *  weights); if they differ by more than 1e-4 of the output's scale the base cannot be patched in place (delete
- *  the bake and fall back). On ARM, bake.py retries a failed bake with mlas.disable_kleidiai = 1; this class
+ *  the bake and fall back). On ARM, inplace/bake.py retries a failed bake with mlas.disable_kleidiai = 1; this class
  *  writes session_config {} and does not retry.
  *
  *  Quantized placements (bytes, nibbles, derived sums) are refused ({@link UnsupportedOperationException}): their
- *  digit passes (bake_quantized.py) are not ported. A damaged export is an {@link AdapterFormatException} (the
- *  placements' CRC-32s are checked first, as bake.py does); a base that cannot be baked is a
+ *  digit passes (inplace/quantized.py) are not ported. A damaged export is an {@link AdapterFormatException} (the
+ *  placements' CRC-32s are checked first, as inplace/bake.py does); a base that cannot be baked is a
  *  {@link CannotBakeException} (cache the reason, do not retry at every start). Regions and weights files of
  *  2 GiB and more are not mapped here (a CannotBakeException). */
 public final class Baker {
@@ -64,7 +64,7 @@ public final class Baker {
     /** Codes live in [2^23, 2^24): exact integers in float32, far from any real weight. */
     public static final int CODE_BASE = 1 << 23;
     public static final int ROW_WIDTH = 4096;
-    /** Initializers below this many bytes stay inside baked.onnx (bake.py's MIN_EXTERNAL_BYTES). */
+    /** Initializers below this many bytes stay inside baked.onnx (inplace/bake.py's MIN_EXTERNAL_BYTES). */
     public static final int MIN_EXTERNAL_BYTES = 64;
     /** The session config entries every {@link Optimizer} run must set (besides ALL_OPT and the optimized model
      *  path outDir/baked.onnx): exactly bake._bake_once's. */
@@ -191,7 +191,7 @@ public final class Baker {
                         if (p instanceof Map && ((Map<?, ?>) p).get("quant") != null)
                             throw new UnsupportedOperationException("manifest.json: weight " + t.getKey() + " is quantized ("
                                     + ((Map<?, ?>) p).get("quant") + "): quantized placements are not baked from Java yet "
-                                    + "(bake_quantized.py's digit passes are not ported)");
+                                    + "(inplace/quantized.py's digit passes are not ported)");
             }
         if (Long.valueOf(4).equals(m.get("format_version")))
             throw new UnsupportedOperationException("manifest.json: a quantized base (manifest version 4) is not baked "

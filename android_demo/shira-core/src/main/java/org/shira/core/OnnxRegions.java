@@ -9,7 +9,7 @@ import java.util.List;
 import java.util.Map;
 
 /** Where an optimized .onnx keeps its external weights: a minimal protobuf reader, the Java twin of the Python
- *  runtime's onnx_regions.py (read_regions), so the app needs no ONNX or protobuf library to bake.
+ *  runtime's inplace/regions.py (read_regions), so the app needs no ONNX or protobuf library to bake.
  *
  *  ONNX Runtime writes an optimized model's large initializers into one data file; each initializer's
  *  `external_data` gives its `offset` and `length` there, and a weight ORT prepacked carries `prepacked_<i>`

@@ -22,7 +22,7 @@ import time
 
 
 class PrepackedRebuilder:
-    """Owns the background thread that keeps `backend.prepacked` in step with the live weights."""
+    """Owns the background thread that keeps the engine's prepacked twin in step with the live weights."""
 
     def __init__(self, backend, lock):
         self.backend = backend
@@ -35,14 +35,13 @@ class PrepackedRebuilder:
         self.history: list[dict] = []  # per install: generation, seconds from the commit to prepacked speed, bytes
         self._commit_time = {}
         self._retired: list = []  # stale engines, dropped by the builder thread
-        self._thread = threading.Thread(target=self._loop, name="shira-prepack", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="shira-two-phase", daemon=True)
 
     def weights_changed(self) -> None:
         """Called under the session's write lock, after a commit: the prepacked engine is stale."""
         # the stale engine is freed by the builder thread, not here: destroying an ORT session (its thread
         # pool, its packed weights) would otherwise add ~0.2 ms to the caller's switch
-        self._retired.append(self.backend.prepacked)
-        self.backend.prepacked = None
+        self._retired.append(self.backend.install_prepacked(None))
         with self._cond:
             self._generation += 1
             self._commit_time[self._generation] = time.perf_counter()
@@ -89,7 +88,7 @@ class PrepackedRebuilder:
             with self._cond:
                 if gen != self._generation or self._closed:  # stale (a switch happened meanwhile) or closing
                     return False
-                self.backend.prepacked = engine
+                self.backend.install_prepacked(engine)
                 self._installed = gen
                 t0 = self._commit_time.get(gen)
                 self._commit_time = {g: t for g, t in self._commit_time.items() if g > gen}

@@ -12,7 +12,7 @@ to correct for the activations' zero point (seen with ONNX Runtime 1.32 under qe
 
 u are the unsigned entries, z = 2^(bits-1) the implicit zero point, s the export's float32 scales. A bake finds
 every such sum by matching the region's changed floats against these formulas over all its passes, bit for
-bit (bake_quantized.py), or refuses the base. After a switch the backend recomputes the sums of the blocks the
+bit (inplace/quantized.py), or refuses the base. After a switch the backend recomputes the sums of the blocks the
 switch touched from the integers now in the region, so the packed weight is what ONNX Runtime would pack from
 the patched integers, bit for bit, and reset() gives the base's bytes back.
 """

@@ -11,7 +11,7 @@ A slot's digit m is (v_m - v_mask) mod base: a constant offset the packer might 
 entry where both mask passes read r[f] and r2[f] plus one constant (0, or the zero point where the packer stores
 u - z in two's complement: KleidiAI on ARM); decoded entries must cover the weight exactly once, and the real
 bake must hold the export's integer at every decoded slot. Any other slot that changes between passes holds a
-value derived from the entries: it must lie in a float32 sum that quant_sums.py's formulas give in every pass
+value derived from the entries: it must lie in a float32 sum that inplace/derived_sums.py's formulas give in every pass
 (MLAS and KleidiAI on ARM cores with the dot product); otherwise the weight cannot be patched in place and
 the bake says why.
 """
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from shira_format.quant import entries
 
-from .baked_layout import BAKED_DATA, BAKED_MODEL, BakeError, describe, release_pages
-from .onnx_regions import read_regions
-from .quant_sums import FORMULAS, block_sums, count, match
-from .quant_sums import sums as quant_sums
+from .layout import BAKED_DATA, BAKED_MODEL, BakeError, describe, release_pages
+from .regions import read_regions
+from .derived_sums import FORMULAS, block_sums, count, match
+from .derived_sums import sums as quant_sums
 
 CHUNK = 1 << 22  # entries coded at a time: bounds the temporaries at real size
 
@@ -200,7 +200,7 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
 
 
 def _learn_sums(region, p, raw: dict, u: dict, scales: np.ndarray, dims, derived: np.ndarray):
-    """(formula, word of each sum) for the floats a packer derived from the entries (quant_sums.py): every
+    """(formula, word of each sum) for the floats a packer derived from the entries (inplace/derived_sums.py): every
     changed slot that is not an entry must lie in a float32 word that one formula explains in every pass."""
     rows, cols = dims
     block, z = p.quant.block, p.quant.zero_point

@@ -22,7 +22,7 @@ from pathlib import Path
 from shira_format.atomic import write_text
 from shira_format.errors import ManifestError
 
-from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,
+from .layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,
                            BakeError)
 
 
@@ -113,7 +113,7 @@ def _bake_into(base_dir: Path, root: Path, key_dir: Path, threads, log) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".bake-{os.getpid()}-", dir=root))
     except OSError as e:
         raise BakeError(f"{root}: cannot write the bake cache: {e.strerror}") from None
-    cmd = [sys.executable, "-m", "shira_runtime.bake", str(base_dir), str(tmp), str(threads or 0)]
+    cmd = [sys.executable, "-m", "shira_runtime.inplace.bake", str(base_dir), str(tmp), str(threads or 0)]
     log(f"{base_dir}: baking ONNX Runtime's packed weights for this CPU (first load)")
     lines = []
     with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:

@@ -1,4 +1,4 @@
-"""What the load-time integrity check costs at real size: `python -m shira_toolchain.bench.integrity`.
+"""What the load-time integrity check costs at real size: `python -m shira_toolchain.bench.load_checks`.
 
 A TinyLlama-shaped 1.1B model's block Linear weights (every weight the exporter makes patchable by default:
 0.97B parameters, 3.9 GB of float32) are written as the `weights.safetensors` an ONNX Runtime export holds,
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from shira_format.manifest import Manifest, Placement, TensorInfo
 from shira_format.safetensors_file import read_file
-from shira_runtime.integrity import check_placements, check_sha256, placement_crc32
+from shira_format.checksum import placement_crc32
+from shira_runtime.integrity import check_placements, check_sha256
 
 # TinyLlama-1.1B: hidden 2048, intermediate 5632, 22 layers, 4 KV heads of 64 -> k/v [256, 2048]
 LAYERS, HIDDEN, INTER, KV = 22, 2048, 5632, 256
@@ -68,7 +69,7 @@ def measure(layers: int = LAYERS, threads: int = 2, workdir: str | None = None) 
         nbytes = sum(b.nbytes for b in buffers.values())
     return {"parameters": nbytes // 4, "bytes": nbytes, "threads": threads, "read_s": t_read, "fast_s": t_fast,
             "full_s": t_full, "fast_vs_read": t_fast / t_read, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "command": f"python -m shira_toolchain.bench.integrity --layers {layers} --threads {threads}"}
+            "command": f"python -m shira_toolchain.bench.load_checks --layers {layers} --threads {threads}"}
 
 
 def main() -> None:

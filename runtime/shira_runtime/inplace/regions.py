@@ -3,7 +3,7 @@
 ORT writes an optimized model's large initializers into one data file; each initializer's `external_data`
 gives its `offset` and `length` there, and a weight ORT prepacked carries `prepacked_<i>` entries
 "<kernel key>|<offset>;<length>;<flags>" naming where its packed copy lies in the same file. That table is all
-the in-place route needs to find every copy of a weight (bake.py).
+the in-place route needs to find every copy of a weight (inplace/bake.py).
 
 Only the fields read here are decoded (onnx.proto3): ModelProto.graph = 7; GraphProto.node = 1,
 GraphProto.initializer = 5; NodeProto.input = 1; TensorProto.name = 8, external_data = 13 (key = 1, value = 2).

@@ -1,6 +1,6 @@
 """ONNX Runtime, in place: one engine running on its own packed weights, which the runtime patches where they lie.
 
-The base is baked once per CPU (bake.py, bake_cache.py): ORT's optimized model plus one data file holding
+The base is baked once per CPU (inplace/bake.py, inplace/cache.py): ORT's optimized model plus one data file holding
 every initializer and every packed copy. Loading the baked model, ORT maps each region it reads from that
 file into memory, privately and writable (`mmap(MAP_PRIVATE)`, visible as `rw-p` lines of /proc/self/maps),
 and computes on those bytes in place. This backend finds those mappings and writes the patched floats into
@@ -31,14 +31,15 @@ import onnxruntime as ort
 from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
 from shira_format.layouts import stable_order
-from shira_format.quant import entries, matrix_shape, pack_entries
+from shira_format.quant import dequantize_entries, entries, matrix_shape, pack_entries
 
-from ..baked_layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, group_positions, panel_positions,
+from .layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, group_positions, panel_positions,
                             tile_positions, unpack_groups, unpack_panels)
-from ..bake_cache import acquire, discard
-from ..quant_sums import FORMULAS, stored_block_sums
-from ..quant_sums import sums as quant_sums
-from .onnxruntime import NAME, create_session
+from .cache import acquire, discard
+from .derived_sums import FORMULAS, stored_block_sums
+from .derived_sums import sums as quant_sums
+from ..backends.onnxruntime import NAME, create_session, session_options
+from ..engine import Engine
 
 
 _OPENING = threading.Lock()
@@ -167,9 +168,9 @@ class _Copy:
         return pos * 4 if self.unit == "float" else pos if self.unit == "byte" else pos >> 1
 
 
-class InPlaceOnnxRuntimeBackend:
+class InPlaceOnnxRuntimeBackend(Engine):
+    """The in-place engine (engine.py's contract): no prepacked twin, the engine IS the prepacked one."""
     name = NAME
-    prepacked_available = False  # nothing to rebuild: the engine IS the prepacked one
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast", cache_dir=None,
                  log=lambda msg: None, bake_dir=None):
@@ -177,7 +178,7 @@ class InPlaceOnnxRuntimeBackend:
         self.manifest = manifest
         self.session = None
         self.buffers: dict[str, np.ndarray] = {}
-        self._sum_state: dict[str, dict] = {}  # quantized placements whose packer derives sums (quant_sums.py)
+        self._sum_state: dict[str, dict] = {}  # quantized placements whose packer derives sums (inplace/derived_sums.py)
         if bake_dir is not None:
             self.bake_dir = bake_dir
             self._open(threads, verify)
@@ -205,7 +206,7 @@ class InPlaceOnnxRuntimeBackend:
         self.absmax: dict[str, float] = {}  # per buffer, for the patcher
         self._absmax: dict[str, float] = {}  # per placement
         self.buffer_quant: dict = {}  # quantized buffer -> its Quant, for the patcher
-        self._places = {p.name: p for info in self.manifest.tensors.values() for p in info.placements.get(NAME, ())}
+        self._places = {p.name: p for _, p in self.manifest.placements(NAME)}
         self.copies: dict[str, list[_Copy]] = {}
         for info in self.manifest.tensors.values():
             for p in info.placements.get(NAME, ()):
@@ -224,15 +225,8 @@ class InPlaceOnnxRuntimeBackend:
         if verify != "off":
             self._verify(verify, data_path)
             _trim_heap()  # the check's temporaries are freed; give their pages back (glibc keeps them otherwise)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        # already optimized at bake time; optimizing again could only make private copies of the weights
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        for k, v in spec.get("session_config", {}).items():  # as baked: with other settings ORT packs anew
-            opts.add_session_config_entry(str(k), str(v))
+        # optimized at bake time, and with the bake's settings: with others ORT packs anew
+        opts = session_options(threads, optimize=False, config=spec.get("session_config", {}))
         with _OPENING:  # this session's mappings are the ones its creation added (others' may lie beside them)
             before = set(engine_mappings(data_path))
             try:
@@ -349,6 +343,19 @@ class InPlaceOnnxRuntimeBackend:
                 raw = buf.view(np.uint8)
                 raw[first] = raw[first]
 
+    def placement_of(self) -> dict[str, str]:
+        return {key: pname for pname, copies in self.copies.items() for c in copies for key in c.keys}
+
+    @property
+    def needs_entries(self) -> bool:
+        return bool(self.summed)
+
+    def live_weight(self, p, shape) -> np.ndarray:
+        if p.quant is not None:
+            return dequantize_entries(self.placement_values(p.name), self.placement_scales(p.name), p.quant,
+                                      *matrix_shape(shape)).reshape(shape)
+        return p.to_torch_layout(self.placement_values(p.name), shape).copy()
+
     def placement_values(self, pname: str) -> np.ndarray:
         """The live weight of a placement, flat in its stored layout (a copy); a quantized one's integer
         entries in torch order."""
@@ -357,7 +364,7 @@ class InPlaceOnnxRuntimeBackend:
 
     def weights_changed(self, names: set[str], entries: dict[str, np.ndarray] | None = None) -> None:
         """The engine reads the file the patch was written into; what is left are the sums some packers derive
-        from a quantized weight's integers (quant_sums.py). `entries`: placement -> the entries (flat, sorted)
+        from a quantized weight's integers (inplace/derived_sums.py). `entries`: placement -> the entries (flat, sorted)
         the active adapters touch; the sums of the blocks holding them, and of those the previous state
         touched, are computed again from the integers now in place."""
         for pname in self.summed:
@@ -411,9 +418,6 @@ class InPlaceOnnxRuntimeBackend:
             for key in copy.keys:
                 buf = self.buffers[key]
                 buf[: buf.size // 4 * 4].view(np.float32)[words[at]] = values
-
-    def drop_prepacked(self) -> None:
-        pass
 
     def run(self, inputs: dict[str, np.ndarray], patchable: bool = False) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in inputs]

@@ -18,8 +18,8 @@ the real file (every mapped entry must equal the stored weight bit for bit) and 
 patch must reach its output), or the placement is not baked.
 
 The bake is CPU- and ORT-specific (MLAS picks its kernels, hence its packing, at run time), so it is cached
-per CPU and ORT version (bake_cache.py) and made on the device at first load, in a child process so that its
-memory peak is not kept by the app (`python -m shira_runtime.bake BASE_DIR OUT_DIR`). Every weight file it
+per CPU and ORT version (inplace/cache.py) and made on the device at first load, in a child process so that its
+memory peak is not kept by the app (`python -m shira_runtime.inplace.bake BASE_DIR OUT_DIR`). Every weight file it
 reads or writes goes through a memory map, so that peak is ORT's own (one optimizing session at a time), not
 copies of the weights: the coded weights are written to a file next to a copy of the model.
 """
@@ -41,10 +41,10 @@ from shira_format.quant import entries
 from shira_format.safetensors_file import SafetensorsError, parse
 from shira_format.weights import quant_scales, safetensors_views
 
-from .baked_layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,  # noqa: F401
+from .layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,  # noqa: F401
                            BakeError, describe, form_positions, panel_forms, panel_positions, read_form,
                            release_pages, unpack_panels)
-from .onnx_regions import read_regions
+from .regions import read_regions
 
 CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight
 ROW_WIDTH = 4096  # flat index = row * ROW_WIDTH + col
@@ -62,16 +62,9 @@ WITHOUT_KLEIDIAI = {"mlas.disable_kleidiai": "1"}
 
 
 def _options(threads: int | None):
-    import onnxruntime as ort
+    from ..backends.onnxruntime import session_options
 
-    opts = ort.SessionOptions()
-    for k, v in SESSION_CONFIG.items():
-        opts.add_session_config_entry(k, v)
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return opts
+    return session_options(threads, config=SESSION_CONFIG)
 
 
 def _bake_once(source: Path, out_dir: Path, threads) -> None:
@@ -131,11 +124,11 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
     from the patched weights. Found here, a region ORT copied instead of mapping is a cached "cannot"."""
     import onnxruntime as ort
 
-    from .backends.onnxruntime_inplace import InPlaceOnnxRuntimeBackend
+    from .engine import InPlaceOnnxRuntimeBackend
 
     x = manifest.sample_inputs()
     rng = np.random.default_rng(0)
-    quant = {p.name: p.quant for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())
+    quant = {p.name: p.quant for _, p in manifest.placements("onnxruntime")
              if p.quant is not None}
     mapped = {}
     for name, w in stored.items():
@@ -230,10 +223,10 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     if not files.prepacked:
         raise BakeError(f"{manifest.path}: no model_prepacked.onnx to bake (exported by an older shira-export)")
     source, weights_path = manifest.file(files.prepacked), manifest.file(files.weights)
-    placements = [p for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())]
+    placements = [p for _, p in manifest.placements("onnxruntime")]
     floats = [p for p in placements if p.quant is None]
-    quants = [p for p in placements if p.quant is not None]  # integer entries: bake_quantized.py
-    owner = {p.name: info for info in manifest.tensors.values() for p in info.placements.get("onnxruntime", ())}
+    quants = [p for p in placements if p.quant is not None]  # integer entries: inplace/quantized.py
+    owner = {p.name: info for info, p in manifest.placements("onnxruntime")}
     starts, row = {}, 0
     for p in floats:
         starts[p.name] = row
@@ -242,7 +235,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
         raise BakeError(f"{manifest.path}: too many patchable weights to code positions in float32")
 
     t0 = time.perf_counter()
-    from .integrity import verify_placements
+    from ..integrity import verify_placements
 
     weights = _mapped_weights(weights_path)
     stored = safetensors_views(manifest, weights, weights_path)
@@ -279,7 +272,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
             found = _decode(regions, coded, floats, starts, real) if floats else {}
         del coded
         if quants:
-            from .bake_quantized import learn_quantized
+            from .quantized import learn_quantized
 
             from shira_format.quant import matrix_shape
 
@@ -315,7 +308,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
                 copy["unit"] = "byte" if p.quant.bits == 8 else "nibble"
                 if how["signed"]:
                     copy["signed"] = True
-                if how["sums"] is not None:  # floats the packer derives from the integers (quant_sums.py)
+                if how["sums"] is not None:  # floats the packer derives from the integers (inplace/derived_sums.py)
                     formula, words = how["sums"]
                     fname = f"{len(os.listdir(maps_dir))}.npy"
                     np.save(maps_dir / fname, words.astype(np.uint32 if region.length < 1 << 34 else np.int64))
@@ -454,7 +447,7 @@ def _decode(regions, coded: dict[str, np.ndarray], placements, starts, real: np.
 
 
 def main(argv=None) -> int:
-    """`python -m shira_runtime.bake BASE_DIR OUT_DIR [THREADS]`: what the runtime runs in a child process."""
+    """`python -m shira_runtime.inplace.bake BASE_DIR OUT_DIR [THREADS]`: what the runtime runs in a child process."""
     argv = sys.argv[1:] if argv is None else argv
     base, out = Path(argv[0]), Path(argv[1])
     threads = int(argv[2]) if len(argv) > 2 and argv[2] != "0" else None
