@@ -40,7 +40,7 @@ from shira_runtime import ShiraSession
 from shira_runtime.patcher import RULES, merge
 from shira_toolchain.export import export_model
 from shira_toolchain.model_source import resolve
-from shira_toolchain.pack.adapter import pack_adapter
+from shira_toolchain.pack import pack_adapter
 from shira_toolchain.train import TrainConfig, lm_text, photos, train
 from shira_toolchain.train.joint import train_jointly
 from shira_toolchain.train.styles import STYLES

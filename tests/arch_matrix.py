@@ -93,7 +93,7 @@ def check_architecture(name: str, work: Path, log=lambda *a: None) -> dict:
     from shira_runtime import ShiraSession
     from shira_toolchain.export import export_model
     from shira_toolchain.model_source import resolve
-    from shira_toolchain.pack.adapter import pack_peft_shira
+    from shira_toolchain.pack import pack_peft_shira
 
     t0 = time.perf_counter()
     model_dir = save(name, work / "hf")

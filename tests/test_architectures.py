@@ -38,7 +38,7 @@ def test_full_finetune_of_a_batchnorm_net_packs_exactly_the_changed_entries(tmp_
     from shira_models.architectures import save
     from shira_toolchain.export import export_model
     from shira_toolchain.model_source import resolve
-    from shira_toolchain.pack.adapter import pack_adapter
+    from shira_toolchain.pack import pack_adapter
 
     subject = resolve(str(save("resnet", tmp_path / "hf")))
     manifest = export_model(subject, tmp_path / "base", formats=("onnx",), log=lambda *a: None)

@@ -55,7 +55,7 @@ def arm_root() -> Path:
 def _finetune_blob(base: Path, model_dir: Path, seed: int, out: Path) -> Path:
     """A sparse diff of a 'fine-tune' that moved 2% of every conv weight (ResNet's folded convs included)."""
     from safetensors.numpy import load_file, save_file
-    from shira_toolchain.pack.adapter import pack_adapter
+    from shira_toolchain.pack import pack_adapter
 
     state = load_file(str(model_dir / "model.safetensors"))
     rng = np.random.default_rng(seed)

@@ -33,7 +33,7 @@ def _hf_greedy(model, prompt, n):
 def test_greedy_tokens_match_transformers_with_and_without_an_adapter(cached_llama):
     from shira_runtime import ShiraSession
     from shira_runtime.generate import generate
-    from shira_toolchain.pack.adapter import pack_peft_shira
+    from shira_toolchain.pack import pack_peft_shira
 
     from .arch_matrix import make_adapter
 
@@ -114,7 +114,7 @@ def test_bench_decode_rows_compare_the_cache_with_recomputing(cached_llama, tmp_
 
     from shira_toolchain.bench.run import _decode_with_cache, generation_lines
     from shira_toolchain.export import export_model
-    from shira_toolchain.pack.adapter import pack_peft_shira
+    from shira_toolchain.pack import pack_peft_shira
 
     from .arch_matrix import make_adapter
 

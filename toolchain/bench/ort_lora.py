@@ -45,7 +45,6 @@ def add_lora_branches(base: Path, rank: int, branches: int, seed: int = 0) -> tu
     initializer (a graph input with a default), and one `.onnx_adapter` per branch holding its values.
     -> (model path, adapter paths). Written beside the base's files (their external data is found there)."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
     from shira_format import manifest as manifest_mod
 

@@ -78,7 +78,6 @@ def build_onnx_adapters(work: Path) -> None:
     """The model with LoRA branches in the graph, their weights as overridable initializers (graph inputs with
     a default), and two `.onnx_adapter` files of random LoRA weights: ORT's own way to switch LoRA adapters."""
     import onnx
-    import onnxruntime as ort
     from peft import LoraConfig, get_peft_model
     from shira_format import manifest as manifest_mod
 

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -241,20 +242,33 @@ def _combine_exclusions(per_backend: dict[str, dict[str, str]], located: dict[st
     return excluded
 
 
-def export_model(subject: ExportSubject, out_dir, targets: str | None = None, formats=("onnx", "pte"),
-                 log=print, quantize: str | None = None, headroom: float | None = None,
-                 quantize_patchable: str | None = None) -> dict:
-    """Export `subject` once per format into out_dir, with one manifest for all of them. Returns the manifest.
+@dataclass
+class _OnnxPart:
+    """What the ONNX export found: the graph, where each weight lies in it, and what it cannot patch."""
+    proto: onnx.ModelProto
+    located: dict
+    excluded: dict
+    shared: list
+    init_arrays: dict
 
-    Files: model.onnx + weights.safetensors (onnx), model.pte (pte), sample.npz, manifest.json (written last).
-    `quantize`: "int8" or "int4", a weight-only quantized base (quantize.py for ONNX Runtime, quantize_executorch.py
-    for ExecuTorch); `headroom`: its
-    patchable weights' scales cover headroom x their largest entry (room for adapters; docs/QUANTIZATION.md);
-    `quantize_patchable`: the patchable weights' own mode (default: `quantize`), e.g. int8 under an int4 base.
-    """
-    from safetensors.numpy import save_file
 
-    out_dir = Path(out_dir)
+@dataclass
+class _PtePart:
+    """What the ExecuTorch lowering found: the program(s), where each weight lies, what needs a reload."""
+    pte: bytes
+    dynamic: bool
+    lowering: dict
+    located: dict
+    excluded: dict
+    shared: list
+    reload: dict
+    static_pte: bytes | None
+    static_located: dict
+    static_excluded: dict
+    quantization: dict | None  # a quantized base: the integers' summary, and ExecuTorch's own part of it
+
+
+def _check_request(formats, quantize, headroom, quantize_patchable) -> tuple:
     formats = tuple(dict.fromkeys(formats))
     if not formats or set(formats) - set(FORMATS):
         raise ExportError(f"formats must be among {sorted(FORMATS)}, got {list(formats)}")
@@ -266,69 +280,74 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
                               f"{quantize!r}, {quantize_patchable!r}")
         if headroom is not None and not (1.0 <= headroom <= 16.0):
             raise ExportError(f"--headroom must be between 1 and 16, got {headroom}")
-    model = subject.model.eval()
-    t0 = time.perf_counter()
+    return formats
+
+
+def _candidates(subject: ExportSubject, targets: str | None) -> dict[str, tuple[str, str]]:
+    """The weights `targets` picks, refused before minutes of export if there are none or one is not float32."""
+    model = subject.model
     wanted = patchable_weights(model, targets)
     if not wanted:
         raise ExportError(f"--targets {targets!r} matches no Linear/Conv weight of {subject.source}")
     params = dict(model.named_parameters(remove_duplicate=False))  # tied weights keep both names
     low = [p for p in wanted if params[p].dtype != torch.float32]
-    if low:  # refused before minutes of export, not by the manifest writer after them
+    if low:
         raise ExportError(f"{subject.source}: weight {low[0]} is {str(params[low[0]].dtype).removeprefix('torch.')}; "
                           "patchable weights are float32: export the model in float32 (model.float()); "
                           "low-precision bases are patched in their own domain by the quantized route")
-    log(f"exporting {subject.source}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{len(wanted)} candidate patchable weights, formats: {', '.join(formats)}")
+    return wanted
 
-    esubject, folds = fold_batchnorm(subject, wanted)  # exporters get the folded copy; names stay the model's
-    if folds:
-        log(f"  folded {len(folds)} BatchNorm layers into the weights before them (recorded as channel_scale)")
+
+def _export_onnx(esubject: ExportSubject, wanted, log) -> _OnnxPart:
+    proto = _torch_export(esubject)
+    located, excluded, shared, init_arrays = locate_weights(proto, esubject.model, wanted)
+    log(f"  onnx: {len(proto.graph.node)} nodes, {len(located)} weights located")
+    return _OnnxPart(proto, located, excluded, shared, init_arrays)
+
+
+def _export_pte(esubject: ExportSubject, wanted, quantize, headroom, quantize_patchable, log) -> _PtePart:
+    from . import executorch as et
+
     emodel = esubject.model
-    located, per_backend_excluded, shared = {}, {}, []
-    if "onnx" in formats:
-        proto = _torch_export(esubject)
-        pl, ex, sh, init_arrays = locate_weights(proto, emodel, wanted)
-        located["onnxruntime"], per_backend_excluded["onnxruntime"] = pl, ex
-        shared += sh
-        log(f"  onnx: {len(proto.graph.node)} nodes, {len(pl)} weights located")
-    if "pte" in formats:
-        from . import executorch as et
+    qsubject, qours, quantization = esubject, {}, None
+    if quantize is not None:  # XNNPACK's integer Linear weights (quantize_executorch.py)
+        from . import quantize_executorch as qet
 
-        qsubject, qours = esubject, {}
-        if quantize is not None:  # XNNPACK's integer Linear weights (quantize_executorch.py)
-            from . import quantize_executorch as qet
+        qsubject, qours, qsummary, et_quantization = qet.quantize_linears(
+            esubject, set(wanted), quantize, headroom, quantize_patchable, log)
+        quantization = {**qsummary, "executorch": et_quantization}
+    pte, dynamic, lowering = et.lower(qsubject, log)
+    pl, ex, shared = et.locate_in_program(pte, emodel, [p for p in wanted if p not in qours])
+    reload, ex2 = et.probe_reload(pte, pl, esubject.example_inputs)
+    ex.update(ex2)
+    pl = {k: v for k, v in pl.items() if k not in ex2}
+    if qours:
+        qfound, qex = qet.locate_quantized(pte, qours)
+        shapes = {k: v[0].shape for k, v in qours.items()}
+        qex.update(qet.probe_quantized(pte, {k: v for k, v in qfound.items() if k not in qex}, shapes,
+                                       esubject.example_inputs))
+        ex.update(qex)
+        for k, (off, q) in qfound.items():
+            if k not in qex:
+                pl[k] = [(off, "identity", shapes[k], q)]
+                reload[(k, off)] = True
+    n_reload = sum(reload[(k, h[0])] for k, hs in pl.items() for h in hs)
+    log(f"  pte: {len(pte):,} bytes, {lowering['delegates']} XNNPACK delegate calls, {len(pl)} weights "
+        f"located ({n_reload} need a method reload when patched: conv, quantized)")
+    if quantize is None:
+        static_pte, _, _ = et.lower(esubject, lambda *a: None, static=True)
+        static_pl, static_ex, _ = et.locate_in_program(static_pte, emodel, wanted)
+    else:  # quantized weights are packed at load anyway: the reloaded program is the prepacked one
+        static_pte, static_pl = None, {}
+        static_ex = {p: "a quantized base has no separate prepacked program" for p in wanted}
+    return _PtePart(pte, dynamic, lowering, pl, ex, shared, reload, static_pte, static_pl, static_ex, quantization)
 
-            qsubject, qours, qsummary, et_quantization = qet.quantize_linears(
-                esubject, set(wanted), quantize, headroom, quantize_patchable, log)
-        pte, dynamic, lowering = et.lower(qsubject, log)
-        pl, ex, sh = et.locate_in_program(pte, emodel, [p for p in wanted if p not in qours])
-        reload, ex2 = et.probe_reload(pte, pl, esubject.example_inputs)
-        ex.update(ex2)
-        pl = {k: v for k, v in pl.items() if k not in ex2}
-        if qours:
-            qfound, qex = qet.locate_quantized(pte, qours)
-            shapes = {k: v[0].shape for k, v in qours.items()}
-            qex.update(qet.probe_quantized(pte, {k: v for k, v in qfound.items() if k not in qex}, shapes,
-                                           esubject.example_inputs))
-            ex.update(qex)
-            for k, (off, q) in qfound.items():
-                if k not in qex:
-                    pl[k] = [(off, "identity", shapes[k], q)]
-                    reload[(k, off)] = True
-        located["executorch"], per_backend_excluded["executorch"] = pl, ex
-        shared += sh
-        n_reload = sum(reload[(k, h[0])] for k, hs in pl.items() for h in hs)
-        log(f"  pte: {len(pte):,} bytes, {lowering['delegates']} XNNPACK delegate calls, {len(pl)} weights "
-            f"located ({n_reload} need a method reload when patched: conv, quantized)")
-        if quantize is None:
-            static_pte, _, _ = et.lower(esubject, lambda *a: None, static=True)
-            static_pl, static_ex, _ = et.locate_in_program(static_pte, emodel, wanted)
-        else:  # quantized weights are packed at load anyway: the reloaded program is the prepacked one
-            static_pl, static_ex = {}, {p: "a quantized base has no separate prepacked program" for p in wanted}
-    quantization = {} if quantize is not None else None
-    excluded = _combine_exclusions(per_backend_excluded, located, wanted)
+
+def _exclusions(subject: ExportSubject, per_backend: dict, located: dict, wanted, log) -> dict[str, str]:
+    """Weight -> why it is not patchable, with the true reason where torch agrees the weight does not matter."""
+    excluded = _combine_exclusions(per_backend, located, wanted)
     reach = weight_reach(subject, [p for p in excluded if "not found" in excluded[p] or "changed no output" in excluded[p]])
-    for pname, how in reach.items():  # the true reason, where torch agrees the weight does not matter
+    for pname, how in reach.items():
         if how == "unused":
             excluded[pname] = "not used by the exported outputs (e.g. a pooler when only last_hidden_state is exported)"
         elif how == "zero-gradient":
@@ -336,14 +355,14 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
                                "saturated activations): export with a sample that exercises it")
     for pname, why in excluded.items():
         log(f"  not patchable: {pname}: {why}")
-    patchable = [p for p in wanted if p not in excluded]
-    if not patchable:
-        raise ExportError("no targeted weight could be made patchable (see the reasons above)")
+    return excluded
 
-    static_missing = [p for p in patchable if p not in static_pl] if "pte" in formats else []
-    if "pte" in formats and quantize is not None:
-        quantization = {**qsummary, **(quantization or {}), "executorch": et_quantization}
-    eparams = dict(emodel.named_parameters())
+
+def _tensor_records(subject: ExportSubject, esubject: ExportSubject, patchable, wanted, folds, onnx_part,
+                    pte_part, static_ok: bool) -> dict:
+    """The manifest's `tensors`: per patchable weight, its torch facts and every placement of it."""
+    params = dict(subject.model.named_parameters(remove_duplicate=False))
+    eparams = dict(esubject.model.named_parameters())
     tensors = {}
     for pname in patchable:
         mname, kind = wanted[pname]
@@ -352,18 +371,18 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         if pname in folds:
             fold = {"channel_scale": [float(v) for v in folds[pname][0]], "folded_sha256": tensor_sha256(eparams[pname])}
         placements, prepacked_placements = {}, {}
-        if "onnxruntime" in located:
+        if onnx_part is not None:
             placements["onnxruntime"] = [{"name": n, "shape": list(shp), "layout": lay, **fold}
-                                         for n, lay, shp in located["onnxruntime"][pname]]
-        if "executorch" in located:
+                                         for n, lay, shp in onnx_part.located[pname]]
+        if pte_part is not None:
             placements["executorch"] = [{"name": f"model.pte@{off}", "shape": list(shp), "layout": lay,
-                                         "offset": off, "reload": reload[(pname, off)], **fold,
+                                         "offset": off, "reload": pte_part.reload[(pname, off)], **fold,
                                          **({"quant": rest[0]} if rest else {})}
-                                        for off, lay, shp, *rest in located["executorch"][pname]]
-            if not static_missing:
+                                        for off, lay, shp, *rest in pte_part.located[pname]]
+            if static_ok:
                 prepacked_placements["executorch"] = [
                     {"name": f"model_prepacked.pte@{off}", "shape": list(shp), "layout": lay, "offset": off,
-                     "reload": True, **fold} for off, lay, shp in static_pl[pname]]
+                     "reload": True, **fold} for off, lay, shp in pte_part.static_located[pname]]
         tensors[pname] = {"module": mname, "kind": kind, "shape": list(w.shape),
                           "dtype": str(w.dtype).removeprefix("torch."), "sha256": tensor_sha256(w),
                           "placements": placements}
@@ -371,43 +390,136 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
             tensors[pname]["prepacked_placements"] = prepacked_placements
         if pname in folds:
             tensors[pname]["folded_batchnorm"] = folds[pname][1]
+    return tensors
+
+
+def _finish_onnx(part: _OnnxPart, tensors: dict, quantize, headroom, quantize_patchable, quantization, log) -> set:
+    """The located weights become graph inputs (quantized first where asked); returns the names that move
+    to weights.safetensors (and the scales of quantized ones)."""
+    moved = {pl["name"] for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
+    _to_graph_inputs(part.proto, moved)
+    if quantize is not None:
+        from .quantize import quantize_graph
+
+        entries = {pl["name"]: pl for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
+        for t in tensors.values():
+            for pl in t["placements"]["onnxruntime"]:
+                pl["torch_shape"] = t["shape"]
+        quantization.update(quantize_graph(part.proto, quantize, entries, part.init_arrays, log, headroom,
+                                           quantize_patchable))
+        for pl in entries.values():
+            del pl["torch_shape"]
+            if "quant" in pl:
+                moved.add(pl["quant"]["scales"])
+    return moved
+
+
+def _write_export(out_dir: Path, manifest: dict, subject: ExportSubject, onnx_part, pte_part, moved,
+                  ref_outputs, quantize, log) -> None:
+    """Every file into a staging folder, checked there by both engines, then moved in; manifest.json last, so
+    readers see all of a new export or none of it."""
+    from safetensors.numpy import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    files = ["sample.npz"]
+    try:
+        if onnx_part is not None:
+            save_file({n: np.ascontiguousarray(onnx_part.init_arrays[n]) for n in sorted(moved)},
+                      str(staging / "weights.safetensors"))
+            big = _onnx_bytes(onnx_part.proto) > ONNX_EXTERNAL_DATA_ABOVE
+            onnx.save_model(onnx_part.proto, str(staging / "model.onnx"), save_as_external_data=big,
+                            all_tensors_to_one_file=True, location="model.onnx.data")
+            _write_prepacked_twin(staging, moved)
+            files += (["model.onnx.data"] if big else []) + ["weights.safetensors", "model.onnx",
+                                                              "model_prepacked.onnx"]
+        if pte_part is not None:
+            (staging / "model.pte").write_bytes(pte_part.pte)
+            files.append("model.pte")
+            if "prepacked" in manifest["artifacts"]["executorch"]:
+                (staging / "model_prepacked.pte").write_bytes(pte_part.static_pte)
+                files.append("model_prepacked.pte")
+        tokenizer = Path(subject.source) / "tokenizer.json"  # a model directory's: `shira generate` reads it
+        if tokenizer.is_file():
+            shutil.copyfile(tokenizer, staging / "tokenizer.json")
+            files.append("tokenizer.json")
+        np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
+                 **{f"output:{k}": v for k, v in ref_outputs.items()})
+        add_checksums(staging, manifest)
+        manifest_format.write(manifest, staging / "manifest.json")
+        errors = {b: verify_export(staging, b, subject, ref_outputs) for b in manifest["artifacts"]}
+        manifest["export_check"] = {"sample": "sample.npz", "max_abs_error": errors}
+        for b, e in errors.items():
+            log(f"  verified with {b}: max |{b} - torch| = {e:.3g}"
+                + (f" (torch runs the float32 model: most of this is the {quantize} quantization itself, with "
+                   "int8 activations at run time; the runtime's adapters are checked against the integers)"
+                   if quantize else ""))
+        for f in files:
+            os.chmod(staging / f, 0o644)
+            os.replace(staging / f, out_dir / f)
+        manifest_format.write(manifest, out_dir / "manifest.json")  # last: readers see all or nothing new
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_model(subject: ExportSubject, out_dir, targets: str | None = None, formats=("onnx", "pte"),
+                 log=print, quantize: str | None = None, headroom: float | None = None,
+                 quantize_patchable: str | None = None) -> dict:
+    """Export `subject` once per format into out_dir, with one manifest for all of them. Returns the manifest.
+
+    Files: model.onnx + weights.safetensors (onnx), model.pte (pte), sample.npz, manifest.json (written last).
+    `quantize`: "int8" or "int4", a weight-only quantized base (quantize.py for ONNX Runtime, quantize_executorch.py
+    for ExecuTorch); `headroom`: its patchable weights' scales cover headroom x their largest entry (room for
+    adapters; docs/QUANTIZATION.md); `quantize_patchable`: the patchable weights' own mode (default:
+    `quantize`), e.g. int8 under an int4 base.
+    """
+    out_dir = Path(out_dir)
+    formats = _check_request(formats, quantize, headroom, quantize_patchable)
+    model = subject.model.eval()
+    t0 = time.perf_counter()
+    wanted = _candidates(subject, targets)
+    log(f"exporting {subject.source}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{len(wanted)} candidate patchable weights, formats: {', '.join(formats)}")
+
+    esubject, folds = fold_batchnorm(subject, wanted)  # exporters get the folded copy; names stay the model's
+    if folds:
+        log(f"  folded {len(folds)} BatchNorm layers into the weights before them (recorded as channel_scale)")
+    onnx_part = _export_onnx(esubject, wanted, log) if "onnx" in formats else None
+    pte_part = _export_pte(esubject, wanted, quantize, headroom, quantize_patchable, log) if "pte" in formats else None
+    parts = {b: p for b, p in (("onnxruntime", onnx_part), ("executorch", pte_part)) if p is not None}
+    excluded = _exclusions(subject, {b: p.excluded for b, p in parts.items()},
+                           {b: p.located for b, p in parts.items()}, wanted, log)
+    patchable = [p for p in wanted if p not in excluded]
+    if not patchable:
+        raise ExportError("no targeted weight could be made patchable (see the reasons above)")
+    static_missing = [p for p in patchable if p not in pte_part.static_located] if pte_part is not None else []
+    quantization = None
+    if quantize is not None:
+        quantization = dict(pte_part.quantization) if pte_part is not None else {}
+    tensors = _tensor_records(subject, esubject, patchable, wanted, folds, onnx_part, pte_part, not static_missing)
     with torch.no_grad():
         ref = subject.export_module()(*subject.example_inputs.values())
     ref = ref if isinstance(ref, tuple) else (ref,)
     ref_outputs = {n: r.detach().numpy() for n, r in zip(subject.output_names, ref)}
-    artifacts = {}
-    files = ["sample.npz"]
-    if "onnx" in formats:
-        moved = {pl["name"] for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
-        _to_graph_inputs(proto, moved)
-        if quantize is not None:
-            from .quantize import quantize_graph
 
-            entries = {pl["name"]: pl for t in tensors.values() for pl in t["placements"]["onnxruntime"]}
-            for t in tensors.values():
-                for pl in t["placements"]["onnxruntime"]:
-                    pl["torch_shape"] = t["shape"]
-            quantization.update(quantize_graph(proto, quantize, entries, init_arrays, log, headroom,
-                                               quantize_patchable))
-            for pl in entries.values():
-                del pl["torch_shape"]
-                if "quant" in pl:
-                    moved.add(pl["quant"]["scales"])
+    artifacts, moved = {}, set()
+    if onnx_part is not None:
+        moved = _finish_onnx(onnx_part, tensors, quantize, headroom, quantize_patchable, quantization, log)
         artifacts["onnxruntime"] = {"patchable": "model.onnx", "weights": "weights.safetensors",
                                     "prepacked": "model_prepacked.onnx"}
-        io_inputs, io_outputs = _io_spec(proto.graph.input, skip=moved), _io_spec(proto.graph.output)
-    if "pte" in formats:
-        artifacts["executorch"] = {"patchable": "model.pte", "method": "forward", "dynamic_shapes": dynamic,
-                                   "lowering": lowering}
+        io_inputs, io_outputs = _io_spec(onnx_part.proto.graph.input, skip=moved), _io_spec(onnx_part.proto.graph.output)
+    if pte_part is not None:
+        artifacts["executorch"] = {"patchable": "model.pte", "method": "forward", "dynamic_shapes": pte_part.dynamic,
+                                   "lowering": pte_part.lowering}
         if static_missing and quantize is not None:
             log("  model_prepacked.pte not written: a quantized program packs its weights at load already")
         elif static_missing:
             m0 = static_missing[0]
             log(f"  model_prepacked.pte not written: {len(static_missing)} weight(s) not located in it, e.g. {m0}: "
-                f"{static_ex.get(m0, 'not found')}")
+                f"{pte_part.static_excluded.get(m0, 'not found')}")
         else:
             artifacts["executorch"]["prepacked"] = "model_prepacked.pte"
-        if "onnx" not in formats:
+        if onnx_part is None:
             io_inputs = [{"name": k, "dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
                          for k, v in subject.example_inputs.items()]
             io_outputs = [{"name": k, "dtype": "float32", "shape": list(v.shape)} for k, v in ref_outputs.items()]
@@ -427,48 +539,9 @@ def export_model(subject: ExportSubject, out_dir, targets: str | None = None, fo
         "untargeted": sorted(set(patchable_weights(model, None)) - set(wanted)),
         **({"generation": subject.generation} if subject.generation else {}),
         **({"quantization": quantization} if quantization else {}),
-        "shared_storage": shared,
+        "shared_storage": [s for p in parts.values() for s in p.shared],
     }
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    try:
-        if "onnx" in formats:
-            save_file({n: np.ascontiguousarray(init_arrays[n]) for n in sorted(moved)},
-                      str(staging / "weights.safetensors"))
-            big = _onnx_bytes(proto) > ONNX_EXTERNAL_DATA_ABOVE
-            onnx.save_model(proto, str(staging / "model.onnx"), save_as_external_data=big,
-                            all_tensors_to_one_file=True, location="model.onnx.data")
-            _write_prepacked_twin(staging, moved)
-            files += (["model.onnx.data"] if big else []) + ["weights.safetensors", "model.onnx",
-                                                              "model_prepacked.onnx"]
-        if "pte" in formats:
-            (staging / "model.pte").write_bytes(pte)
-            files.append("model.pte")
-            if "prepacked" in artifacts["executorch"]:
-                (staging / "model_prepacked.pte").write_bytes(static_pte)
-                files.append("model_prepacked.pte")
-        tokenizer = Path(subject.source) / "tokenizer.json"  # a model directory's: `shira generate` reads it
-        if tokenizer.is_file():
-            shutil.copyfile(tokenizer, staging / "tokenizer.json")
-            files.append("tokenizer.json")
-        np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
-                 **{f"output:{k}": v for k, v in ref_outputs.items()})
-        add_checksums(staging, manifest)
-        manifest_format.write(manifest, staging / "manifest.json")
-        errors = {b: verify_export(staging, b, subject, ref_outputs) for b in artifacts}
-        manifest["export_check"] = {"sample": "sample.npz", "max_abs_error": errors}
-        for b, e in errors.items():
-            log(f"  verified with {b}: max |{b} - torch| = {e:.3g}"
-                + (f" (torch runs the float32 model: most of this is the {quantize} quantization itself, with "
-                   "int8 activations at run time; the runtime's adapters are checked against the integers)"
-                   if quantize else ""))
-        for f in files:
-            os.chmod(staging / f, 0o644)
-            os.replace(staging / f, out_dir / f)
-        manifest_format.write(manifest, out_dir / "manifest.json")  # last: readers see all or nothing new
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _write_export(out_dir, manifest, subject, onnx_part, pte_part, moved, ref_outputs, quantize, log)
     n_patch = sum(int(np.prod(t["shape"])) for t in tensors.values())
     log(f"  {len(tensors)} patchable tensors ({n_patch:,} weights) -> {out_dir} in {time.perf_counter() - t0:.1f}s")
     return manifest

@@ -41,9 +41,8 @@ from shira_format.quant import entries
 from shira_format.safetensors_file import SafetensorsError, parse
 from shira_format.weights import quant_scales, safetensors_views
 
-from .layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE,  # noqa: F401
-                           BakeError, describe, form_positions, panel_forms, panel_positions, read_form,
-                           release_pages, unpack_panels)
+from .layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE, BakeError,
+                     describe, form_positions, panel_forms, read_form, release_pages)
 from .regions import read_regions
 
 CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight

@@ -27,7 +27,6 @@ import os
 import threading
 
 import numpy as np
-import onnxruntime as ort
 from shira_format.errors import ManifestError, first_line
 from shira_format.manifest import Manifest
 from shira_format.layouts import stable_order
