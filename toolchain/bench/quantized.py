@@ -428,6 +428,7 @@ def real_size(work: Path, threads: int, repeats: int, log=print, models: dict | 
 
 
 def markdown(report: dict) -> str:
+    """The report as markdown: a template, one table after another (long, but flat: no logic to split out)."""
     m = report["machine"]
     names = {"lm": "tiny-llama", "style": "style net", "real": "168M, ONNX Runtime", "executorch": "168M, ExecuTorch"}
     runs = {}

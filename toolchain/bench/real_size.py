@@ -165,7 +165,10 @@ def _constant_session(base: Path, threads: int, weights: bytes | None = None):
 
 
 def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> dict:
-    """Measure one mode in this process (called in a fresh child)."""
+    """Measure one mode in this process (called in a fresh child).
+
+    Long on purpose: one measurement script per mode, load -> switch -> runs -> RSS, with the mode's own steps
+    inline where they differ, so that every number in a row comes from the same session in the same order."""
     from shira_runtime import ShiraSession
 
     work = base.parent

@@ -115,6 +115,11 @@ def _prepacked_program(base_dir: Path, threads: int):
 
 
 def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) -> dict:
+    """Every way to switch and run one small model, measured side by side in this process.
+
+    Long on purpose: one measurement script read top to bottom, whose steps share the sessions they measure and
+    must run in this order (each engine warmed, then the rounds interleaved); split, its state would travel
+    through a dozen arguments."""
     import onnxruntime as ort
     from peft import PeftModel
     from shira_runtime import ShiraSession

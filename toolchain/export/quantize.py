@@ -68,50 +68,48 @@ def block_for(k: int) -> int | None:
     return BLOCK if k % BLOCK == 0 else SMALL_BLOCK if k % SMALL_BLOCK == 0 else None
 
 
-def quantize_graph(proto: onnx.ModelProto, mode: str, placements: dict[str, dict], arrays: dict[str, np.ndarray],
-                   log=print, headroom: float | None = None, patchable_mode: str | None = None) -> dict:
-    """Rewrite `proto` in place. `placements`: ONNX Runtime placement name (a graph input holding B) -> its
-    manifest entry (updated in place: identity layout over the torch [N, K], `quant`); `arrays`: placement name
-    -> its float array (replaced by the stored bytes; scales added). Returns the manifest's `quantization`."""
-    const_bits, const_per_channel = MODES[mode]
-    patch_mode = patchable_mode or mode
-    headroom = DEFAULT_HEADROOM[patch_mode] if headroom is None else headroom
-    patch_bits, patch_per_channel = MODES[patch_mode]
-    uses = _consumers(proto)
-    inits = {t.name: t for t in proto.graph.initializer}
-    skipped: dict[str, str] = {}
-    done_patchable = done_constant = 0
-    q_bytes = f_bytes = 0
+class _Rewriter:
+    """Rewrites one graph's float weights into integers in place, counting the bytes before and after."""
 
-    def rewrite(name: str, w_kn: np.ndarray, as_input: bool) -> dict:
+    def __init__(self, proto: onnx.ModelProto, arrays: dict, mode: str, patch_mode: str, headroom: float):
+        self.proto, self.arrays, self.headroom = proto, arrays, headroom
+        self.const_bits, self.const_per_channel = MODES[mode]
+        self.patch_bits, self.patch_per_channel = MODES[patch_mode]
+        self.uses = _consumers(proto)
+        self.inits = {t.name: t for t in proto.graph.initializer}
+        self.q_bytes = self.f_bytes = 0
+
+    def matmul(self, name: str, w_kn: np.ndarray, as_input: bool) -> dict:
         """A MatMul's B [K, N] -> MatMulNBits; returns the placement's quant entry."""
         k, n = w_kn.shape
-        bits, per_channel = (patch_bits, patch_per_channel) if as_input else (const_bits, const_per_channel)
+        bits, per_channel = (self.patch_bits, self.patch_per_channel) if as_input else (self.const_bits,
+                                                                                        self.const_per_channel)
         block = block_for(k)
         # headroom for the patchable weights only: constants never take a delta
         stored, scales = quantize(np.ascontiguousarray(w_kn.T), bits, block, per_channel,
-                                  headroom if as_input else 1.0)
+                                  self.headroom if as_input else 1.0)
         scales_name = f"{name}_scales"
-        for node, _ in uses[name]:
+        for node, _ in self.uses[name]:
             attrs = {"K": k, "N": n, "bits": bits, "block_size": block, "accuracy_level": ACCURACY_LEVEL}
             new = onnx.helper.make_node("MatMulNBits", [node.input[0], name, scales_name], list(node.output),
                                         name=(node.name or name) + "_nbits", domain="com.microsoft", **attrs)
             node.CopyFrom(new)
-        store(name, w_kn, stored, scales, as_input)
+        self._store(name, w_kn, stored, scales, as_input)
         return {"bits": bits, "block": block, "scales": scales_name, "per_channel": per_channel}
 
-    def rewrite_conv(name: str, w: np.ndarray, as_input: bool) -> dict:
+    def conv(self, name: str, w: np.ndarray, as_input: bool) -> dict:
         """A Conv's weight [N, C, kh, kw] -> its 8-bit integers [N, K/block, block] and per-channel scales, and a
         DequantizeLinear + Reshape in front of each Conv that uses it."""
         rows, cols = matrix_shape(w.shape)
         block = block_for(cols)
-        stored, scales = quantize(w.reshape(rows, cols), 8, block, True, headroom if as_input else 1.0)
+        stored, scales = quantize(w.reshape(rows, cols), 8, block, True, self.headroom if as_input else 1.0)
         scales_name = f"{name}_scales"
         consts = {f"{name}_scales_shape": np.array([rows, cols // block], np.int64),
                   f"{name}_first": np.array(0, np.int64),
                   f"{name}_zero_point": np.full(rows, 128, np.uint8),
                   f"{name}_torch_shape": np.array(w.shape, np.int64)}
-        proto.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+        self.proto.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+
         def make(op, inputs, output, **attrs):  # a node named after its output
             return onnx.helper.make_node(op, inputs, [output], name=output, **attrs)
 
@@ -122,56 +120,72 @@ def quantize_graph(proto: onnx.ModelProto, mode: str, placements: dict[str, dict
                       f"{name}_dequantized", axis=0),
                  make("Reshape", [f"{name}_dequantized", f"{name}_torch_shape"], f"{name}_float")]
         for nd in reversed(nodes):  # first in the graph: they read only inputs and constants
-            proto.graph.node.insert(0, nd)
-        for node, _ in uses[name]:
+            self.proto.graph.node.insert(0, nd)
+        for node, _ in self.uses[name]:
             node.input[1] = f"{name}_float"
-        store(name, w, stored, scales, as_input)
+        self._store(name, w, stored, scales, as_input)
         return {"bits": 8, "block": block, "scales": scales_name, "per_channel": True}
 
-    def store(name: str, w: np.ndarray, stored: np.ndarray, scales: np.ndarray, as_input: bool) -> None:
-        nonlocal q_bytes, f_bytes
+    def _store(self, name: str, w: np.ndarray, stored: np.ndarray, scales: np.ndarray, as_input: bool) -> None:
         scales_name = f"{name}_scales"
         if as_input:
-            arrays[name], arrays[scales_name] = stored, scales
-            for vi in proto.graph.input:
+            self.arrays[name], self.arrays[scales_name] = stored, scales
+            for vi in self.proto.graph.input:
                 if vi.name == name:
                     vi.CopyFrom(onnx.helper.make_tensor_value_info(name, TensorProto.UINT8, list(stored.shape)))
-            proto.graph.input.append(onnx.helper.make_tensor_value_info(scales_name, TensorProto.FLOAT,
-                                                                        list(scales.shape)))
+            self.proto.graph.input.append(onnx.helper.make_tensor_value_info(scales_name, TensorProto.FLOAT,
+                                                                             list(scales.shape)))
         else:
-            inits[name].CopyFrom(numpy_helper.from_array(stored, name))
-            proto.graph.initializer.append(numpy_helper.from_array(scales, scales_name))
-        q_bytes += stored.nbytes + scales.nbytes
-        f_bytes += w.nbytes
+            self.inits[name].CopyFrom(numpy_helper.from_array(stored, name))
+            self.proto.graph.initializer.append(numpy_helper.from_array(scales, scales_name))
+        self.q_bytes += stored.nbytes + scales.nbytes
+        self.f_bytes += w.nbytes
 
-    done_conv = 0
+
+def _why_not_patchable(entry: dict, w: np.ndarray, uses, conv: bool) -> str | None:
+    """Why a patchable weight stays float32 (None: it is quantized)."""
+    k = matrix_shape(entry["torch_shape"])[1]
+    if "channel_scale" in entry:
+        return "a folded weight (BatchNorm): its stored values carry a per-channel scale already"
+    if conv and entry["layout"] != "identity":
+        return f"a conv weight stored {entry['layout']}, not as torch lays it out"
+    if not conv and (entry["layout"] != "transpose2d" or w.ndim != 2 or len(entry["torch_shape"]) != 2):
+        return f"stored {entry['layout']} {list(w.shape)}: not a MatMul weight [K, N] or a Conv weight"
+    if not conv and not _matmul_b_only(uses):
+        return "used by " + ", ".join(sorted({n.op_type for n, _ in uses})) + ", not only MatMul or only Conv"
+    if block_for(k) is None:
+        return f"K = {k} is not a multiple of {SMALL_BLOCK}"
+    return None
+
+
+def quantize_graph(proto: onnx.ModelProto, mode: str, placements: dict[str, dict], arrays: dict[str, np.ndarray],
+                   log=print, headroom: float | None = None, patchable_mode: str | None = None) -> dict:
+    """Rewrite `proto` in place. `placements`: ONNX Runtime placement name (a graph input holding B) -> its
+    manifest entry (updated in place: identity layout over the torch [N, K], `quant`); `arrays`: placement name
+    -> its float array (replaced by the stored bytes; scales added). Returns the manifest's `quantization`."""
+    patch_mode = patchable_mode or mode
+    headroom = DEFAULT_HEADROOM[patch_mode] if headroom is None else headroom
+    rw = _Rewriter(proto, arrays, mode, patch_mode, headroom)
+    skipped: dict[str, str] = {}
+    done_patchable = done_constant = done_conv = 0
     for name, entry in placements.items():
         w = arrays[name]
-        conv = _conv_w_only(uses[name]) and w.ndim >= 3
-        k = matrix_shape(entry["torch_shape"])[1]
-        if "channel_scale" in entry:
-            skipped[name] = "a folded weight (BatchNorm): its stored values carry a per-channel scale already"
-        elif conv and entry["layout"] != "identity":
-            skipped[name] = f"a conv weight stored {entry['layout']}, not as torch lays it out"
-        elif not conv and (entry["layout"] != "transpose2d" or w.ndim != 2 or len(entry["torch_shape"]) != 2):
-            skipped[name] = f"stored {entry['layout']} {list(w.shape)}: not a MatMul weight [K, N] or a Conv weight"
-        elif not conv and not _matmul_b_only(uses[name]):
-            skipped[name] = ("used by " + ", ".join(sorted({n.op_type for n, _ in uses[name]}))
-                             + ", not only MatMul or only Conv")
-        elif block_for(k) is None:
-            skipped[name] = f"K = {k} is not a multiple of {SMALL_BLOCK}"
-        else:
-            q = rewrite_conv(name, w, as_input=True) if conv else rewrite(name, w, as_input=True)
-            entry.update(layout="identity", shape=list(matrix_shape(entry["torch_shape"])), quant=q)
-            done_patchable += 1
-            done_conv += conv
-    for name, t in list(inits.items()):
+        conv = _conv_w_only(rw.uses[name]) and w.ndim >= 3
+        why = _why_not_patchable(entry, w, rw.uses[name], conv)
+        if why is not None:
+            skipped[name] = why
+            continue
+        q = rw.conv(name, w, as_input=True) if conv else rw.matmul(name, w, as_input=True)
+        entry.update(layout="identity", shape=list(matrix_shape(entry["torch_shape"])), quant=q)
+        done_patchable += 1
+        done_conv += conv
+    for name, t in list(rw.inits.items()):
         if t.data_type != TensorProto.FLOAT:
             continue
         size = int(np.prod(t.dims))
-        if len(t.dims) == 2 and _matmul_b_only(uses[name]):
+        if len(t.dims) == 2 and _matmul_b_only(rw.uses[name]):
             k, conv = t.dims[0], False
-        elif len(t.dims) >= 3 and _conv_w_only(uses[name]):
+        elif len(t.dims) >= 3 and _conv_w_only(rw.uses[name]):
             k, conv = size // t.dims[0], True
         else:
             continue
@@ -179,7 +193,7 @@ def quantize_graph(proto: onnx.ModelProto, mode: str, placements: dict[str, dict
             skipped[name] = (f"constant {list(t.dims)}: K = {k} not a multiple of {SMALL_BLOCK}, or fewer than "
                              f"{MIN_CONSTANT_ELEMENTS} entries")
             continue
-        (rewrite_conv if conv else rewrite)(name, numpy_helper.to_array(t), as_input=False)
+        (rw.conv if conv else rw.matmul)(name, numpy_helper.to_array(t), as_input=False)
         done_constant += 1
         done_conv += conv
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
@@ -187,7 +201,7 @@ def quantize_graph(proto: onnx.ModelProto, mode: str, placements: dict[str, dict
     log(f"  quantized {done_patchable} patchable weights to {patch_mode} (headroom {headroom:g}) and "
         f"{done_constant} constant ones to {mode} (MatMulNBits, block {BLOCK} or {SMALL_BLOCK}; {done_conv} of them "
         f"Conv weights at 8 bits per channel): "
-        f"{f_bytes / 1e6:.1f} MB float32 -> {q_bytes / 1e6:.1f} MB with scales"
+        f"{rw.f_bytes / 1e6:.1f} MB float32 -> {rw.q_bytes / 1e6:.1f} MB with scales"
         + (f"; {len(skipped)} left float32" if skipped else ""))
     return {"mode": mode, "patchable_mode": patch_mode, "block": BLOCK, "kernel": "MatMulNBits",
             "conv": "DequantizeLinear, int8 per channel" if done_conv else None,

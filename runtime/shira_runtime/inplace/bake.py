@@ -216,8 +216,6 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
 
     `by_value`: find float weights in the real bake by their own values first (`_find_by_value`: one ORT pass
     instead of three); where that cannot be told for sure, or its map fails the proof, the coded passes decide."""
-    import onnxruntime as ort
-
     files = manifest.files_of("onnxruntime")
     if not files.prepacked:
         raise BakeError(f"{manifest.path}: no model_prepacked.onnx to bake (exported by an older shira-export)")
@@ -226,11 +224,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     floats = [p for p in placements if p.quant is None]
     quants = [p for p in placements if p.quant is not None]  # integer entries: inplace/quantized.py
     owner = {p.name: info for info, p in manifest.placements("onnxruntime")}
-    starts, row = {}, 0
-    for p in floats:
-        starts[p.name] = row
-        row += -(-int(np.prod(p.shape)) // ROW_WIDTH)
-    if row >= CODE_BASE or len(floats) * ROW_WIDTH >= CODE_BASE:
+    if sum(-(-int(np.prod(p.shape)) // ROW_WIDTH) for p in floats) >= CODE_BASE or len(floats) * ROW_WIDTH >= CODE_BASE:
         raise BakeError(f"{manifest.path}: too many patchable weights to code positions in float32")
 
     t0 = time.perf_counter()
@@ -253,23 +247,9 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     release_pages(real)
     if found is not None:
         log(f"found the {len(floats)} float weights by their values in {time.perf_counter() - t0:.1f}s")
-    coded = {}
     with tempfile.TemporaryDirectory(prefix="shira-bake-", dir=out_dir) as tmp:
-        for which in ("row", "col") if floats and found is None else ():
-            t1 = time.perf_counter()
-            src_dir, d = Path(tmp) / f"{which}-source", Path(tmp) / which
-            src_dir.mkdir()
-            d.mkdir()
-            _bake_once(_coded_source(source, files.weights, floats, starts, which, src_dir), d, threads)
-            shutil.rmtree(src_dir)
-            if read_regions((d / BAKED_MODEL).read_bytes())[0] != regions:
-                raise BakeError(f"{source}: ONNX Runtime lays the weights out differently when their values "
-                                "change; this base cannot be patched in place")
-            coded[which] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
-            log(f"baked the {which} positions in {time.perf_counter() - t1:.1f}s")
         if found is None:
-            found = _decode(regions, coded, floats, starts, real) if floats else {}
-        del coded
+            found = _coded_passes(source, files.weights, floats, regions, real, Path(tmp), threads, log) if floats else {}
         if quants:
             from .quantized import learn_quantized
 
@@ -279,6 +259,51 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
                                          quant_scales(manifest, weights, weights_path),
                                          {p.name: matrix_shape(owner[p.name].shape) for p in quants}, regions, real,
                                          Path(tmp), _bake_once, _source_copy, threads, log))
+
+    out = _write_map(manifest, out_dir, placements, owner, found, regions, uses, real, stored)
+    _load_check(out_dir, threads)
+    (out_dir / MAP_FILE).write_text(json.dumps(out, indent=1))
+    try:
+        _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)
+    except BakeError as e:
+        if not (by_value and floats and any(not isinstance(c[1], np.ndarray) for v in found.values() for c in v)):
+            raise
+        log(f"{e}; mapping the weights again with coded passes")
+        del real
+        for f in out_dir.iterdir():
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+        return learn_layout(manifest, out_dir, threads, log, by_value=False)
+    log(f"mapped {len(placements)} weights in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def _coded_passes(source: Path, weights_name: str, floats: list, regions, real, tmp: Path, threads, log) -> dict:
+    """Float placements found by coding each entry's row and column into its value, one ORT pass each."""
+    starts, row = {}, 0
+    for p in floats:
+        starts[p.name] = row
+        row += -(-int(np.prod(p.shape)) // ROW_WIDTH)
+    coded = {}
+    for which in ("row", "col"):
+        t1 = time.perf_counter()
+        src_dir, d = tmp / f"{which}-source", tmp / which
+        src_dir.mkdir()
+        d.mkdir()
+        _bake_once(_coded_source(source, weights_name, floats, starts, which, src_dir), d, threads)
+        shutil.rmtree(src_dir)
+        if read_regions((d / BAKED_MODEL).read_bytes())[0] != regions:
+            raise BakeError(f"{source}: ONNX Runtime lays the weights out differently when their values "
+                            "change; this base cannot be patched in place")
+        coded[which] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
+        log(f"baked the {which} positions in {time.perf_counter() - t1:.1f}s")
+    return _decode(regions, coded, floats, starts, real)
+
+
+def _write_map(manifest, out_dir: Path, placements: list, owner: dict, found: dict, regions, uses, real,
+               stored) -> dict:
+    """bake.json's content (and maps/ for positions no formula gives): every live copy of every placement,
+    read back against the export's values where the finding did not already."""
+    import onnxruntime as ort
 
     by_region = {}
     for r in regions:
@@ -324,19 +349,6 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
         absmax = float(np.max(np.abs(stored[p.name]))) if stored[p.name].size and p.quant is None else 0.0
         release_pages(real, stored[p.name])
         out["placements"][p.name] = {"copies": copies, "absmax": absmax}
-    _load_check(out_dir, threads)
-    (out_dir / MAP_FILE).write_text(json.dumps(out, indent=1))
-    try:
-        _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)
-    except BakeError as e:
-        if not (by_value and floats and any(not isinstance(c[1], np.ndarray) for v in found.values() for c in v)):
-            raise
-        log(f"{e}; mapping the weights again with coded passes")
-        del real
-        for f in out_dir.iterdir():
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
-        return learn_layout(manifest, out_dir, threads, log, by_value=False)
-    log(f"mapped {len(placements)} weights in {time.perf_counter() - t0:.1f}s")
     return out
 
 

@@ -99,10 +99,10 @@ def _slots(raw: np.ndarray, bits: int) -> np.ndarray:
 def learn_quantized(source: Path, weights_name: str, placements: list, stored: dict, scales: dict, dims: dict,
                     regions, real: np.ndarray, tmp: Path, bake_once, source_copy, threads, log) -> dict[str, list]:
     """placement name -> [(region, positions, how)] for every region of the baked file that holds its entries,
-    each read back against the real bake: positions = the formula (baked_layout.describe) or the array giving
-    entry f's slot (byte or nibble); how = {"signed": slots hold u XOR
-    the zero point, "sums": None or (formula, word of each sum)}. `stored`: the export's stored bytes per
-    placement; `scales`: its float32 scales; `dims`: (rows, cols) of its matrix; `real`: the real bake's data."""
+    each read back against the real bake: positions = the formula (layout.describe) or the array giving
+    entry f's slot (byte or nibble); how = {"signed": slots hold u XOR the zero point, "sums": None or
+    (formula, word of each sum)}. `stored`: the export's stored bytes per placement; `scales`: its float32
+    scales; `dims`: (rows, cols) of its matrix; `real`: the real bake's data."""
     ours = {p.name: [r for r in regions if r.initializer == p.name] for p in placements}
     missing = [p.name for p in placements if not ours[p.name]]
     if missing:
@@ -111,12 +111,40 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
     largest = max(int(np.prod(p.shape)) for p in placements)
     digits = {bits: max(1, int(np.ceil(np.log(max(largest, 2)) / np.log(1 << bits))))
               for bits in {p.quant.bits for p in placements}}
-    kinds = ["mask", "other"] + [f"digit{m}" for m in range(max(digits.values()))]
     t0 = time.perf_counter()
     r = masks(placements)
     log(f"drew the quantized passes' values in {time.perf_counter() - t0:.1f}s")
-    data = {"real": real}  # kind -> that pass's baked data, mapped; read one placement at a time
-    for kind in kinds:
+    data = {"real": real, **_bake_passes(max(digits.values()), source, weights_name, placements, r, regions, tmp,
+                                         bake_once, source_copy, threads, log)}
+    found: dict[str, list] = {}
+    t0 = time.perf_counter()
+    for p in placements:
+        n = int(np.prod(p.shape))
+        want = entries(stored[p.name], p.quant)[np.arange(n, dtype=np.int64)]
+        for region in ours[p.name]:
+            raw = {kind: np.array(d[region.offset:region.offset + region.length]) for kind, d in data.items()}
+            release_pages(*(d for kind, d in data.items() if kind != "real"))
+            positions, offset, derived = _decode_region(region, p, raw, want, r[p.name], digits[p.quant.bits])
+            sums = None
+            if derived.size:
+                u = {kind: want if kind == "real" else _pass_values(kind, 0, n, 1 << p.quant.bits, r[p.name])
+                     for kind in raw}
+                sums = _learn_sums(region, p, raw, u, scales[p.name], dims[p.name], derived)
+            del raw
+            # every entry was read back: keep its formula where one gives it (a map only where none does), so a
+            # bake holds no weight-sized index arrays beyond the one being decoded
+            form = describe(positions, p.shape)
+            found.setdefault(p.name, []).append((region, positions if form is None else form,
+                                                 {"signed": offset != 0, "sums": sums}))
+    log(f"found the entries of {len(placements)} quantized weights in {time.perf_counter() - t0:.1f}s")
+    return found
+
+
+def _bake_passes(n_digits: int, source: Path, weights_name: str, placements: list, r: dict, regions, tmp: Path,
+                 bake_once, source_copy, threads, log) -> dict[str, np.ndarray]:
+    """kind -> the baked data of that pass (mask, other, digit0...), mapped: read one placement at a time."""
+    data = {}
+    for kind in ["mask", "other"] + [f"digit{m}" for m in range(n_digits)]:
         t0 = time.perf_counter()
         src_dir, d = tmp / f"q-{kind}-source", tmp / f"q-{kind}"
         src_dir.mkdir()
@@ -128,75 +156,59 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
                             "change; this base cannot be patched in place")
         data[kind] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
         log(f"baked the quantized {kind} pass in {time.perf_counter() - t0:.1f}s")
+    return data
 
-    found: dict[str, list] = {}
-    t0 = time.perf_counter()
-    for i, p in enumerate(placements):
-        n, base, bits = int(np.prod(p.shape)), 1 << p.quant.bits, p.quant.bits
-        want = entries(stored[p.name], p.quant)[np.arange(n, dtype=np.int64)]
-        for k, region in enumerate(ours[p.name]):
-            raw = {kind: np.array(d[region.offset:region.offset + region.length]) for kind, d in data.items()}
-            release_pages(*(d for kind, d in data.items() if kind != "real"))
-            sl = {kind: _slots(raw[kind], bits) for kind in raw}
-            v1, v2 = sl["mask"], sl["other"]
-            changed = np.flatnonzero(v1 != v2)
-            if changed.size == v1.size:  # every slot holds an entry (x86): slices, not gathers
-                changed = slice(None)
-            top = np.uint8(base - 1)
-            v1c = v1[changed]
-            wide = np.uint32 if bits * digits[bits] <= 32 else np.int64  # f < base ** digits
-            f = np.zeros(v1c.size, dtype=wide)
-            for m in range(digits[bits]):  # uint8 differences wrap mod 256; mod 16 by the mask
-                f += ((sl[f"digit{m}"][changed] - v1c) & top).astype(wide) << wide(bits * m)
-            # an entry's slot holds its pass value plus one constant (0, or z where the packer stores u - z in
-            # two's complement) in both mask passes; other changed slots hold values derived from the entries
-            fc = np.minimum(f, wide(n - 1))
-            off = (v1c - r[p.name][0][fc]) & top
-            valid = (f < n) & (off == ((v2[changed] - r[p.name][1][fc]) & top))
-            del v1c
-            offset = int(np.bincount(off[valid], minlength=base).argmax()) if valid.any() else 0
-            valid &= (off == offset) & (sl["real"][changed] == ((want[fc] + np.uint8(offset)) & top))
-            # a derived float's nibble or byte can pass those checks by chance (1 in 4096 nibbles); packers keep
-            # entries and derived floats in separate 4-byte words, so a word with any other changed slot is
-            # derived as a whole
-            if isinstance(changed, slice):
-                changed = np.arange(v1.size, dtype=np.int64)
-            if not valid.all():
-                word = (changed >> 1 if bits == 4 else changed) // 4
-                derived_word = np.zeros(int(word[-1]) + 1, dtype=bool)
-                derived_word[word[~valid]] = True  # marks, not np.isin: sorting every slot costs minutes at 168M
-                valid &= ~derived_word[word]
-                del derived_word, word
-            ent, f = changed[valid], f[valid]
-            ok = ent.size == n and offset in (0, base // 2)
-            if ok:
-                hit = np.zeros(n, dtype=bool)
-                hit[f] = True
-                ok = bool(hit.all())
-            if not ok:
-                raise BakeError(f"region {region.initializer} ({region.kind}): holds {ent.size} of the {n} entries "
-                                f"of quantized weight {p.name}, or mixes them; it cannot be patched in place")
-            moved = np.zeros(v1.size, dtype=bool)  # slots that change in any pass, then less the entries
-            for kind in sl:
-                if kind != "mask":
-                    moved |= sl[kind] != v1
-            moved[ent] = False
-            derived = np.flatnonzero(moved)
-            del moved
-            sums = None
-            if derived.size:
-                u = {kind: want if kind == "real" else _pass_values(kind, 0, n, base, r[p.name]) for kind in raw}
-                sums = _learn_sums(region, p, raw, u, scales[p.name], dims[p.name], derived)
-            positions = np.empty(n, dtype=np.uint32 if v1.size < 1 << 32 else np.int64)
-            positions[f] = ent
-            del ent, f, changed, sl, raw
-            # every entry was read back above: keep its formula where one gives it (a map only where none does),
-            # so a bake holds no weight-sized index arrays beyond the one being decoded
-            form = describe(positions, p.shape)
-            found.setdefault(p.name, []).append((region, positions if form is None else form,
-                                                 {"signed": offset != 0, "sums": sums}))
-    log(f"found the entries of {len(placements)} quantized weights in {time.perf_counter() - t0:.1f}s")
-    return found
+
+def _decode_region(region, p, raw: dict, want: np.ndarray, r: tuple, n_digits: int):
+    """(positions [n]: entry f's slot, the packer's constant offset, the slots holding derived values) of one
+    region, from its bytes in every pass (`raw`: kind -> bytes); raises BakeError unless it holds every entry
+    of `p` exactly once and the real bake holds the export's integer at each."""
+    n, bits = int(np.prod(p.shape)), p.quant.bits
+    base, top = 1 << bits, np.uint8((1 << bits) - 1)
+    sl = {kind: _slots(raw[kind], bits) for kind in raw}
+    v1, v2 = sl["mask"], sl["other"]
+    changed = np.flatnonzero(v1 != v2)
+    if changed.size == v1.size:  # every slot holds an entry (x86): slices, not gathers
+        changed = slice(None)
+    v1c = v1[changed]
+    wide = np.uint32 if bits * n_digits <= 32 else np.int64  # f < base ** digits
+    f = np.zeros(v1c.size, dtype=wide)
+    for m in range(n_digits):  # uint8 differences wrap mod 256; mod 16 by the mask
+        f += ((sl[f"digit{m}"][changed] - v1c) & top).astype(wide) << wide(bits * m)
+    # an entry's slot holds its pass value plus one constant (0, or z where the packer stores u - z in two's
+    # complement) in both mask passes; other changed slots hold values derived from the entries
+    fc = np.minimum(f, wide(n - 1))
+    off = (v1c - r[0][fc]) & top
+    valid = (f < n) & (off == ((v2[changed] - r[1][fc]) & top))
+    del v1c
+    offset = int(np.bincount(off[valid], minlength=base).argmax()) if valid.any() else 0
+    valid &= (off == offset) & (sl["real"][changed] == ((want[fc] + np.uint8(offset)) & top))
+    if isinstance(changed, slice):
+        changed = np.arange(v1.size, dtype=np.int64)
+    if not valid.all():
+        # a derived float's nibble or byte can pass those checks by chance (1 in 4096 nibbles); packers keep
+        # entries and derived floats in separate 4-byte words, so a word with any other changed slot is derived
+        word = (changed >> 1 if bits == 4 else changed) // 4
+        derived_word = np.zeros(int(word[-1]) + 1, dtype=bool)
+        derived_word[word[~valid]] = True  # marks, not np.isin: sorting every slot costs minutes at 168M
+        valid &= ~derived_word[word]
+    ent, f = changed[valid], f[valid]
+    ok = ent.size == n and offset in (0, base // 2)
+    if ok:
+        hit = np.zeros(n, dtype=bool)
+        hit[f] = True
+        ok = bool(hit.all())
+    if not ok:
+        raise BakeError(f"region {region.initializer} ({region.kind}): holds {ent.size} of the {n} entries "
+                        f"of quantized weight {p.name}, or mixes them; it cannot be patched in place")
+    moved = np.zeros(v1.size, dtype=bool)  # slots that change in any pass, then less the entries
+    for kind in sl:
+        if kind != "mask":
+            moved |= sl[kind] != v1
+    moved[ent] = False
+    positions = np.empty(n, dtype=np.uint32 if v1.size < 1 << 32 else np.int64)
+    positions[f] = ent
+    return positions, offset, np.flatnonzero(moved)
 
 
 def _learn_sums(region, p, raw: dict, u: dict, scales: np.ndarray, dims, derived: np.ndarray):

@@ -14,7 +14,7 @@ import java.util.Map;
 import java.util.TreeSet;
 
 /** How a bake writes down where each entry of a weight lies in its region (docs/INPLACE.md, bake.json
- *  "positions"): the Java twin of the Python runtime's baked_layout.describe, with the same forms tried in the
+ *  "positions"): the Java twin of the Python runtime's inplace/layout.py describe, with the same forms tried in the
  *  same order (contiguous, tiles, row_groups, panels), so that both bakers choose the same form for the same
  *  positions; a form is accepted only if it gives every entry's position exactly. Where none fits, the positions
  *  are written as a NumPy .npy file (version 1.0, byte for byte what numpy.save writes). {@link BakedWeights}
