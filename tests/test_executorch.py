@@ -24,7 +24,7 @@ def test_linear_and_conv_run_inside_xnnpack(built):
 
 def test_linear_patch_reaches_the_loaded_xnnpack_method_without_reload(llama):
     sess = ShiraSession(llama.base_dir, backend="executorch")
-    program = sess.backend.program
+    program = sess.engine.program
     method = program._method
     before = sess.run(llama.inputs)["logits"]
     sess.load(llama.blobs["zen"], name="zen")
@@ -45,7 +45,7 @@ def test_conv_patch_reloads_the_method_once_per_switch(stylenet, tmp_path):
     for name, mods in (("conv", conv), ("lin", lin)):
         ckpt = write_peft_layout_checkpoint(tmp_path / name, mods)
         sess.load(pack_peft_shira(ckpt, stylenet.base_dir, tmp_path / f"{name}.shira").out, name=name)
-    prog = sess.backend.program
+    prog = sess.engine.program
     sess.switch("lin")
     assert prog.reloads == 0
     sess.switch("conv")  # restores lin (live) and writes conv (packed): one reload

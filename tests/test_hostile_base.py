@@ -172,7 +172,7 @@ def test_close_stops_threads_frees_engines_and_refuses_later_calls(llama, backen
         s.load(llama.blobs["zen"], name="zen")
         s.switch("zen")
         assert any(t.name == "shira-two-phase" for t in threading.enumerate())
-    assert s.closed and s.backend.prepacked is None
+    assert s.closed and s.engine.prepacked is None
     assert not any(t.name == "shira-two-phase" and t.is_alive() for t in threading.enumerate())
     for call in (lambda: s.run(llama.inputs), lambda: s.switch("zen"), lambda: s.load(llama.blobs["zen"]),
                  lambda: s.reset(), lambda: s.weight(next(iter(s.manifest.tensors))), s.stop_two_phase):

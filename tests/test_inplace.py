@@ -29,7 +29,7 @@ def test_in_place_equals_peft_merged_model_and_the_rebuilt_prepacked_engine(buil
     for s in (sess, rebuilt):
         for task, path in built.blobs.items():
             s.load(path, name=task)
-    engine = sess.backend.session
+    engine = sess.engine.session
     peft_model = peft_shira.load_peft(built.subject.model, built.peft_dirs)
     out_name = sess.output_names[0]
     base_out = sess.run(built.inputs)[out_name]
@@ -45,7 +45,7 @@ def test_in_place_equals_peft_merged_model_and_the_rebuilt_prepacked_engine(buil
         np.testing.assert_array_equal(out, rebuilt.run(built.inputs)[out_name])
         if scales:
             assert np.max(np.abs(out - base_out)) > 1e-3
-    assert sess.backend.session is engine  # never re-created
+    assert sess.engine.session is engine  # never re-created
     for t in built.subject.model.state_dict():
         if t in sess.manifest.tensors:  # the live packed weight, read back, is the merged weight
             np.testing.assert_array_equal(sess.weight(t), rebuilt.weight(t))
@@ -58,7 +58,7 @@ def test_sessions_share_one_bake_and_never_see_each_others_patches(llama, tmp_pa
     own, and the file itself never changes."""
     ids = llama.inputs
     with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s1:
-        data = s1.backend.bake_dir / BAKED_DATA
+        data = s1.engine.bake_dir / BAKED_DATA
         before = data.read_bytes()
         base = s1.run(ids)["logits"]
         s1.load(llama.blobs["zen"], name="zen")
@@ -66,7 +66,7 @@ def test_sessions_share_one_bake_and_never_see_each_others_patches(llama, tmp_pa
         zen = s1.run(ids)["logits"]
         assert np.abs(zen - base).max() > 1e-3
         with ShiraSession(llama.base_dir, cache_dir=tmp_path, verify="full") as s2:  # the same bake, not a new one
-            assert s2.backend.bake_dir == s1.backend.bake_dir
+            assert s2.engine.bake_dir == s1.engine.bake_dir
             np.testing.assert_array_equal(s2.run(ids)["logits"], base)  # s1's patch is not s2's
             s2.load(llama.blobs["json-doc"], name="json")
             s2.switch("json")
@@ -113,7 +113,7 @@ def test_an_adapters_pages_are_copied_when_it_loads_not_in_its_first_switch(llam
         ref.switch("zen")
         want = ref.run(llama.inputs)["logits"]
     with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
-        data = (s.backend.bake_dir / BAKED_DATA).resolve()
+        data = (s.engine.bake_dir / BAKED_DATA).resolve()
         assert _copied_kb(data) == 0
         s.load(llama.blobs["zen"], name="zen")
         loaded = _copied_kb(data)
@@ -140,7 +140,7 @@ def test_a_damaged_baked_file_is_baked_again(llama, tmp_path):
     cache: discarded and baked again, and the session opens on a good one."""
     with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
         base = s.run(llama.inputs)["logits"]
-        copy = next(iter(s.backend.copies.values()))[0]
+        copy = next(iter(s.engine.copies.values()))[0]
         at = copy.offset + 4 * int(copy.positions(np.array([5]))[0])
     data = _bakes(tmp_path)[0] / BAKED_DATA
     raw = bytearray(data.read_bytes())
@@ -211,10 +211,10 @@ def test_the_bake_refuses_a_base_whose_patches_would_not_reach_the_engine(llama,
     plain session built from the patched weights. A patch that lands where ORT does not read (here: nowhere,
     as it would if ORT had copied a region instead of mapping it) must make the bake refuse the base."""
     from shira_format import manifest as manifest_mod
-    from shira_runtime.inplace.engine import InPlaceOnnxRuntimeBackend
+    from shira_runtime.inplace.engine import InPlaceOrtEngine
     from shira_runtime.inplace.bake import BakeError, learn_layout
 
-    monkeypatch.setattr(InPlaceOnnxRuntimeBackend, "to_buffers", lambda self, mapped: {})
+    monkeypatch.setattr(InPlaceOrtEngine, "to_buffers", lambda self, mapped: {})
     (tmp_path / "out").mkdir()
     with pytest.raises(BakeError, match="does not reach ONNX Runtime's output"):
         learn_layout(manifest_mod.load(llama.base_dir), tmp_path / "out")

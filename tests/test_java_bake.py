@@ -68,7 +68,7 @@ def bakes(java_build, onnx_base, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp("bakes")
     with ShiraSession(onnx_base, threads=THREADS, cache_dir=tmp / "py-cache") as py:
         assert py.mode == "in-place", py.mode_reason
-        py_bake = py.backend.bake_dir
+        py_bake = py.engine.bake_dir
     status, lines = _java_bake(java_build, onnx_base, tmp / "java" / "bake")
     assert status == 0, lines
     assert sorted(p.name for p in (tmp / "java").iterdir()) == ["bake"]  # renamed into place, no temporary left
@@ -157,7 +157,7 @@ def test_a_switch_on_the_java_bake_gives_the_python_bakes_output(bakes, onnx_bas
                 elif state is not None:
                     s.fuse(state)
                 runs.append(s.run(x)["styled"])
-            out[cache] = (s.backend.bake_dir, runs)
+            out[cache] = (s.engine.bake_dir, runs)
     (java_dir, java_runs), (py_dir, py_runs) = out.values()
     assert java_dir == key_dir and py_dir == py_bake
     assert sorted(p.name for p in key_dir.parent.iterdir()) == [key_dir.name]  # the session baked nothing itself

@@ -43,7 +43,7 @@ def test_java_core_switches_onnxruntime_baked_weights_in_place(java_build, style
         for name in (a, b):
             py.load(stylenet.blobs[name], name)
         app = tmp_path / "app"  # the app's own copy of the bake
-        shutil.copytree(py.backend.bake_dir, app)
+        shutil.copytree(py.engine.bake_dir, app)
         held = _held_session(app, threads)
         tool = _java(java_build, stylenet.base_dir, app, app / "baked.bin",
                      *(f"{n}={stylenet.blobs[n]}" for n in (a, b)), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -65,7 +65,7 @@ def test_java_core_switches_onnxruntime_baked_weights_in_place(java_build, style
                 outputs[line] = got
             assert np.abs(outputs["switch:" + a] - outputs["base"]).max() > 1e-3  # the patches reached the engine
             assert np.array_equal(outputs["reset"], outputs["base"])
-            original = np.fromfile(py.backend.bake_dir / "baked.bin", np.uint8)
+            original = np.fromfile(py.engine.bake_dir / "baked.bin", np.uint8)
             assert np.array_equal(np.fromfile(app / "baked.bin", np.uint8), original)  # reset: the bake's bytes
         finally:
             tool.stdin.close()

@@ -143,7 +143,7 @@ def test_switch_requantizes_with_the_base_scales_and_reset_is_bit_exact(qbase):
             info = s.manifest.tensors[t.target]
             (p,) = info.placements["onnxruntime"]
             base_u = _entries_of_bytes(before[p.name], p)[t.indices]
-            scale = p.quant.scale_of(s.backend.scales[p.name], t.indices, info.shape[1])
+            scale = p.quant.scale_of(s.engine.scales[p.name], t.indices, info.shape[1])
             want = _requantized(base_u, t.values, scale, p.quant.bits)
             assert np.array_equal(_entries(s, p.name, p)[t.indices], want), t.target
             z = p.quant.zero_point
@@ -188,7 +188,7 @@ def test_fusion_sums_in_float_and_requantizes_once(qbase):
                 continue
             overlap += len(both)
             d = (ta.values[ia].astype(np.float64) - 0.5 * tb.values[ib].astype(np.float64)).astype(np.float32)
-            scale = p.quant.scale_of(s.backend.scales[p.name], both, info.shape[1])
+            scale = p.quant.scale_of(s.engine.scales[p.name], both, info.shape[1])
             want = _requantized(_entries_of_bytes(before[p.name], p)[both], d, scale, p.quant.bits)
             assert np.array_equal(_entries(s, p.name, p)[both], want), target
         assert overlap > 0  # the two adapters share entries: the sum is what is tested
@@ -288,14 +288,14 @@ def test_executorch_holds_xnnpack_integers_and_scales_by_offset(qbase_et):
     within half a step, and every quantized placement is patched by method reload."""
     from shira_format.manifest import load
     from shira_format.quant import dequantize, entries
-    from shira_runtime.backends.executorch import ExecuTorchBackend
+    from shira_runtime.backends.executorch import ExecuTorchEngine
     from shira_toolchain.model_source import resolve
 
     mode, base = qbase_et
     raw = json.loads((base / "manifest.json").read_text())
     assert raw["quantization"]["executorch"]["patchable"] == len(raw["tensors"])
     manifest = load(base)
-    backend = ExecuTorchBackend(manifest)
+    backend = ExecuTorchEngine(manifest)
     params = dict(resolve("tiny-llama").model.named_parameters())
     try:
         for target, info in manifest.tensors.items():
@@ -346,13 +346,13 @@ def test_executorch_switch_requantizes_reloads_and_resets_bit_exactly(qbase_et):
         before, out0 = snapshot(s), s.run(x)
         s.load(ADAPTERS["upper"])
         s.switch("upper")
-        assert s.backend.program.reloads == 1
+        assert s.engine.program.reloads == 1
         adapter = read_adapter(ADAPTERS["upper"], s.manifest)
         for t in adapter.tensors.values():
             info = s.manifest.tensors[t.target]
             (p,) = info.placements["executorch"]
             base_u = _entries_of_bytes(before[p.name], p)[t.indices]
-            scale = p.quant.scale_of(s.backend.scales[p.name], t.indices, info.shape[1])
+            scale = p.quant.scale_of(s.engine.scales[p.name], t.indices, info.shape[1])
             want = _requantized(base_u, t.values, scale, p.quant.bits)
             assert np.array_equal(_entries(s, p.name, p)[t.indices], want), t.target
         assert s.clamped > 0
@@ -417,7 +417,7 @@ def test_in_place_patches_the_packed_integers_at_once_and_resets_them(qbase, tmp
         st = read_file(base / "weights.safetensors", writable=True)
         for info in s.manifest.tensors.values():
             (p,) = info.placements["onnxruntime"]
-            st.array(p.name).reshape(-1)[:] = pack_entries(s.backend.placement_values(p.name), p.quant)
+            st.array(p.name).reshape(-1)[:] = pack_entries(s.engine.placement_values(p.name), p.quant)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         data = bytes(st.buffer)
@@ -656,7 +656,7 @@ def test_a_quantized_style_net_holds_its_convolutions_as_8_bit_integers_patched_
                 st = read_file(base / "weights.safetensors", writable=True)
                 for info in s.manifest.tensors.values():
                     (p,) = info.placements["onnxruntime"]
-                    st.array(p.name).reshape(-1)[:] = pack_entries(s.backend.placement_values(p.name), p.quant)
+                    st.array(p.name).reshape(-1)[:] = pack_entries(s.engine.placement_values(p.name), p.quant)
                 opts = ort.SessionOptions()
                 data = bytes(st.buffer)
                 opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [data], [len(data)])
@@ -667,8 +667,8 @@ def test_a_quantized_style_net_holds_its_convolutions_as_8_bit_integers_patched_
                 info = s.manifest.tensors[t.target]
                 (p,) = info.placements["onnxruntime"]
                 rows, cols = matrix_shape(info.shape)
-                scale = p.quant.scale_of(s.backend.placement_scales(p.name) if mode == "in-place"
-                                         else s.backend.scales[p.name], t.indices, cols)
+                scale = p.quant.scale_of(s.engine.placement_scales(p.name) if mode == "in-place"
+                                         else s.engine.scales[p.name], t.indices, cols)
                 base_u = np.rint(before[t.target].reshape(-1)[t.indices] / scale).astype(np.int64) + p.quant.zero_point
                 want = _requantized(base_u, t.values, scale, p.quant.bits)
                 live_u = np.rint(s.weight(t.target).reshape(-1)[t.indices] / scale).astype(np.int64)

@@ -42,10 +42,10 @@ def test_200_random_steps_then_reset_is_bit_exact(built, backend):
         on_disk = read_file(built.base_dir / "weights.safetensors")
         assert sess.mode == "in-place"  # the engine's own packed copies in the baked file, every one of them
         buffers = sess.live_buffers()
-        for name, copies in sess.backend.copies.items():
+        for name, copies in sess.engine.copies.items():
             for copy in copies:
                 for key in copy.keys:  # every mapping that holds the copy
                     live = buffers[key][copy.positions(np.arange(copy.size))]
                     np.testing.assert_array_equal(live, on_disk.array(name).reshape(-1))
     else:
-        assert sess.backend.program.memory.tobytes() == (built.base_dir / "model.pte").read_bytes()
+        assert sess.engine.program.memory.tobytes() == (built.base_dir / "model.pte").read_bytes()

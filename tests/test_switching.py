@@ -18,7 +18,7 @@ def test_runtime_equals_peft_merged_model_after_each_switch_and_fusion(built, ba
     a, b = list(built.blobs)
     for task, path in built.blobs.items():
         sess.load(path, name=task)
-    engine = getattr(sess.backend, "session", None) or sess.backend.program
+    engine = getattr(sess.engine, "session", None) or sess.engine.program
     peft_model = peft_shira.load_peft(built.subject.model, built.peft_dirs)
     out_name = sess.output_names[0]
     base_out = sess.run(built.inputs)[out_name]
@@ -33,7 +33,7 @@ def test_runtime_equals_peft_merged_model_after_each_switch_and_fusion(built, ba
         if scales:  # the patch is visible in the very next run of the same session
             assert np.max(np.abs(out - base_out)) > 1e-3
         outputs.append(out)
-    assert (getattr(sess.backend, "session", None) or sess.backend.program) is engine  # never re-created
+    assert (getattr(sess.engine, "session", None) or sess.engine.program) is engine  # never re-created
     np.testing.assert_array_equal(outputs[0], outputs[-1])  # same state, same output
 
 

@@ -21,17 +21,17 @@ def test_prepacked_engine_equals_peft_merged_model_after_each_switch(built, back
         sess.fuse(scales)
         ref = peft_shira.reference_output(built.family, peft_shira.merged_model(peft_model, built.subject.model, scales),
                                           built.inputs)
-        live = sess.backend.run(built.inputs, patchable=True)[out_name]
+        live = sess.engine.run(built.inputs, patchable=True)[out_name]
         assert sess.wait_full_speed(30), sess.rebuilder.last_error
-        assert sess.backend.prepacked is not None
+        assert sess.engine.prepacked is not None
         fast = sess.run(built.inputs)[out_name]
         np.testing.assert_allclose(live, ref, atol=2e-5, rtol=1e-5, err_msg=f"patchable engine after fuse({scales})")
         np.testing.assert_allclose(fast, ref, atol=2e-5, rtol=1e-5, err_msg=f"prepacked after fuse({scales})")
     hist = sess.rebuilder.history
     assert len(hist) == len(PLANS) + 1 and all(h["to_full_speed_s"] is not None for h in hist[1:])
     sess.stop_two_phase()
-    assert sess.mode == "patchable" and sess.backend.prepacked is None
-    assert sess.backend.prepacked_nbytes == 0  # ExecuTorch's prepacked program is freed too
+    assert sess.mode == "patchable" and sess.engine.prepacked is None
+    assert sess.engine.prepacked_nbytes == 0  # ExecuTorch's prepacked program is freed too
     np.testing.assert_allclose(sess.run(built.inputs)[out_name], fast, atol=2e-5)  # still serving, on the patchable engine
     sess.close()
 
@@ -57,7 +57,7 @@ def test_rapid_switches_install_only_the_latest_weights(llama):
     for i in range(25):  # faster than a rebuild: intermediate engines are dropped as stale
         sess.switch(names[i % 2])
     assert sess.wait_full_speed(30)
-    want = sess.backend.run(llama.inputs, patchable=True)["logits"]
+    want = sess.engine.run(llama.inputs, patchable=True)["logits"]
     np.testing.assert_allclose(sess.run(llama.inputs)["logits"], want, atol=2e-5)
     assert len(sess.rebuilder.history) < 26
 
@@ -84,7 +84,7 @@ def test_a_failed_background_build_shows_in_mode_and_reason(llama, monkeypatch):
         assert sess.mode == "two-phase" and sess.mode_reason is None
         def fail(snapshot):
             raise MemoryError("no room for the packed engine")
-        monkeypatch.setattr(sess.backend, "build_prepacked", fail)
+        monkeypatch.setattr(sess.engine, "build_prepacked", fail)
         sess.switch(sess.load(llama.blobs["zen"]))
         assert not sess.wait_full_speed(30)
         assert sess.mode == "patchable", sess.mode

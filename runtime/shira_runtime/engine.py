@@ -1,9 +1,10 @@
 """The engine contract: what `ShiraSession` asks of an inference engine, and nothing else.
 
-An engine owns one loaded model and the weight buffers the session patches. Three implement it: the patchable
-ONNX Runtime engine (backends/onnxruntime.py: weights as graph inputs), the ExecuTorch engine
-(backends/executorch.py: weights inside the loaded program) and the in-place engine (inplace/engine.py: ORT's
-own packed weights, found in its mappings of a baked file). The Android core has the same shape
+An engine owns one loaded model and the weight buffers the session patches (`session.engine`). Three implement
+it: `OrtEngine`, the patchable ONNX Runtime engine (backends/onnxruntime.py: weights as graph inputs),
+`ExecuTorchEngine` (backends/executorch.py: weights inside the loaded program) and `InPlaceOrtEngine`
+(inplace/engine.py: ORT's own packed weights, found in its mappings of a baked file). `backend=` in
+`ShiraSession` names the library ("onnxruntime", "executorch"); the engine is what runs on it. The Android core has the same shape
 (`StyleEngine`). docs/MANIFEST.md ("Engines: the words used everywhere") names the engines and the modes.
 
 Every engine must

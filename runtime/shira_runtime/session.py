@@ -75,7 +75,7 @@ class _Decoded:
     plans: dict  # buffer -> BufferPlan of this adapter alone at scale 1, made ahead (WeightPatcher.switch_plan)
 
 
-def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
+def _make_inplace_engine(name: str, manifest, threads, verify, cache_dir):
     """The in-place engine, or (None, why not)."""
     if name != "onnxruntime":
         return None, ("ExecuTorch has no in-place route: XNNPACK packs its weights into private memory at "
@@ -83,25 +83,25 @@ def _make_inplace_backend(name: str, manifest, threads, verify, cache_dir):
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
         return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
     from .inplace.layout import BakeError
-    from .inplace.engine import InPlaceOnnxRuntimeBackend
+    from .inplace.engine import InPlaceOrtEngine
 
     try:
-        return InPlaceOnnxRuntimeBackend(manifest, threads, verify, cache_dir, log=log.info), None
+        return InPlaceOrtEngine(manifest, threads, verify, cache_dir, log=log.info), None
     except BakeError as e:
         return None, str(e)
 
 
-def _make_backend(name: str, manifest, threads, verify):
+def _make_engine(name: str, manifest, threads, verify):
     if name == "onnxruntime":
-        from .backends.onnxruntime import OnnxRuntimeBackend
+        from .backends.onnxruntime import OrtEngine
 
-        return OnnxRuntimeBackend(manifest, threads, verify)
+        return OrtEngine(manifest, threads, verify)
     if name == "executorch":
         from .backends.executorch import (
-            ExecuTorchBackend,  # imports torch: ExecuTorch's bindings need it
+            ExecuTorchEngine,  # imports torch: ExecuTorch's bindings need it
         )
 
-        return ExecuTorchBackend(manifest, threads, verify)
+        return ExecuTorchEngine(manifest, threads, verify)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -111,7 +111,7 @@ class _Resources:
     Kept apart from the session so that the finalizer holds no reference to the session itself."""
 
     def __init__(self):
-        self.backend = None
+        self.engine = None
         self.rebuilder: PrepackedRebuilder | None = None
         self.patcher: WeightPatcher | None = None
 
@@ -121,9 +121,9 @@ class _Resources:
             self.rebuilder = None
         if self.patcher is not None:
             self.patcher.close()
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
 class ShiraSession:
@@ -159,10 +159,10 @@ class ShiraSession:
         try:
             inplace = None
             if mode in ("auto", "in-place"):
-                inplace, self.mode_reason = _make_inplace_backend(backend, self.manifest, threads, verify, cache_dir)
+                inplace, self.mode_reason = _make_inplace_engine(backend, self.manifest, threads, verify, cache_dir)
                 if inplace is None and mode == "in-place":
                     raise ShiraError(f"{self.manifest.root}: cannot patch in place: {self.mode_reason}")
-            self._res.backend = self.backend = inplace or _make_backend(backend, self.manifest, threads, verify)
+            self._res.engine = self.engine = inplace or _make_engine(backend, self.manifest, threads, verify)
             self._open(threads, "in-place" if inplace else mode)
         except BaseException:
             self._finalizer()
@@ -170,10 +170,10 @@ class ShiraSession:
         self._closed = False
 
     def _open(self, threads, wanted: str) -> None:
-        self._res.patcher = self.patcher = WeightPatcher(self.backend.buffers, threads, self.backend.absmax,
-                                                         dict(self.backend.buffer_quant))
+        self._res.patcher = self.patcher = WeightPatcher(self.engine.buffers, threads, self.engine.absmax,
+                                                         dict(self.engine.buffer_quant))
         self.clamped = 0  # quantized bases: entries of the active state clamped to the integer range
-        self._placement_of = self.backend.placement_of()  # in place: copy buffer -> its placement
+        self._placement_of = self.engine.placement_of()  # in place: copy buffer -> its placement
         self.adapters: dict[str, LoadedAdapter] = {}
         self._decoded: OrderedDict[str, _Decoded] = OrderedDict()  # the plan_cache most recently used, last newest
         self.active: dict[str, float] = {}
@@ -181,10 +181,10 @@ class ShiraSession:
         self.calibration: dict | None = None
         self.mode = "in-place" if wanted == "in-place" else "patchable"
         if wanted in ("auto", "two-phase"):
-            if self.backend.prepacked_available:
+            if self.engine.prepacked_available:
                 self._start_two_phase(calibrate=wanted == "auto")
             else:  # an explicit request that cannot be met raises; "auto" says why it stayed on one engine
-                why = (f"two-phase switching needs the export's prepacked {'program' if self.backend.name == 'executorch' else 'model'}"
+                why = (f"two-phase switching needs the export's prepacked {'program' if self.engine.name == 'executorch' else 'model'}"
                        " with weights it packs, and this export has none (exported by an older shira-export?)")
                 if wanted == "two-phase":
                     raise ShiraError(f"{self.manifest.root}: cannot switch in two phases: {why}")
@@ -192,7 +192,7 @@ class ShiraSession:
 
     def _start_two_phase(self, calibrate: bool) -> None:
         x = self.manifest.sample_inputs() if calibrate else None  # a missing sample fails before any thread starts
-        self._res.rebuilder = self.rebuilder = PrepackedRebuilder(self.backend, self._lock)
+        self._res.rebuilder = self.rebuilder = PrepackedRebuilder(self.engine, self._lock)
         self.rebuilder.start()
         self.mode = "two-phase"
         if calibrate:
@@ -201,18 +201,18 @@ class ShiraSession:
                 time.sleep(0.05)  # the other engine's spinning worker threads would steal the cores
                 try:
                     for _ in range(3):  # warm-up: first runs allocate
-                        self.backend.run(x, patchable=patchable)
+                        self.engine.run(x, patchable=patchable)
                 except Exception as e:  # noqa: BLE001 - the engines raise their own types for a bad feed
                     raise ManifestError(f"{self.manifest.file(self.manifest.sample)}: the "
                                         f"sample input does not run: {first_line(e, 200)}") from None
                 runs = []
                 for _ in range(5):
                     t0 = time.perf_counter()
-                    self.backend.run(x, patchable=patchable)
+                    self.engine.run(x, patchable=patchable)
                     runs.append((time.perf_counter() - t0) * 1e3)
                 t[label] = statistics.median(runs)
             t["ratio"] = t["patchable_ms"] / t["prepacked_ms"]
-            a, b = self.backend.run(x, patchable=True), self.backend.run(x, patchable=False)
+            a, b = self.engine.run(x, patchable=True), self.engine.run(x, patchable=False)
             t["engines_differ"] = max((float(np.max(np.abs(a[k] - b[k]))) / max(float(np.max(np.abs(b[k]))), 1e-12)
                                        for k in b if b[k].size), default=0.0)
             self.calibration = t
@@ -301,7 +301,7 @@ class ShiraSession:
             self._check_open()
             if name in self.active:
                 raise AdapterError(f"{adapter.source}: adapter {name!r} is active; reset() before replacing it")
-            self.backend.prepare_pages(mapped)  # in place: copy-on-write now, not in the first switch
+            self.engine.prepare_pages(mapped)  # in place: copy-on-write now, not in the first switch
             self.adapters[name] = LoadedAdapter(name, adapter.source, adapter.nnz, bytes(blob))
             self._decoded.pop(name, None)
             self._keep_decoded(name, _Decoded(mapped, touched, self.patcher.switch_plan(mapped)))
@@ -321,12 +321,12 @@ class ShiraSession:
         touched: dict[str, np.ndarray] = {}  # quantized placement -> the entries this adapter writes
         for t in adapter.tensors.values():
             info = self.manifest.tensors[t.target]
-            for p in info.placements.get(self.backend.name, ()):
+            for p in info.placements.get(self.engine.name, ()):
                 mapped[p.name] = p.patch_terms(t.indices, t.values, info.shape)  # scaled where BN was folded
                 if p.quant is not None:  # each entry's quantization scale travels with it (quant.py)
-                    mapped[p.name] += (self.backend.entry_scales(p.name, mapped[p.name][0], matrix_shape(info.shape)[1]),)
+                    mapped[p.name] += (self.engine.entry_scales(p.name, mapped[p.name][0], matrix_shape(info.shape)[1]),)
                     touched[p.name] = mapped[p.name][0]
-        return self.backend.to_buffers(mapped), touched  # in place: each placement's copies in the baked file
+        return self.engine.to_buffers(mapped), touched  # in place: each placement's copies in the baked file
 
     def _decoded_for(self, name: str) -> _Decoded:
         """The adapter's decoded form, decoding its blob again if it left the cache (under the patch mutex)."""
@@ -387,7 +387,7 @@ class ShiraSession:
                 changed = self.patcher.commit(plans)
                 # e.g. ExecuTorch reloads a method whose conv weights changed; in place on ARM, the sums a packer
                 # derives from quantized integers are computed again for the entries now patched
-                self.backend.weights_changed(changed, self._entries_of(decoded) if self.backend.needs_entries else None)
+                self.engine.weights_changed(changed, self._entries_of(decoded) if self.engine.needs_entries else None)
                 if rebuilder is not None and changed:
                     rebuilder.weights_changed()  # runs go to the patchable engine until a rebuild lands
                 self.active = dict(scales)
@@ -411,16 +411,16 @@ class ShiraSession:
 
     # ---- inference ------------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.backend.input_names if n not in inputs]
+        missing = [n for n in self.engine.input_names if n not in inputs]
         if missing:
-            unknown = sorted(set(inputs) - set(self.backend.input_names))
+            unknown = sorted(set(inputs) - set(self.engine.input_names))
             raise ShiraError(f"{self.manifest.root}: no value for input {missing[0]!r}"
                              + (f" (given {', '.join(map(repr, unknown))}, which the model does not take)" if unknown
-                                else "") + f"; its inputs are {', '.join(self.backend.input_names)}")
+                                else "") + f"; its inputs are {', '.join(self.engine.input_names)}")
         with self._lock.read():
             if self._closed:
                 self._check_open()
-            return self.backend.run(inputs)
+            return self.engine.run(inputs)
 
     # ---- two-phase switching --------------------------------------------------------------------------------
     def wait_full_speed(self, timeout: float | None = 10.0) -> bool:
@@ -445,7 +445,7 @@ class ShiraSession:
             self.rebuilder.close()
             self.rebuilder = self._res.rebuilder = None
             with self._lock.write():
-                self.backend.drop_prepacked()
+                self.engine.drop_prepacked()
         self.mode = "patchable"
 
     # ---- inspection -----------------------------------------------------------------------------------------
@@ -455,22 +455,22 @@ class ShiraSession:
         weight its integers and scales hold."""
         self._check_open()
         info = self.manifest.tensors[torch_name]
-        return self.backend.live_weight(info.placements[self.backend.name][0], info.shape)
+        return self.engine.live_weight(info.placements[self.engine.name][0], info.shape)
 
     def live_buffers(self) -> dict[str, np.ndarray]:
         """A copy of every buffer the session patches, by name (in place: each live copy in ORT's mappings):
         what tests and benches compare to see that a reset is bit-exact or a refusal wrote nothing."""
         self._check_open()
         with self._lock.read():
-            return {name: np.array(buf) for name, buf in self.backend.buffers.items()}
+            return {name: np.array(buf) for name, buf in self.engine.buffers.items()}
 
     @property
     def input_names(self) -> list[str]:
-        return self.backend.input_names
+        return self.engine.input_names
 
     @property
     def output_names(self) -> list[str]:
-        return self.backend.output_names
+        return self.engine.output_names
 
 
 def open_base(base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",

@@ -24,8 +24,8 @@ import time
 class PrepackedRebuilder:
     """Owns the background thread that keeps the engine's prepacked twin in step with the live weights."""
 
-    def __init__(self, backend, lock):
-        self.backend = backend
+    def __init__(self, engine, lock):
+        self.engine = engine
         self.lock = lock  # the session's RWLock
         self._cond = threading.Condition()
         self._generation = 0  # bumped by every commit
@@ -41,7 +41,7 @@ class PrepackedRebuilder:
         """Called under the session's write lock, after a commit: the prepacked engine is stale."""
         # the stale engine is freed by the builder thread, not here: destroying an ORT session (its thread
         # pool, its packed weights) would otherwise add ~0.2 ms to the caller's switch
-        self._retired.append(self.backend.install_prepacked(None))
+        self._retired.append(self.engine.install_prepacked(None))
         with self._cond:
             self._generation += 1
             self._commit_time[self._generation] = time.perf_counter()
@@ -56,8 +56,8 @@ class PrepackedRebuilder:
         """Build and install an engine for the current weights (at load: the base), then keep it in step."""
         with self.lock.read():
             gen = self._generation
-            snap = self.backend.snapshot()
-        self._install(gen, self.backend.build_prepacked(snap))
+            snap = self.engine.snapshot()
+        self._install(gen, self.engine.build_prepacked(snap))
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -83,16 +83,16 @@ class PrepackedRebuilder:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
-    def _install(self, gen: int, engine) -> bool:
+    def _install(self, gen: int, twin) -> bool:
         with self.lock.write():
             with self._cond:
                 if gen != self._generation or self._closed:  # stale (a switch happened meanwhile) or closing
                     return False
-                self.backend.install_prepacked(engine)
+                self.engine.install_prepacked(twin)
                 self._installed = gen
                 t0 = self._commit_time.get(gen)
                 self._commit_time = {g: t for g, t in self._commit_time.items() if g > gen}
-                self.history.append({"generation": gen, "extra_bytes": engine.nbytes,
+                self.history.append({"generation": gen, "extra_bytes": twin.nbytes,
                                      "to_full_speed_s": None if t0 is None else time.perf_counter() - t0})
                 del self.history[:-100]
                 self._cond.notify_all()
@@ -109,9 +109,9 @@ class PrepackedRebuilder:
                 self._retired.clear()  # free stale engines here, off the caller's path (no run uses them)
                 with self.lock.read():  # weights cannot change while we copy them
                     gen = self._generation
-                    snap = self.backend.snapshot()
-                engine = self.backend.build_prepacked(snap)
-                self._install(gen, engine)
+                    snap = self.engine.snapshot()
+                twin = self.engine.build_prepacked(snap)
+                self._install(gen, twin)
             except Exception as e:  # noqa: BLE001 - keep serving on the patchable engine, and say why
                 with self._cond:
                     self.last_error = f"{type(e).__name__}: {e}"

@@ -309,7 +309,7 @@ def run_executorch(base: Path, threads: int, repeats: int) -> dict:
     res["rss_rest"] = _status("VmRSS")
     names = [sess.load(base.parent / f"{tag}.shira", tag) for tag in ("a", "b")]
     res["session_mode"] = sess.mode  # float32: two-phase (a prepacked program rebuilt in the background)
-    prog = sess.backend.program
+    prog = sess.engine.program
     _reset_peak()
     times, full = [], []
     for i in range(max(4, repeats)):

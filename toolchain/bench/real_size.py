@@ -426,8 +426,8 @@ def _side_by_side(run, base: Path, loads: dict, threads: int, repeats: int, res:
 def _touched_lines(sess) -> int:
     """64-byte lines of the baked file a switch a -> b reads and writes (a's entries restored, b's written)."""
     lines = 0
-    byte_of = {key: c.byte_of for cs in sess.backend.copies.values() for c in cs for key in c.keys}
-    for key in sess.backend.buffers:
+    byte_of = {key: c.byte_of for cs in sess.engine.copies.values() for c in cs for key in c.keys}
+    for key in sess.engine.buffers:
         offset = int(key.rsplit("@", 1)[1].split("#")[0])
         idx = [sess._decoded_for(t).mapped[key][0] for t in ("a", "b") if key in sess._decoded_for(t).mapped]
         if idx:

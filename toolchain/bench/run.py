@@ -172,7 +172,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int, log=print) ->
     res["switch"]["peft_shira_unmerge_merge"] = stats(sample(peft_switcher(shira), repeats))
     res["switch"]["ort_session_recreate"] = stats(sample(  # a bare session: no second, prepacked engine
         lambda: ShiraSession(base_dir, threads=threads, mode="patchable"), max(3, repeats // 4)))
-    res["switch"]["et_method_reload"] = stats(sample(sessions["executorch"].backend.program.reload, max(3, repeats // 4)))
+    res["switch"]["et_method_reload"] = stats(sample(sessions["executorch"].engine.program.reload, max(3, repeats // 4)))
 
     # ---- two-phase switching: visible switch, time to prepacked speed, extra memory ----
     two = {b: ShiraSession(base_dir, backend=b, threads=threads, mode="two-phase") for b in sessions}

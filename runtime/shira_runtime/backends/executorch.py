@@ -121,7 +121,7 @@ def _import_torch():
     return torch
 
 
-class ExecuTorchBackend(Engine):
+class ExecuTorchEngine(Engine):
     """The ExecuTorch engine (engine.py's contract): weights patched inside the loaded program's bytes."""
     name = NAME
 

@@ -44,7 +44,7 @@ def create_session(path, opts: ort.SessionOptions) -> ort.InferenceSession:
         raise ManifestError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from None
 
 
-class OnnxRuntimeBackend(Engine):
+class OrtEngine(Engine):
     """The patchable ONNX Runtime engine (engine.py's contract), with an optional prepacked twin."""
     name = NAME
 

@@ -123,7 +123,7 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
     from the patched weights. Found here, a region ORT copied instead of mapping is a cached "cannot"."""
     import onnxruntime as ort
 
-    from .engine import InPlaceOnnxRuntimeBackend
+    from .engine import InPlaceOrtEngine
 
     x = manifest.sample_inputs()
     rng = np.random.default_rng(0)
@@ -141,7 +141,7 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
         scale = float(np.max(np.abs(w))) or 1.0
         release_pages(w)
         mapped[name] = (idx, (rng.standard_normal(k) * 0.5 * scale).astype(np.float32))
-    engine = InPlaceOnnxRuntimeBackend(manifest, threads, verify="off", bake_dir=out_dir)
+    engine = InPlaceOrtEngine(manifest, threads, verify="off", bake_dir=out_dir)
     try:
         # run once first, as a session does before its first switch: a kernel that packs its weight at the first
         # run (KleidiAI's convolutions on ARM cores with SME) would otherwise pack the patched bytes and pass

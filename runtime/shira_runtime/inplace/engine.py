@@ -167,7 +167,7 @@ class _Copy:
         return pos * 4 if self.unit == "float" else pos if self.unit == "byte" else pos >> 1
 
 
-class InPlaceOnnxRuntimeBackend(Engine):
+class InPlaceOrtEngine(Engine):
     """The in-place engine (engine.py's contract): no prepacked twin, the engine IS the prepacked one."""
     name = NAME
 
