@@ -182,3 +182,11 @@ def test_ort_lora_bench_measures_every_rank_beside_shira(tmp_path):
     assert np.max(np.abs(with_lora - plain.run(None, feed)[0])) > 1e-4  # the branches compute something
     md = (tmp_path / "out" / "ort_lora.md").read_text()
     assert "| llama-small | int4 | 64 | 3 |" in md and "| llama-small | int4 | SHiRA in place |" in md and (tmp_path / "out" / "ort_lora.png").stat().st_size > 1000
+    # a second command measures one base's time to tokens again: the other rows, and this row's runs, are kept
+    before = json.loads((tmp_path / "out" / "ort_lora.json").read_text())
+    again = ort_lora.run_ort_lora(tmp_path / "out", threads=1, repeats=2, work=tmp_path / "work", log=lambda *a: None,
+                                  models=spec, labels=("int8",), runs=False)
+    rows2 = again["models"]["llama-small"]
+    assert rows2["fp32"] == before["models"]["llama-small"]["fp32"] and rows2["int8"]["lora"] == rows["int8"]["lora"]
+    assert rows2["int8"]["tokens_command"].endswith("--bases int8 --tokens-only") and "tokens_command" not in rows2["int4"]
+    assert len(again["seconds_by_command"]) == 2 and "--tokens-only" in (tmp_path / "out" / "ort_lora.md").read_text()

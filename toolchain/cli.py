@@ -362,11 +362,17 @@ def train_main():
                    "float32, int8 and int4 bases of a 168M Llama: LoRA r = 8, 16, 64 with one and three adapters "
                    "active, runs side by side in one process per base, RSS. Writes ort_lora.{json,md,png}. 46 min on "
                    "the 2-core x86-64 dev machine (`shira-bench --ort-lora --out reports/ort_lora`).")
+@click.option("--models", default=None, metavar="NAME[,NAME]",
+              help="With --ort-lora: the Llama shapes to measure (llama-168M, llama-0.55B; default llama-168M). Rows "
+                   "of other models and bases already in ort_lora.json in --out are kept.")
+@click.option("--bases", default=None, metavar="fp32,int8,int4", help="With --ort-lora: the bases to measure.")
+@click.option("--tokens-only", is_flag=True,
+              help="With --ort-lora: only the time to the first tokens after a switch (no per-run rows).")
 @click.option("--parts", default=",".join(("lm", "style", "real", "executorch")), show_default=True,
               help="With --quantized: the sections to measure (lm: tiny-llama, style: the style net, real: 168M on "
                    "ONNX Runtime, executorch: 168M on ExecuTorch); the others are kept from quantized.json in --out, "
                    "which says which command measured each.")
-def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, parts):
+def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, models, bases, tokens_only, parts):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
     a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
@@ -375,7 +381,16 @@ def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, parts):
     if ort_lora:
         from .bench.ort_lora import run_ort_lora
 
-        run_ort_lora(out_dir, threads, log=click.echo)
+        from .bench.subjects import MODELS
+
+        names = (models or "llama-168M").split(",")
+        labels = tuple(bases.split(",")) if bases else None
+        unknown = [n for n in names if MODELS.get(n, ("",))[0] != "llama"]
+        if unknown or (labels and set(labels) - {"fp32", "int8", "int4"}):
+            raise click.UsageError(f"--models takes {', '.join(n for n, s in MODELS.items() if s[0] == 'llama')}; "
+                                   "--bases takes fp32, int8, int4")
+        run_ort_lora(out_dir, threads, log=click.echo, models={n: MODELS[n] for n in names} if models else None,
+                     labels=labels, runs=not tokens_only)
         return
     if quantized:
         from .bench.quantized import PARTS, run_quantized

@@ -230,17 +230,23 @@ def time_to_tokens(kv_base: Path, cache: Path, threads: int, rounds: int = 3, ra
     return {label: sorted(rows, key=lambda r: r["total_s"])[len(rows) // 2] for label, rows in out.items()}
 
 
-def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
-    """Each model's float32, int8 and int4 exports (bench.quantized's builder), baked, then one child per base."""
-    from .quantized import REAL, _build_real
+def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: dict | None = None,
+                   labels=None, runs: bool = True) -> dict:
+    """Each model's exports to `labels` (float32, int8, int4: bench.quantized's builder), baked, then one child
+    per base for the runs side by side (`runs`) and one for the time to the first tokens."""
+    from .quantized import REAL, REAL_BASES, _build_real
     from .real_size import bake_once
 
     out = {}
     for name, spec in (models or REAL).items():
-        bases = _build_real(name, spec, work, log)
+        bases = _build_real(name, spec, work, log, labels or REAL_BASES)
         rows = {}
         for label, base in bases.items():
             cache = base.parent / f"cache-{label}"
+            if not runs:
+                rows[label] = {}
+                _time_to_tokens_row(name, label, base, work, threads, rows, log)
+                continue
             if Path("/usr/bin/time").exists():
                 bake_once(base, cache, threads)  # the first load, not what is measured here
             for rank in RANKS:  # the graphs are built here, not in the child: its RSS is the engines' alone
@@ -256,21 +262,28 @@ def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: di
             for r in rows[label]["lora"]:
                 log(f"  {name} {label} LoRA r={r['rank']} x{r['adapters']}: decode {r['ratio']['decode']:.2f}x, "
                     f"prefill {r['ratio']['prefill128']:.2f}x SHiRA's time")
-            kv = _kv_base(work / name, label)
-            if Path("/usr/bin/time").exists():
-                bake_once(kv, base.parent / f"cache-kv-{label}", threads)
-            for rank in RANKS:
-                for nb in BRANCHES:
-                    add_lora_branches(kv, rank, nb)
-            p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.ort_lora", "tokens", str(kv),
-                                str(base.parent / f"cache-kv-{label}"), str(threads)], capture_output=True, text=True,
-                               timeout=3600)
-            rows[label]["tokens"] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else
-                                     {"error": (p.stderr.strip().splitlines() or ["?"])[-1]})
-            log(f"  {name} {label} time to {NEW_TOKENS} tokens: " + ", ".join(
-                f"{k} {v['total_s']:.2f}s" for k, v in rows[label]["tokens"].items() if isinstance(v, dict)))
+            _time_to_tokens_row(name, label, base, work, threads, rows, log)
         out[name] = rows
     return out
+
+
+def _time_to_tokens_row(name: str, label: str, base: Path, work: Path, threads: int, rows: dict, log) -> None:
+    """rows[label]["tokens"]: the KV-cache export of `base`'s model, baked, timed in a child."""
+    from .real_size import bake_once
+
+    kv = _kv_base(work / name, label)
+    if Path("/usr/bin/time").exists():
+        bake_once(kv, base.parent / f"cache-kv-{label}", threads)
+    for rank in RANKS:
+        for nb in BRANCHES:
+            add_lora_branches(kv, rank, nb)
+    p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.ort_lora", "tokens", str(kv),
+                        str(base.parent / f"cache-kv-{label}"), str(threads)], capture_output=True, text=True,
+                       timeout=3600)
+    rows[label]["tokens"] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else
+                             {"error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+    log(f"  {name} {label} time to {NEW_TOKENS} tokens: " + ", ".join(
+        f"{k} {v['total_s']:.2f}s" for k, v in rows[label]["tokens"].items() if isinstance(v, dict)))
 
 
 def _kv_base(root: Path, label: str) -> Path:
@@ -293,9 +306,14 @@ def _kv_base(root: Path, label: str) -> Path:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    def rows_of(command):
+        return ", ".join(f"{name} {label}" for name, rows in report["models"].items() for label, row in rows.items()
+                         if command in (row.get("command"), row.get("tokens_command")))
+
+    runs_by = "; ".join(f"`{c}` ({s / 60:.0f} min: {rows_of(c)})" for c, s in report.get("seconds_by_command", {}).items())
     lines = ["# SHiRA in place against ONNX Runtime's LoRA, on float32, int8 and int4 bases", "",
-             f"`{report['command']}` on {m['cpu']} ({m['cores']} cores), {report['threads']} thread(s); onnxruntime "
-             f"{m['onnxruntime']}. {report['seconds']:.0f} s in all. Per base one process: SHiRA in place (a 1% "
+             f"{runs_by} on {m['cpu']} ({m['cores']} cores), {report['threads']} thread(s); onnxruntime "
+             f"{m['onnxruntime']}. Per base one process: SHiRA in place (a 1% "
              "adapter active), and beside it, one at a time, ORT sessions of the same base with LoRA branches on "
              "every patchable layer, switched with `.onnx_adapter` files. LoRA / SHiRA: medians of 4 alternating "
              "rounds in that process (above 1: LoRA is slower per run).", "",
@@ -307,7 +325,7 @@ def markdown(report: dict) -> str:
             if "error" in res:
                 lines.append(f"| {name} | {label} | failed: {res['error']} |||||||||")
                 continue
-            for r in res["lora"]:
+            for r in res.get("lora", []):
                 d, p = r["ms"]["decode"], r["ms"]["prefill128"]
                 lines.append(f"| {name} | {label} | {r['rank']} | {r['adapters']} | {d['shira']:.1f} | {d['lora']:.1f}"
                              f" | {r['ratio']['decode']:.2f}x | {p['shira']:.0f} | {p['lora']:.0f} | "
@@ -327,8 +345,8 @@ def markdown(report: dict) -> str:
                   "adapters active), then generates greedily through shira_runtime.generate; "
                   "the round of median total of 3, the modes alternating in one process per base.", ""]
     lines += ["", "Switch (click to the new weights): SHiRA in place "
-              + ", ".join(f"{label} {res['shira_switch_ms']:.0f} ms" for rows in report["models"].values()
-                          for label, res in rows.items() if "error" not in res)
+              + ", ".join(f"{name} {label} {res['shira_switch_ms']:.0f} ms" for name, rows in report["models"].items()
+                          for label, res in rows.items() if "shira_switch_ms" in res)
               + "; ORT's LoRA builds a new RunOptions (under 0.1 ms) and pays at every run instead. "
               "Decode here is one token without a KV cache (the layers' work per generated token); SHiRA's RSS "
               "is one engine on the base's own packed weights (reports/real_size).", ""]
@@ -349,9 +367,12 @@ def plot(report: dict, path: Path) -> None:
                 if "error" in res:
                     continue
                 for nb in BRANCHES:
-                    pts = [r for r in res["lora"] if r["adapters"] == nb]
+                    pts = [r for r in res.get("lora", []) if r["adapters"] == nb]
+                    if not pts:
+                        continue
                     ax.plot([r["rank"] for r in pts], [r["ratio"][k] for r in pts], marker="o",
-                            linestyle="-" if nb == 1 else "--", label=f"{label}, {nb} adapter{'s' if nb > 1 else ''}")
+                            linestyle="-" if nb == 1 else "--",
+                            label=f"{name} {label}, {nb} adapter{'s' if nb > 1 else ''}")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("LoRA rank")
@@ -365,9 +386,10 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=print, models: dict | None = None
-                 ) -> dict:
-    """ort_lora.{json,md,png} in out_dir."""
+def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=print, models: dict | None = None,
+                 labels=None, runs: bool = True) -> dict:
+    """ort_lora.{json,md,png} in out_dir. The rows measured here replace those of the same model and base in an
+    ort_lora.json already there (the others are kept); every row names the command that measured it."""
     import tempfile
 
     from shira_format.atomic import write_text
@@ -377,14 +399,37 @@ def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=pr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    command = f"shira-bench --ort-lora --out {out_dir} --threads {threads}"
+    if models:
+        command += f" --models {','.join(models)}"
+    if labels:
+        command += f" --bases {','.join(labels)}"
+    if not runs:
+        command += " --tokens-only"
     with tempfile.TemporaryDirectory() as tmp:
-        report = {"models": bench_ort_lora(Path(work or tmp), threads, repeats, log, models)}
-    report.update({"command": f"shira-bench --ort-lora --out {out_dir} --threads {threads}", "machine": machine(),
-                   "threads": threads, "repeats": repeats, "seconds": time.time() - t0})
+        measured = bench_ort_lora(Path(work or tmp), threads, repeats, log, models, labels, runs)
+    old = out_dir / "ort_lora.json"
+    report = json.loads(old.read_text()) if old.exists() else {"models": {}}
+    if "command" in report:  # written before rows named their command: one command measured them all
+        for rows in report["models"].values():
+            for row in rows.values():
+                row.setdefault("command", report["command"])
+        report["seconds_by_command"] = {report["command"]: report.get("seconds", 0)}
+    for name, rows in measured.items():
+        for label, row in rows.items():
+            if not runs and "lora" in report["models"].get(name, {}).get(label, {}):  # keep the runs measured before
+                row = {**report["models"][name][label], **row}
+                row["tokens_command"] = command
+            else:
+                row["command"] = command
+            report["models"].setdefault(name, {})[label] = row
+    report.update({"machine": machine(), "threads": threads, "repeats": repeats})
+    report.setdefault("seconds_by_command", {})[command] = time.time() - t0
+    report.pop("command", None), report.pop("seconds", None)
     write_text(out_dir / "ort_lora.json", json.dumps(report, indent=1))
     write_text(out_dir / "ort_lora.md", markdown(report))
     plot(report, out_dir / "ort_lora.png")
-    log(f"ORT LoRA -> {out_dir} ({report['seconds']:.0f}s)")
+    log(f"ORT LoRA -> {out_dir} ({time.time() - t0:.0f}s)")
     return report
 
 

@@ -255,8 +255,8 @@ def style_quality(work: Path, log=print, threads: int = 2, bases=STYLE_BASES, re
     return out
 
 
-def _build_real(name: str, spec, work: Path, log) -> dict[str, Path]:
-    """The HF model saved once, exported float32, int8 and int4, and two random 1% adapters (a, b)."""
+def _build_real(name: str, spec, work: Path, log, labels=REAL_BASES) -> dict[str, Path]:
+    """The HF model saved once, exported to `labels` (float32, int8, int4), and two random 1% adapters (a, b)."""
     import torch
     from shira_format import manifest as manifest_mod
 
@@ -270,12 +270,13 @@ def _build_real(name: str, spec, work: Path, log) -> dict[str, Path]:
         torch.manual_seed(0)
         LlamaForCausalLM(LlamaConfig(max_position_embeddings=2048, **spec[1])).eval().save_pretrained(str(src))
     bases = {}
-    for label in REAL_BASES:
+    for label in labels:
         t0 = time.perf_counter()
         bases[label] = _export(resolve(str(src)), root / f"base-{label}", label)
         log(f"  {name} {label}: exported in {time.perf_counter() - t0:.0f}s")
     # one adapter for every base (one fingerprint, the model's), where real_size's children look for it
-    write_random_adapters(manifest_mod.load(bases["fp32"]), {tag: root / f"{tag}.shira" for tag in ("a", "b")})
+    write_random_adapters(manifest_mod.load(next(iter(bases.values()))),
+                          {tag: root / f"{tag}.shira" for tag in ("a", "b")})
     return bases
 
 
