@@ -3,7 +3,8 @@ import json
 
 import numpy as np
 import pytest
-from shira_toolchain.bench.run import bench_model, markdown, plot
+from shira_toolchain.bench.run import bench_model
+from shira_toolchain.bench.run_report import markdown, plot
 from shira_toolchain.bench.scaling import bench_size, copy_bandwidth
 
 
@@ -57,7 +58,8 @@ def test_bench_structure(tmp_path):
 def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     """`shira-bench --real-size` end to end on a small Llama config: every mode measured, none failed, the
     in-place child really in place, memory and side-by-side ratios present, the table and the plot written."""
-    from shira_toolchain.bench.real_size import MODES, bench_real_size, markdown, plot
+    from shira_toolchain.bench.real_size import MODES, bench_real_size
+    from shira_toolchain.bench.real_size_report import markdown, plot
 
     spec = {"llama-small": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                           num_attention_heads=4, num_key_value_heads=4, vocab_size=512))}
@@ -147,7 +149,7 @@ def test_ort_lora_bench_measures_every_rank_beside_shira(tmp_path):
     import onnxruntime as ort
 
     from shira_toolchain.bench import ort_lora
-    from shira_toolchain.bench.real_size import inputs_for
+    from shira_toolchain.bench.probes import inputs_for
 
     spec = {"llama-small": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                           num_attention_heads=4, num_key_value_heads=4, vocab_size=512))}

@@ -112,7 +112,8 @@ def test_executorch_generates_the_same_tokens_from_the_same_export(tmp_path):
 def test_bench_decode_rows_compare_the_cache_with_recomputing(cached_llama, tmp_path):
     import json
 
-    from shira_toolchain.bench.run import _decode_with_cache, generation_lines
+    from shira_toolchain.bench.run import _decode_with_cache
+    from shira_toolchain.bench.run_report import generation_lines
     from shira_toolchain.export import export_model
     from shira_toolchain.pack import pack_peft_shira
 

@@ -100,11 +100,11 @@ def measure_base(base: Path, cache: Path, threads: int, repeats: int, ranks=RANK
     import onnxruntime as ort
     from shira_runtime import ShiraSession
 
-    from .real_size import _median_ms, _status, inputs_for
+    from .probes import inputs_for, median_ms, rss_status
 
     loads = inputs_for(base)
     work = base.parent
-    res: dict = {"rss_start": _status("VmRSS")}
+    res: dict = {"rss_start": rss_status("VmRSS")}
     shira = ShiraSession(base, threads=threads, mode="in-place", cache_dir=cache)
     shira.load(work / "a.shira", name="a")
     shira.load(work / "b.shira", name="b")
@@ -115,13 +115,13 @@ def measure_base(base: Path, cache: Path, threads: int, repeats: int, ranks=RANK
     res["shira_mode"] = shira.mode
     for feed in loads.values():
         shira.run(feed)
-    res["shira_rss"] = _status("VmRSS")
+    res["shira_rss"] = rss_status("VmRSS")
     res["lora"] = []
     for rank in ranks:
         for nb in branches:
             model, adapter_files = add_lora_branches(base, rank, nb)
             gc.collect()
-            before = _status("VmRSS")
+            before = rss_status("VmRSS")
             opts = session_options(threads)
             sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
             run_opts = ort.RunOptions()
@@ -131,7 +131,7 @@ def measure_base(base: Path, cache: Path, threads: int, repeats: int, ranks=RANK
                 ad.Load(str(f))
                 run_opts.add_active_adapter(ad)
                 adapters.append(ad)
-            row = {"rank": rank, "adapters": nb, "rss_added": _status("VmRSS") - before, "ms": {}, "ratio": {}}
+            row = {"rank": rank, "adapters": nb, "rss_added": rss_status("VmRSS") - before, "ms": {}, "ratio": {}}
             t = time.perf_counter()
             switched = ort.RunOptions()  # ORT's switch: another set of active adapters, nothing copied
             for ad in adapters:
@@ -143,8 +143,8 @@ def measure_base(base: Path, cache: Path, threads: int, repeats: int, ranks=RANK
                 n = max(2, (repeats if k != "prefill128" else max(3, repeats // 3)) // 2)
                 mine, theirs = [], []
                 for _ in range(4):
-                    mine.append(_median_ms(lambda: shira.run(feed), n))
-                    theirs.append(_median_ms(lambda: sess.run(None, feed, run_opts), n))
+                    mine.append(median_ms(lambda: shira.run(feed), n))
+                    theirs.append(median_ms(lambda: sess.run(None, feed, run_opts), n))
                 row["ms"][k] = {"shira": float(np.median(mine)), "lora": float(np.median(theirs))}
                 row["ratio"][k] = float(np.median(theirs) / np.median(mine))
             res["lora"].append(row)
@@ -235,7 +235,7 @@ def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: di
     """Each model's exports to `labels` (float32, int8, int4: bench.quantized's builder), baked, then one child
     per base for the runs side by side (`runs`) and one for the time to the first tokens."""
     from .quantized import REAL, REAL_BASES, _build_real
-    from .real_size import bake_once
+    from .probes import bake_once
 
     out = {}
     for name, spec in (models or REAL).items():
@@ -269,7 +269,7 @@ def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: di
 
 def _time_to_tokens_row(name: str, label: str, base: Path, work: Path, threads: int, rows: dict, log) -> None:
     """rows[label]["tokens"]: the KV-cache export of `base`'s model, baked, timed in a child."""
-    from .real_size import bake_once
+    from .probes import bake_once
 
     kv = _kv_base(work / name, label)
     if Path("/usr/bin/time").exists():

@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 from shira_runtime.backends.onnxruntime import session_options
 
+from .probes import bake_once, constant_session, inputs_for, median_ms, reset_peak, rss_status
 from .subjects import MODELS, write_onnx_adapter, write_random_adapters
+from .real_size_report import markdown, plot
 
 QUICK_MODELS = ("llama-168M",)
 MODES = ("constant", "in-place", "two-phase", "patchable", "recreate", "peft-lora", "onnx-adapter")
@@ -107,63 +109,7 @@ def build_onnx_adapters(work: Path) -> None:
     onnx.save_model(proto, str(out / "model_overridable.onnx"))
 
 
-def inputs_for(base: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Named workloads: decode (seq 1) and prefill (seq 128) for an LM, one 224x224 image for a ViT."""
-    sample = np.load(base / "sample.npz")
-    names = [k.removeprefix("input:") for k in sample.files if k.startswith("input:")]
-    if "pixel_values" in names:
-        x = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
-        return {"image": {"pixel_values": x}}
-    out = {}
-    for label, seq in (("decode", 1), ("prefill128", 128)):
-        feed = {}
-        for n in names:
-            dt = sample[f"input:{n}"].dtype
-            if n == "input_ids":
-                feed[n] = (np.arange(seq, dtype=np.int64) % 1000 + 5).reshape(1, seq).astype(dt)
-            elif n == "attention_mask":
-                feed[n] = np.ones((1, seq), dtype=dt)
-            elif n == "position_ids":
-                feed[n] = np.arange(seq, dtype=dt).reshape(1, seq)
-            else:
-                raise ValueError(f"{base}: do not know how to feed input {n!r}")
-        out[label] = feed
-    return out
-
-
 # ---- one mode, in a child process -------------------------------------------------------------------------------
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    except OSError:
-        pass
-
-
-def _median_ms(fn, n: int) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
-
-
-def _constant_session(base: Path, threads: int, weights: bytes | None = None):
-    import onnxruntime as ort
-
-    opts = session_options(threads)
-    if weights is not None:
-        opts.add_external_initializers_from_files_in_memory(["weights.safetensors"], [weights], [len(weights)])
-    return ort.InferenceSession(str(base / "model_prepacked.onnx"), opts, providers=["CPUExecutionProvider"])
-
-
 def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> dict:
     """Measure one mode in this process (called in a fresh child).
 
@@ -174,14 +120,14 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
     work = base.parent
     loads = inputs_for(base)
     first = next(iter(loads))
-    res: dict = {"mode": mode, "rss_start": _status("VmRSS")}
+    res: dict = {"mode": mode, "rss_start": rss_status("VmRSS")}
     if mode == "peft-lora":
         return _peft_lora(work, loads, threads, repeats, res)
     if mode == "onnx-adapter":
         return _onnx_adapter(work, loads, threads, repeats, res)
     t0 = time.perf_counter()
     if mode in ("constant", "recreate"):
-        sess = _constant_session(base, threads)
+        sess = constant_session(base, threads)
         run = lambda feed: sess.run(None, feed)  # noqa: E731
     else:
         sess = ShiraSession(base, threads=threads, mode=mode, cache_dir=cache)
@@ -193,11 +139,11 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
     for feed in loads.values():
         for _ in range(2):
             run(feed)
-    res["base_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+    res["base_ms"] = {k: median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
                       for k, f in loads.items()}
-    res["rss_rest"] = _status("VmRSS")
+    res["rss_rest"] = rss_status("VmRSS")
 
-    _reset_peak()
+    reset_peak()
     if mode == "recreate":  # a switch = patched weights + a new constant session (the old one dropped first)
         from shira_format.adapter import read_adapter
         from shira_format import manifest as manifest_mod
@@ -215,7 +161,7 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
                     idx, delta = p.patch_terms(t.indices, t.values, info.shape)
                     st.array(p.name).reshape(-1)[idx] += delta
             sess = None
-            sess = _constant_session(base, threads, bytes(st.buffer))
+            sess = constant_session(base, threads, bytes(st.buffer))
             run = lambda feed: sess.run(None, feed)  # noqa: E731
     elif mode == "constant":
         switch = None
@@ -234,10 +180,10 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
         if mode == "two-phase":
             sess.wait_full_speed(600)
             res["to_full_speed_s"] = sess.rebuilder.history[-1]["to_full_speed_s"]
-        res["after_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+        res["after_ms"] = {k: median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
                            for k, f in loads.items()}
-    res["rss_peak_switch"] = _status("VmHWM")
-    res["rss_after"] = _status("VmRSS")
+    res["rss_peak_switch"] = rss_status("VmHWM")
+    res["rss_after"] = rss_status("VmRSS")
     if mode != "constant":
         _side_by_side(run, base, loads, threads, repeats, res)
     if mode in ("in-place", "two-phase", "patchable"):  # switches back and forth, at steady state
@@ -303,7 +249,7 @@ def many_adapters(base: Path, cache: Path, threads: int, repeats: int) -> dict:
             sess.switch(pair[i % len(pair)])
             warm.append((time.perf_counter() - t) * 1e3)
         row["warm_switch_ms"] = float(np.median(warm))
-        row["rss"] = _status("VmRSS")
+        row["rss"] = rss_status("VmRSS")
         res["counts"].append(row)
     sess.reset()
     sess.close()
@@ -336,9 +282,9 @@ def _peft_lora(work: Path, loads: dict, threads: int, repeats: int, res: dict) -
     feed = {k: torch.from_numpy(v) for k, v in loads[next(iter(loads))].items()}
     with torch.no_grad():
         model(**feed)
-        res["base_ms"] = {next(iter(loads)): _median_ms(lambda: model(**feed), repeats)}
-        res["rss_rest"] = _status("VmRSS")
-        _reset_peak()
+        res["base_ms"] = {next(iter(loads)): median_ms(lambda: model(**feed), repeats)}
+        res["rss_rest"] = rss_status("VmRSS")
+        reset_peak()
         times = []
         for _ in range(max(4, repeats)):
             t = time.perf_counter()
@@ -351,8 +297,8 @@ def _peft_lora(work: Path, loads: dict, threads: int, repeats: int, res: dict) -
     res["switch_median_ms"] = float(np.median(times))
     res["click_to_result_ms"] = res["switch_median_ms"] + res["first_run_ms"]
     res["trainable"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) // 2
-    res["rss_peak_switch"] = _status("VmHWM")
-    res["rss_after"] = _status("VmRSS")
+    res["rss_peak_switch"] = rss_status("VmHWM")
+    res["rss_after"] = rss_status("VmRSS")
     return res
 
 
@@ -384,10 +330,10 @@ def _onnx_adapter(work: Path, loads: dict, threads: int, repeats: int, res: dict
         for _ in range(2):
             run(feed)
     first = next(iter(loads))
-    res["base_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+    res["base_ms"] = {k: median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
                       for k, f in loads.items()}
-    res["rss_rest"] = _status("VmRSS")
-    _reset_peak()
+    res["rss_rest"] = rss_status("VmRSS")
+    reset_peak()
     t = time.perf_counter()
     switch("b")
     res["switch_ms"] = (time.perf_counter() - t) * 1e3
@@ -395,7 +341,7 @@ def _onnx_adapter(work: Path, loads: dict, threads: int, repeats: int, res: dict
     run(loads[first])
     res["first_run_ms"] = (time.perf_counter() - t) * 1e3
     res["click_to_result_ms"] = res["switch_ms"] + res["first_run_ms"]
-    res["after_ms"] = {k: _median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
+    res["after_ms"] = {k: median_ms(lambda f=f: run(f), repeats if k != "prefill128" else max(3, repeats // 3))
                        for k, f in loads.items()}
     times = []
     for i in range(max(4, repeats)):
@@ -403,8 +349,8 @@ def _onnx_adapter(work: Path, loads: dict, threads: int, repeats: int, res: dict
         switch("a" if i % 2 == 0 else "b")
         times.append((time.perf_counter() - t) * 1e3)
     res["switch_median_ms"] = float(np.median(times))
-    res["rss_peak_switch"] = _status("VmHWM")
-    res["rss_after"] = _status("VmRSS")
+    res["rss_peak_switch"] = rss_status("VmHWM")
+    res["rss_after"] = rss_status("VmRSS")
     _side_by_side(run, work / "base", loads, threads, repeats, res)
     return res
 
@@ -412,14 +358,14 @@ def _onnx_adapter(work: Path, loads: dict, threads: int, repeats: int, res: dict
 def _side_by_side(run, base: Path, loads: dict, threads: int, repeats: int, res: dict) -> None:
     """Runs of this mode against the constant-weight session, alternating in this one process (after the RSS
     readings): the speed ratio without the noise between processes."""
-    const = _constant_session(base, threads)
+    const = constant_session(base, threads)
     res["vs_constant"] = {}
     for k, feed in loads.items():
         n = max(2, (repeats if k != "prefill128" else max(3, repeats // 3)) // 2)
         mine, theirs = [], []
         for _ in range(4):
-            mine.append(_median_ms(lambda: run(feed), n))
-            theirs.append(_median_ms(lambda: const.run(None, feed), n))
+            mine.append(median_ms(lambda: run(feed), n))
+            theirs.append(median_ms(lambda: const.run(None, feed), n))
         res["vs_constant"][k] = float(np.median(mine) / np.median(theirs))
 
 
@@ -433,27 +379,6 @@ def _touched_lines(sess) -> int:
         if idx:
             lines += np.unique((offset + byte_of[key](np.concatenate(idx))) // 64).size
     return int(lines)
-
-
-def bake_once(base: Path, cache: Path, threads: int) -> dict:
-    """The first load on a device: the bake, in its own process, timed, with its peak RSS."""
-    import shutil
-
-    from shira_format import manifest as manifest_mod
-    from shira_runtime.inplace.cache import bake_key
-
-    shutil.rmtree(cache, ignore_errors=True)
-    out = cache / f"{base.name}-{bake_key(manifest_mod.load(base))}"  # where the session looks for it
-    out.mkdir(parents=True)
-    t = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "shira_runtime.inplace.bake", str(base), str(out),
-                        str(threads)], capture_output=True, text=True)
-    if p.returncode != 0:
-        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
-    peak_kb = int(p.stderr.strip().splitlines()[-1])
-    return {"bake_s": time.perf_counter() - t, "bake_peak_rss": peak_kb * 1024,
-            "route": "by value" if "by their values" in p.stderr else "coded passes",
-            "steps": [ln.strip() for ln in p.stderr.strip().splitlines()[:-1]]}
 
 
 def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
@@ -491,118 +416,6 @@ def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=pri
             log(f"  many adapters: {row['many_adapters']}")
         out["models"][name] = row
     return out
-
-
-def markdown(report: dict) -> str:
-    m = report["machine"]
-    lines = ["# Switching at real size", "",
-             f"`{report['command']}` on {m['cpu']} ({m['cores']} cores), {report['threads']} thread(s); "
-             f"onnxruntime {m['onnxruntime']}, torch {m['torch']}. Each mode runs in its own process (RSS is that "
-             f"mode's alone); times are medians of {report['repeats']} runs. {report['seconds']:.0f} s in all.", "",
-             "| model | mode | load s | RSS at rest MB | peak RSS over a switch MB | first switch ms | later switches ms "
-             "| first run after ms | click-to-result ms | runs after / constant, side by side | to full speed s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    for name, row in report["models"].items():
-        for mode, r in row["modes"].items():
-            if "error" in r:
-                lines.append(f"| {name} | {mode} | failed: {r['error']} |||||||||")
-                continue
-            ratios = [f"{v:.3f} ({k})" for k, v in r.get("vs_constant", {}).items()]
-            lines.append(f"| {name} | {mode} | {r['load_s']:.2f} | {r['rss_rest'] / 2**20:,.0f} | "
-                         f"{r['rss_peak_switch'] / 2**20:,.0f} | {fmt(r.get('switch_ms'), '.1f')} | "
-                         f"{fmt(r.get('switch_median_ms'), '.1f')} | {fmt(r.get('first_run_ms'), '.1f')} | "
-                         f"{fmt(r.get('click_to_result_ms'), '.1f')} | {', '.join(ratios) or '-'} | "
-                         f"{fmt(r.get('to_full_speed_s'), '.2f')} |")
-        bake = row.get("bake", {})
-        if "bake_s" in bake:
-            lines.append(f"| {name} | first-load bake (child process) | {bake['bake_s']:.1f} | | "
-                         f"{bake['bake_peak_rss'] / 2**20:,.0f} |||||||")
-        if "bandwidth_floor_ms" in row:
-            lines.append(f"| {name} | in-place switch at the copy bandwidth (floor) | | | | | "
-                         f"{row['bandwidth_floor_ms']:.1f} |||||")
-    lines += ["", "constant: a plain ONNX Runtime session of `model_prepacked.onnx` (the base; never switches). "
-              "first switch: the first after load (in place, it copies the pages it touches: copy-on-write); "
-              "later switches: the median of switching back and forth. click-to-result: a switch plus the first "
-              "run after it (decode for an LM). runs after / constant: this mode's runs after its switches against "
-              "a constant-weight session opened in the same process afterwards, alternating (4 rounds). peft-lora: "
-              "PyTorch eager, LoRA r=8 on every Linear but the head, unmerge + merge (its runs are torch's). The "
-              "bake's peak counts the weight files it maps (page cache) as well as its own memory.", ""]
-    first = [(n, row["bake"], row["modes"]["constant"]) for n, row in report["models"].items()
-             if "bake_s" in row.get("bake", {}) and "load_s" in row["modes"].get("constant", {})]
-    if first:
-        lines += ["## The first load: the bake against a plain session", "",
-                  "| model | how the weights were found | bake s | plain session s | bake / plain | bake peak RSS MB "
-                  "| plain session RSS MB | peak / plain |", "|---|---|---|---|---|---|---|---|"]
-        for n, b, c in first:
-            lines.append(f"| {n} | {b.get('route', '-')} | {b['bake_s']:.1f} | {c['load_s']:.2f} | "
-                         f"{b['bake_s'] / c['load_s']:.0f}x | {b['bake_peak_rss'] / 2**20:,.0f} | "
-                         f"{c['rss_rest'] / 2**20:,.0f} | {b['bake_peak_rss'] / c['rss_rest']:.1f}x |")
-        lines += ["", "plain session: the constant row (a plain ONNX Runtime session of `model_prepacked.onnx`, "
-                  "its creation). The bake runs once per base, CPU and ONNX Runtime version, in a child "
-                  "process (`python -m shira_runtime.inplace.bake`); its peak counts the pages of the files it maps.", ""]
-    split = [(n, row["modes"]["in-place"], row["bandwidth_floor_ms"]) for n, row in report["models"].items()
-             if "restore_median_ms" in row["modes"].get("in-place", {}) and "bandwidth_floor_ms" in row]
-    if split:
-        lines += ["## The in-place switch against its floor", "",
-                  "| model | switch a <-> b ms | restore a (reset) ms | write b (from the base) ms | floor ms | "
-                  "switch / floor |", "|---|---|---|---|---|---|"]
-        for n, r, floor in split:
-            lines.append(f"| {n} | {r['switch_median_ms']:.1f} | {r['restore_median_ms']:.1f} | "
-                         f"{r['write_median_ms']:.1f} | {floor:.1f} | {r['switch_median_ms'] / floor:.2f}x |")
-        lines += ["", "Floor: every 64-byte line a switch a -> b touches, read and written once at the copy "
-                  "bandwidth of a large numpy copy measured in this run. A switch to a decoded adapter is a "
-                  "restore and a write per buffer (its base values and new values planned at load).", ""]
-    for n, row in report["models"].items():
-        many = row.get("many_adapters")
-        if not many or "error" in many:
-            continue
-        lines += [f"## Many adapters loaded ({n}, in place)", "",
-                  "| adapters loaded | RSS MB | switch between two decoded ms | switch to one decoded again ms |",
-                  "|---|---|---|---|"]
-        for c in many["counts"]:
-            cold = f"{c['cold_switch_ms']:.0f}" if "cold_switch_ms" in c else "-"
-            lines.append(f"| {c['n']} | {c['rss'] / 2**20:,.0f} | {c['warm_switch_ms']:.1f} | {cold} |")
-        lines += ["", f"Each adapter touches 1% of every patchable weight; its blob is {many['blob_bytes'] / 2**20:.1f} "
-                  f"MB. RSS per loaded adapter (from {many['counts'][-2]['n']} to {many['counts'][-1]['n']}): "
-                  f"{many['rss_per_adapter'] / 2**20:.2f} MB, {many['rss_per_adapter'] / many['blob_bytes']:.2f}x "
-                  f"its blob: the session keeps the blob and only the {many['plan_cache']} most recently used "
-                  "adapters decoded (`plan_cache`); a switch to any other decodes its blob again "
-                  "(`prepare(name)` does that ahead).", ""]
-    return "\n".join(lines)
-
-
-def plot(report: dict, path: Path) -> None:
-    """Per model: memory (at rest, peak over a switch) and click-to-result time, per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from shira_format.atomic import atomic_path
-
-    names = list(report["models"])
-    fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 7), squeeze=False)
-    for j, name in enumerate(names):
-        modes = {k: r for k, r in report["models"][name]["modes"].items() if "error" not in r}
-        labels = list(modes)
-        y = np.arange(len(labels))
-        ax = axes[0][j]
-        ax.barh(y - 0.2, [modes[k]["rss_rest"] / 2**20 for k in labels], 0.4, label="at rest")
-        ax.barh(y + 0.2, [modes[k]["rss_peak_switch"] / 2**20 for k in labels], 0.4, label="peak over a switch")
-        ax.set_yticks(y, labels)
-        ax.set_xlabel("RSS, MB")
-        ax.set_title(name)
-        ax.legend(fontsize=7)
-        ax = axes[1][j]
-        click = [modes[k].get("click_to_result_ms", 0) for k in labels]
-        ax.barh(y, [max(c, 1e-3) for c in click], color=["tab:green" if k == "in-place" else "tab:gray" for k in labels])
-        ax.set_xscale("log")
-        ax.set_yticks(y, labels)
-        ax.set_xlabel("click-to-result ms (switch + first run), log")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 def run_real_size(out_dir, quick: bool = False, threads: int = 2, repeats: int = 10, work=None, log=print) -> dict:
