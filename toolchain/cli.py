@@ -359,7 +359,7 @@ def train_main():
                    "tiny-llama and the style net only.")
 @click.option("--ort-lora", is_flag=True,
               help="Instead: SHiRA in place against ONNX Runtime's LoRA left unfused (.onnx_adapter) on the same "
-                   "float32, int8 and int4 bases of a 168M Llama: LoRA r = 8, 16, 64 with one and three adapters "
+                   "float32, int8 and int4 bases of a 168M Llama (--models: others): LoRA r = 8, 16, 64 with one and three adapters "
                    "active, runs side by side in one process per base, RSS. Writes ort_lora.{json,md,png}. 46 min on "
                    "the 2-core x86-64 dev machine (`shira-bench --ort-lora --out reports/ort_lora`).")
 @click.option("--models", default=None, metavar="NAME[,NAME]",
