@@ -702,3 +702,32 @@ def test_one_state_one_answer_where_in_place_is_not_possible(qbase, tmp_path):
         s.switch(s.load(ADAPTERS["upper"]))
         s.reset()
         assert all(np.array_equal(s.run(x)[k], v) for k, v in first.items())
+
+
+def test_a_proof_failing_after_coded_passes_is_refused_once_not_baked_again(tmp_path, monkeypatch):
+    """A base with float and integer placements whose floats the coded passes found: when the engine proof
+    fails, the bake says why at once. Only a map that found floats by value is made again (with coded passes):
+    baking again a map the coded passes made would end the same way, after every digit pass once more."""
+    from shira_format import manifest as manifest_mod
+    from shira_runtime.inplace import bake
+    from shira_toolchain.export import export_model
+    from shira_toolchain.model_source import resolve
+
+    base = tmp_path / "style-q4"
+    export_model(resolve("style-net"), base, r"^(enc\.0|mix\.0)\.weight$", formats=("onnx",), log=lambda *a: None,
+                 quantize="int4")
+    raw = json.loads((base / "manifest.json").read_text())
+    quant = {t: "quant" in p["placements"]["onnxruntime"][0] for t, p in raw["tensors"].items()}
+    assert quant == {"enc.0.weight": False, "mix.0.weight": True}  # K = 27 stays float32
+    calls = []
+
+    def proof(*a, **k):
+        calls.append(1)
+        raise bake.BakeError("made up")
+
+    monkeypatch.setattr(bake, "_prove_patches_reach_the_engine", proof)
+    monkeypatch.setattr(bake, "_find_by_value", lambda *a: None)  # the floats go to the coded passes
+    (tmp_path / "out").mkdir()
+    with pytest.raises(bake.BakeError, match="made up"):
+        bake.learn_layout(manifest_mod.load(base), tmp_path / "out")
+    assert len(calls) == 1

@@ -40,7 +40,7 @@ class Placement:
     layout: str  # one of layouts.LAYOUTS
     offset: int | None = None  # byte offset inside the artifact file (ExecuTorch .pte), if addressed that way
     reload: bool = False  # True: the engine packs this weight at load, a change needs a method reload
-    crc32: int | None = None  # integrity.placement_crc32 at export: record + stored bytes
+    crc32: int | None = None  # checksum.placement_crc32 at export: record + stored bytes
     # A folded weight (BatchNorm folded at export): stored = torch weight * channel_scale[c] per output channel
     # c (torch dim 0); a delta is scaled the same way when patched. None: stored as it is.
     channel_scale: tuple[float, ...] | None = None

@@ -425,6 +425,8 @@ def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=pr
             report["models"].setdefault(name, {})[label] = row
     report.update({"machine": machine(), "threads": threads, "repeats": repeats})
     report.setdefault("seconds_by_command", {})[command] = time.time() - t0
+    named = {row.get(k) for rows in report["models"].values() for row in rows.values() for k in ("command", "tokens_command")}
+    report["seconds_by_command"] = {c: t for c, t in report["seconds_by_command"].items() if c in named}
     report.pop("command", None), report.pop("seconds", None)
     write_text(out_dir / "ort_lora.json", json.dumps(report, indent=1))
     write_text(out_dir / "ort_lora.md", markdown(report))

@@ -245,6 +245,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     real = np.memmap(real_dir / BAKED_DATA, dtype=np.uint8, mode="r")
     found = _find_by_value(regions, floats, stored, real) if by_value and floats else None
     release_pages(real)
+    floats_by_value = found is not None  # (quantized placements join `found` later, as formulas too)
     if found is not None:
         log(f"found the {len(floats)} float weights by their values in {time.perf_counter() - t0:.1f}s")
     with tempfile.TemporaryDirectory(prefix="shira-bake-", dir=out_dir) as tmp:
@@ -266,7 +267,7 @@ def learn_layout(manifest, out_dir: Path, threads=None, log=lambda msg: None, by
     try:
         _prove_patches_reach_the_engine(manifest, out_dir, source, files.weights, stored, threads)
     except BakeError as e:
-        if not (by_value and floats and any(not isinstance(c[1], np.ndarray) for v in found.values() for c in v)):
+        if not floats_by_value:  # the coded passes decided already: baking again would end the same way
             raise
         log(f"{e}; mapping the weights again with coded passes")
         del real

@@ -114,16 +114,22 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
     t0 = time.perf_counter()
     r = masks(placements)
     log(f"drew the quantized passes' values in {time.perf_counter() - t0:.1f}s")
-    data = {"real": real, **_bake_passes(max(digits.values()), source, weights_name, placements, r, regions, tmp,
-                                         bake_once, source_copy, threads, log)}
+    where, at = {}, 0  # a quantized region (offset, length) in the baked file -> its offset in a pass's file
+    for span in sorted({(g.offset, g.length) for gs in ours.values() for g in gs}):
+        where[span] = at
+        at += span[1]
+    passes = _bake_passes(max(digits.values()), source, weights_name, placements, r, regions, where, tmp,
+                          bake_once, source_copy, threads, log)
     found: dict[str, list] = {}
     t0 = time.perf_counter()
     for p in placements:
         n = int(np.prod(p.shape))
         want = entries(stored[p.name], p.quant)[np.arange(n, dtype=np.int64)]
         for region in ours[p.name]:
-            raw = {kind: np.array(d[region.offset:region.offset + region.length]) for kind, d in data.items()}
-            release_pages(*(d for kind, d in data.items() if kind != "real"))
+            at = where[(region.offset, region.length)]
+            raw = {"real": np.array(real[region.offset:region.offset + region.length]),
+                   **{kind: np.array(d[at:at + region.length]) for kind, d in passes.items()}}
+            release_pages(*passes.values())
             positions, offset, derived = _decode_region(region, p, raw, want, r[p.name], digits[p.quant.bits])
             sums = None
             if derived.size:
@@ -140,9 +146,11 @@ def learn_quantized(source: Path, weights_name: str, placements: list, stored: d
     return found
 
 
-def _bake_passes(n_digits: int, source: Path, weights_name: str, placements: list, r: dict, regions, tmp: Path,
-                 bake_once, source_copy, threads, log) -> dict[str, np.ndarray]:
-    """kind -> the baked data of that pass (mask, other, digit0...), mapped: read one placement at a time."""
+def _bake_passes(n_digits: int, source: Path, weights_name: str, placements: list, r: dict, regions, where: dict,
+                 tmp: Path, bake_once, source_copy, threads, log) -> dict[str, np.ndarray]:
+    """kind -> the quantized regions' bytes in that pass (mask, other, digit0...), one after another as `where`
+    places them, in a file of the pass's own, mapped: the pass's whole baked file is deleted once they are copied
+    out, so the disk holds one baked file plus the passes' integers, not a baked file per pass."""
     data = {}
     for kind in ["mask", "other"] + [f"digit{m}" for m in range(n_digits)]:
         t0 = time.perf_counter()
@@ -154,7 +162,13 @@ def _bake_passes(n_digits: int, source: Path, weights_name: str, placements: lis
         if read_regions((d / BAKED_MODEL).read_bytes())[0] != regions:
             raise BakeError(f"{source}: ONNX Runtime lays the quantized weights out differently when their values "
                             "change; this base cannot be patched in place")
-        data[kind] = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
+        full = np.memmap(d / BAKED_DATA, dtype=np.uint8, mode="r")
+        with open(tmp / f"q-{kind}.bin", "wb") as f:
+            for off, length in sorted(where):
+                f.write(memoryview(full[off:off + length]))
+        del full
+        shutil.rmtree(d)
+        data[kind] = np.memmap(tmp / f"q-{kind}.bin", dtype=np.uint8, mode="r")
         log(f"baked the quantized {kind} pass in {time.perf_counter() - t0:.1f}s")
     return data
 
