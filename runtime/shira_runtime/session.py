@@ -188,7 +188,7 @@ class ShiraSession:
                        " with weights it packs, and this export has none (exported by an older shira-export?)")
                 if wanted == "two-phase":
                     raise ShiraError(f"{self.manifest.root}: cannot switch in two phases: {why}")
-                self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
+                self._fall_back(why)
 
     def _start_two_phase(self, calibrate: bool) -> None:
         x = self.manifest.sample_inputs() if calibrate else None  # a missing sample fails before any thread starts
@@ -219,12 +219,12 @@ class ShiraSession:
             if t["engines_differ"] > SAME_ANSWER:  # one engine, so that a state always gets the same answer
                 why = (f"two-phase switching is off: the packed engine's output is {t['engines_differ']:.2g} of its "
                        "scale away from the patchable engine's (other kernels)")
-                self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
+                self._fall_back(why)
                 self._stop_two_phase()
             elif t["ratio"] <= AUTO_THRESHOLD:  # nothing to win: free the prepacked engine and its memory
                 why = (f"two-phase switching is off: the patchable engine runs within {AUTO_THRESHOLD - 1:.0%} of the "
                        f"packed one on the sample input ({t['ratio']:.2f}x), so its second engine buys nothing")
-                self.mode_reason = f"{self.mode_reason}; {why}" if self.mode_reason else why
+                self._fall_back(why)
                 self._stop_two_phase()
 
     # ---- lifetime -------------------------------------------------------------------------------------------
@@ -267,6 +267,10 @@ class ShiraSession:
     @mode_reason.setter
     def mode_reason(self, value: str | None) -> None:
         self._mode_reason = value
+
+    def _fall_back(self, why: str) -> None:
+        """Add one reason this session runs slower than the mode it would have preferred."""
+        self._mode_reason = f"{self._mode_reason}; {why}" if self._mode_reason else why
 
     @property
     def closed(self) -> bool:
