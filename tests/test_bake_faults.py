@@ -40,7 +40,7 @@ def _mounted(where: Path, options: str):
 def _in_place(base: Path, cache: Path):
     from shira_runtime import ShiraSession
 
-    with ShiraSession(base, cache_dir=cache) as s:
+    with ShiraSession(base, cache_dir=cache, bake="always") as s:
         x = s.manifest.sample_inputs()
         return s.mode, s.mode_reason, s.run(x)
 

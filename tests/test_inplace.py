@@ -57,7 +57,7 @@ def test_sessions_share_one_bake_and_never_see_each_others_patches(llama, tmp_pa
     """Patches go into ONNX Runtime's private (copy-on-write) mapping of the baked file: each session has its
     own, and the file itself never changes."""
     ids = llama.inputs
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s1:
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always") as s1:
         data = s1.engine.bake_dir / BAKED_DATA
         before = data.read_bytes()
         base = s1.run(ids)["logits"]
@@ -65,7 +65,7 @@ def test_sessions_share_one_bake_and_never_see_each_others_patches(llama, tmp_pa
         s1.switch("zen")
         zen = s1.run(ids)["logits"]
         assert np.abs(zen - base).max() > 1e-3
-        with ShiraSession(llama.base_dir, cache_dir=tmp_path, verify="full") as s2:  # the same bake, not a new one
+        with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always", verify="full") as s2:  # the same bake, not a new one
             assert s2.engine.bake_dir == s1.engine.bake_dir
             np.testing.assert_array_equal(s2.run(ids)["logits"], base)  # s1's patch is not s2's
             s2.load(llama.blobs["json-doc"], name="json")
@@ -78,7 +78,7 @@ def test_sessions_share_one_bake_and_never_see_each_others_patches(llama, tmp_pa
 CHILD = """
 import os, sys
 from shira_runtime import ShiraSession
-s = ShiraSession(sys.argv[1], cache_dir=sys.argv[2])
+s = ShiraSession(sys.argv[1], cache_dir=sys.argv[2], bake="always")
 s.load(sys.argv[3], name="zen")
 s.switch("zen")
 print(s.mode, flush=True)
@@ -108,11 +108,11 @@ def test_an_adapters_pages_are_copied_when_it_loads_not_in_its_first_switch(llam
 
     if not populate:
         monkeypatch.setattr(onnxruntime_inplace, "_populate_write", lambda address, nbytes: False)
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as ref:
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always") as ref:
         ref.load(llama.blobs["zen"], name="zen")
         ref.switch("zen")
         want = ref.run(llama.inputs)["logits"]
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always") as s:
         data = (s.engine.bake_dir / BAKED_DATA).resolve()
         assert _copied_kb(data) == 0
         s.load(llama.blobs["zen"], name="zen")
@@ -124,21 +124,21 @@ def test_an_adapters_pages_are_copied_when_it_loads_not_in_its_first_switch(llam
 
 
 def test_a_session_killed_while_patched_leaves_the_bake_as_it_was(llama, tmp_path):
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always") as s:
         base = s.run(llama.inputs)["logits"]
     stamp = {p: p.read_bytes() for p in _bakes(tmp_path)[0].rglob("*") if p.is_file()}
     r = subprocess.run([sys.executable, "-c", CHILD, str(llama.base_dir), str(tmp_path), str(llama.blobs["zen"])],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "in-place", r.stderr[-2000:]
     assert {p: p.read_bytes() for p in _bakes(tmp_path)[0].rglob("*") if p.is_file()} == stamp
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always") as s:
         np.testing.assert_array_equal(s.run(llama.inputs)["logits"], base)
 
 
 def test_a_damaged_baked_file_is_baked_again(llama, tmp_path):
     """The export checked out when it was baked, so a copy that no longer matches its checksum is a damaged
     cache: discarded and baked again, and the session opens on a good one."""
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always") as s:
         base = s.run(llama.inputs)["logits"]
         copy = next(iter(s.engine.copies.values()))[0]
         at = copy.offset + 4 * int(copy.positions(np.array([5]))[0])
@@ -146,14 +146,14 @@ def test_a_damaged_baked_file_is_baked_again(llama, tmp_path):
     raw = bytearray(data.read_bytes())
     raw[at + 2] ^= 0x40
     data.write_bytes(bytes(raw))
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always") as s:
         np.testing.assert_array_equal(s.run(llama.inputs)["logits"], base)
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path, verify="off") as s:  # the damaged bytes are gone
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always", verify="off") as s:  # the damaged bytes are gone
         np.testing.assert_array_equal(s.run(llama.inputs)["logits"], base)
 
 
 def test_mlas_panel_map_is_a_formula_checked_on_every_entry(llama, tmp_path):
-    with ShiraSession(llama.base_dir, cache_dir=tmp_path):
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path, bake="always"):
         pass
     spec = json.loads((_bakes(tmp_path)[0] / MAP_FILE).read_text())
     forms = [c["positions"] for e in spec["placements"].values() for c in e["copies"]]

@@ -66,7 +66,7 @@ def bakes(java_build, onnx_base, tmp_path_factory):  # noqa: F811
     from shira_runtime import ShiraSession
 
     tmp = tmp_path_factory.mktemp("bakes")
-    with ShiraSession(onnx_base, threads=THREADS, cache_dir=tmp / "py-cache") as py:
+    with ShiraSession(onnx_base, threads=THREADS, cache_dir=tmp / "py-cache", bake="always") as py:
         assert py.mode == "in-place", py.mode_reason
         py_bake = py.engine.bake_dir
     status, lines = _java_bake(java_build, onnx_base, tmp / "java" / "bake")
@@ -146,7 +146,7 @@ def test_a_switch_on_the_java_bake_gives_the_python_bakes_output(bakes, onnx_bas
     states = [None, {"sepia": 1.0}, ({"sepia": 0.7, "pencil": 0.5}, "ties"), {"pencil": 1.0}, {}]
     out = {}
     for cache in (tmp_path / "cache", py_bake.parent):
-        with ShiraSession(onnx_base, threads=THREADS, cache_dir=cache) as s:
+        with ShiraSession(onnx_base, threads=THREADS, cache_dir=cache, bake="always") as s:
             assert s.mode == "in-place", s.mode_reason
             for name, blob in STYLES.items():
                 s.load(blob, name)

@@ -38,7 +38,7 @@ def test_java_core_switches_onnxruntime_baked_weights_in_place(java_build, style
     states = [("base", None), ("switch:" + a, {a: 1.0}), (f"fuse:{a}=0.7,{b}=0.3:sum", ({a: 0.7, b: 0.3}, "sum")),
               (f"fuse:{a}=0.7,{b}=0.3:ties", ({a: 0.7, b: 0.3}, "ties")), ("switch:" + b, {b: 1.0}), ("reset", {})]
     threads = 2
-    with ShiraSession(stylenet.base_dir, threads=threads, cache_dir=tmp_path / "cache") as py:
+    with ShiraSession(stylenet.base_dir, threads=threads, cache_dir=tmp_path / "cache", bake="always") as py:
         assert py.mode == "in-place", py.mode_reason
         for name in (a, b):
             py.load(stylenet.blobs[name], name)

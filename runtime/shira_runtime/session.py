@@ -13,10 +13,11 @@ session that is never closed is closed when it is garbage-collected or at interp
 libraries are torn down: a background build of an ORT session still running at exit aborted the process).
 
 Modes (`mode=` asks for one; `session.mode` says which one a session got, `session.mode_reason` why not another):
-  "in-place"    ONNX Runtime only: one engine on its own packed weights, baked once per CPU into a cached file
-                that the session patches in place (inplace/bake.py, inplace/engine.py). Base speed at
+  "in-place"    ONNX Runtime only: one engine on its own packed weights, patched where they lie: found in the
+                live session's memory (inplace/live.py), or baked once per CPU into a cached file whose
+                mappings are patched (inplace/bake.py, inplace/engine.py; `bake=` chooses). Base speed at
                 once after every switch, the base's memory, no background work. Refused with the reason where
-                the base cannot be baked.
+                neither route can serve the base.
   "patchable"   only the patchable engine (weights as graph inputs / non-static XNNPACK weights): least
                 memory, slower runs.
   "two-phase"   two-phase switching (two_phase.py): the patchable engine at once, a fully prepacked engine
@@ -49,6 +50,7 @@ from .rwlock import RWLock
 
 BACKENDS = ("onnxruntime", "executorch")
 MODES = ("auto", "in-place", "two-phase", "patchable")
+BAKE_CHOICES = ("auto", "always", "never")
 AUTO_THRESHOLD = 1.02  # two-phase pays off when the patchable engine is slower than this ratio
 SAME_ANSWER = 1e-4  # two engines answer alike if their outputs differ by at most this share of the output's scale
 # (float32 kernels differ in summation order, ~1e-6; quantized kernels that quantize activations their own way
@@ -75,16 +77,25 @@ class _Decoded:
     plans: dict  # buffer -> BufferPlan of this adapter alone at scale 1, made ahead (WeightPatcher.switch_plan)
 
 
-def _make_inplace_engine(name: str, manifest, threads, verify, cache_dir):
-    """The in-place engine, or (None, why not)."""
+def _make_inplace_engine(name: str, manifest, threads, verify, cache_dir, bake: str):
+    """The in-place engine, or (None, why not). `bake`: see ShiraSession."""
     if name != "onnxruntime":
         return None, ("ExecuTorch has no in-place route: XNNPACK packs its weights into private memory at "
                       "method load (docs/INPLACE.md)")
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
         return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
-    from .inplace.layout import BakeError
+    from .inplace.cache import cached
     from .inplace.engine import InPlaceOrtEngine
+    from .inplace.layout import BakeError
+    from .inplace.live import LiveOrtEngine
 
+    if bake == "never" or (bake == "auto" and cached(manifest, cache_dir) is None):
+        try:
+            return LiveOrtEngine(manifest, threads, verify, cache_dir, log=log.info), None
+        except BakeError as e:
+            if bake == "never":
+                return None, f"ORT's packed weights cannot be found in its memory: {e}"
+            log.info("%s: ORT's packed weights cannot be found in its memory (%s); baking them", manifest.root, e)
     try:
         return InPlaceOrtEngine(manifest, threads, verify, cache_dir, log=log.info), None
     except BakeError as e:
@@ -128,7 +139,7 @@ class _Resources:
 
 class ShiraSession:
     def __init__(self, base_dir, backend: str = "onnxruntime", threads: int | None = None, verify: str = "fast",
-                 mode: str = "auto", cache_dir=None, plan_cache: int = PLAN_CACHE):
+                 mode: str = "auto", cache_dir=None, plan_cache: int = PLAN_CACHE, bake: str = "auto"):
         """Open an exported base directory.
 
         `verify`: "fast" (default) checks every patchable weight, and its place and layout in the manifest,
@@ -136,6 +147,10 @@ class ShiraSession:
         "off" skips both. A damaged base raises ManifestError naming the file. In-place mode checks the
         bytes the engine reads: every live copy in the baked file.
         `cache_dir`: where in-place mode keeps its baked files (default $SHIRA_CACHE_DIR, else ~/.cache/shira).
+        `bake`: how in-place mode finds ORT's packed weights. "auto" (default): a bake already cached for this
+        base, CPU and ORT opens fastest; without one, they are found in the live session's memory (no file,
+        inplace/live.py), and only a base where that cannot be done (quantized, a packing no form describes) is
+        baked. "always": bake (the file the Java runtime reads; later opens map it). "never": never bake.
         `plan_cache`: how many adapters stay decoded with their switch plans ready (about 20 bytes per entry
         each); every other loaded adapter costs its blob's bytes and is decoded again when switched to
         (`prepare(name)` does that ahead of time)."""
@@ -148,6 +163,8 @@ class ShiraSession:
             raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if bake not in BAKE_CHOICES:
+            raise ValueError(f"bake must be one of {', '.join(BAKE_CHOICES)}, got {bake!r}")
         self._closed = True  # until every engine is up: a failed __init__ leaves nothing to close
         self.rebuilder: PrepackedRebuilder | None = None  # two-phase switching's background builder
         self._lock = RWLock()  # inference = readers, commit = writer
@@ -159,7 +176,8 @@ class ShiraSession:
         try:
             inplace = None
             if mode in ("auto", "in-place"):
-                inplace, self.mode_reason = _make_inplace_engine(backend, self.manifest, threads, verify, cache_dir)
+                inplace, self.mode_reason = _make_inplace_engine(backend, self.manifest, threads, verify, cache_dir,
+                                                                  bake)
                 if inplace is None and mode == "in-place":
                     raise ShiraError(f"{self.manifest.root}: cannot patch in place: {self.mode_reason}")
             self._res.engine = self.engine = inplace or _make_engine(backend, self.manifest, threads, verify)

@@ -8,6 +8,8 @@ passes cannot make stale private copies of a graph input, which closes the stale
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import onnxruntime as ort
 from shira_format.errors import ManifestError, first_line
@@ -37,9 +39,15 @@ def session_options(threads: int | None, optimize: bool = True, config: dict | N
     return opts
 
 
+# ORT sessions are created one at a time in this process: the in-place engines tell their own packed copies or
+# mappings by what their session's creation added (a two-phase rebuild creating beside them would add its own)
+CREATING = threading.RLock()
+
+
 def create_session(path, opts: ort.SessionOptions) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        with CREATING:
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, NoSuchFile, Fail...)
         raise ManifestError(f"{path}: ONNX Runtime cannot load it: {first_line(e)}") from None
 

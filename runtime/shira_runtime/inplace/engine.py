@@ -24,7 +24,6 @@ import ctypes
 import dataclasses
 import json
 import os
-import threading
 
 import numpy as np
 from shira_format.errors import ManifestError, first_line
@@ -37,11 +36,9 @@ from .layout import (BAKED_DATA, BAKED_MODEL, MAP_FILE, BakeError, group_positio
 from .cache import acquire, discard
 from .derived_sums import FORMULAS, stored_block_sums
 from .derived_sums import sums as quant_sums
-from ..backends.onnxruntime import NAME, create_session, session_options
+from ..backends.onnxruntime import CREATING, NAME, create_session, session_options
 from ..engine import Engine
 
-
-_OPENING = threading.Lock()
 
 
 def engine_mappings(path) -> list[tuple[int, int, int]]:
@@ -170,6 +167,7 @@ class _Copy:
 class InPlaceOrtEngine(Engine):
     """The in-place engine (engine.py's contract): no prepacked twin, the engine IS the prepacked one."""
     name = NAME
+    route = "baked"  # its packed weights are a baked file's mappings (inplace/live.py: "live", found in memory)
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast", cache_dir=None,
                  log=lambda msg: None, bake_dir=None):
@@ -226,7 +224,7 @@ class InPlaceOrtEngine(Engine):
             _trim_heap()  # the check's temporaries are freed; give their pages back (glibc keeps them otherwise)
         # optimized at bake time, and with the bake's settings: with others ORT packs anew
         opts = session_options(threads, optimize=False, config=spec.get("session_config", {}))
-        with _OPENING:  # this session's mappings are the ones its creation added (others' may lie beside them)
+        with CREATING:  # this session's mappings are the ones its creation added (others' may lie beside them)
             before = set(engine_mappings(data_path))
             try:
                 self.session = create_session(slot / BAKED_MODEL, opts)
