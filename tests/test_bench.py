@@ -192,3 +192,23 @@ def test_ort_lora_bench_measures_every_rank_beside_shira(tmp_path):
     assert rows2["fp32"] == before["models"]["llama-small"]["fp32"] and rows2["int8"]["lora"] == rows["int8"]["lora"]
     assert rows2["int8"]["tokens_command"].endswith("--bases int8 --tokens-only") and "tokens_command" not in rows2["int4"]
     assert len(again["seconds_by_command"]) == 2 and "--tokens-only" in (tmp_path / "out" / "ort_lora.md").read_text()
+
+
+@pytest.mark.long  # a small Llama exported, then ten opens, each in its own process: ~1 min
+def test_first_open_bench_opens_live_and_baked_beside_a_plain_session(tmp_path, monkeypatch):
+    from shira_toolchain.bench import first_open
+
+    monkeypatch.setitem(first_open.SHAPES, "llama-small", ("llama", dict(
+        hidden_size=256, intermediate_size=704, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        vocab_size=1000)))
+    report = first_open.run_first_open(tmp_path / "out", threads=1, repeats=1, models=["llama-small"],
+                                       log=lambda *a: None)
+    rows = report["models"]["llama-small"]
+    assert set(rows) == {"plain", "live-first", "live-later", "baked-first", "baked-later"}
+    for key, row in rows.items():
+        assert "error" not in row, (key, row)
+        assert row["s"] > 0 and row["peak_rss"] > 50 << 20
+        assert row["route"] == (None if key == "plain" else key.split("-")[0])
+    md = (tmp_path / "out" / "first_open.md").read_text()
+    assert "shira-bench --first-open --models llama-small" in md and "| llama-small | plain ORT session" in md
+    assert (tmp_path / "out" / "first_open.png").stat().st_size > 10_000

@@ -362,9 +362,17 @@ def train_main():
                    "float32, int8 and int4 bases of a 168M Llama (--models: others): LoRA r = 8, 16, 64 with one and three adapters "
                    "active, runs side by side in one process per base, RSS. Writes ort_lora.{json,md,png}. 46 min on "
                    "the 2-core x86-64 dev machine (`shira-bench --ort-lora --out reports/ort_lora`).")
+@click.option("--first-open", is_flag=True,
+              help="Instead: the first open of a base in place (found in the live session's memory, and baked) against "
+                   "a plain ONNX Runtime session of the same model: time and peak RSS, each open in its own process, "
+                   "Llama 0.55B and 1.1B (random weights; --models: others). Writes first_open.{json,md,png}.")
+@click.option("--work", default=None, type=click.Path(file_okay=False),
+              help="With --first-open: where the models are exported, kept and reused (default: a temporary "
+                   "directory, removed afterwards).")
 @click.option("--models", default=None, metavar="NAME[,NAME]",
               help="With --ort-lora: the Llama shapes to measure (llama-168M, llama-0.55B; default llama-168M). Rows "
-                   "of other models and bases already in ort_lora.json in --out are kept.")
+                   "of other models and bases already in ort_lora.json in --out are kept. With --first-open: "
+                   "llama-168M, llama-0.55B, llama-1.1B (default the last two).")
 @click.option("--bases", default=None, metavar="fp32,int8,int4", help="With --ort-lora: the bases to measure.")
 @click.option("--tokens-only", is_flag=True,
               help="With --ort-lora: only the time to the first tokens after a switch (no per-run rows).")
@@ -372,12 +380,21 @@ def train_main():
               help="With --quantized: the sections to measure (lm: tiny-llama, style: the style net, real: 168M on "
                    "ONNX Runtime, executorch: 168M on ExecuTorch); the others are kept from quantized.json in --out, "
                    "which says which command measured each.")
-def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, models, bases, tokens_only, parts):
+def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, first_open, work, models, bases, tokens_only,
+              parts):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
     a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
     switch time against model size from ~10M to ~1.1B parameters."""
     quiet_third_party()
+    if first_open:
+        from .bench.first_open import SHAPES, run_first_open
+
+        names = models.split(",") if models else None
+        if names and set(names) - set(SHAPES):
+            raise click.UsageError(f"--models takes {', '.join(SHAPES)} with --first-open")
+        run_first_open(out_dir, threads, models=names, work=work, log=click.echo)
+        return
     if ort_lora:
         from .bench.ort_lora import run_ort_lora
 
