@@ -132,9 +132,8 @@ def test_locate_takes_one_packed_copy_and_never_a_plain_one(reader):
             live._locate(mem, "w", w.shape, w, both, None, False, earlier=set(both))
         # the only copy there is: the session's, even where a freed copy lay before (its buffer took that place)
         assert live._locate(mem, "w", w.shape, w, both[:1], None, False, earlier={both[0]})[0] == both[0]
-        n = w.size  # one entry off, outside the sample _locate draws
-        sampled = set(np.random.default_rng(n).integers(0, n, 4096).tolist()) | set(range(64)) | set(range(n - 64, n))
-        off = next(i for i in range(n // 2, n) if i not in sampled)
+        sampled = set(live.sample_entries(w.size).tolist())  # one entry off, outside the sample _locate draws
+        off = next(i for i in range(w.size // 2, w.size) if i not in sampled)
         packed[panel_positions(np.array([off]), form)] += 1.0
         with pytest.raises(BakeError, match="differs from the export"):
             live._locate(mem, "w", w.shape, w, [packed.ctypes.data], None, True)

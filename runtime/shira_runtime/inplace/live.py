@@ -48,9 +48,11 @@ from .cache import bake_key, cache_root
 from .engine import InPlaceOrtEngine, _Copy, _view
 from .layout import BakeError, form_positions, panel_forms, release_pages
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PAGE = os.sysconf("SC_PAGE_SIZE")
 RECORD_FORMAT = 1
 ALIGN = 64  # MLAS's packed buffers come from ORT's CPU allocator, aligned to 64 bytes: the search's stride
-CHUNK = 64 << 20  # bytes read at a time while searching
+CHUNK = 8 << 20  # bytes read at a time while searching
 MIN_ENTRIES = 64  # a smaller weight is not told by value (nor baked: ORT keeps it inside the model)
 SAME_ANSWER = 1e-4  # the proof's tolerance, of the output's scale (float32 kernels differ by ~1e-6)
 
@@ -220,6 +222,14 @@ def _sample(mem: _Memory, address: int, region: np.ndarray | None, probe: np.nda
     return out
 
 
+def sample_entries(n: int) -> np.ndarray:
+    """The entries (sorted) a copy of an n-entry weight is checked on: the first and last 64 and 64 runs of 64 at
+    random places (4,224 entries on ~66 pages of the export: a random 4,096 would read 4,096 pages)."""
+    starts = np.random.default_rng(n).integers(0, max(1, n - 64), 64)
+    runs = (starts[:, None] + np.arange(64)).reshape(-1)
+    return np.unique(np.concatenate([np.arange(min(n, 64)), np.arange(max(0, n - 64), n), runs[runs < n]]))
+
+
 def _locate(mem: _Memory, name: str, shape, w: np.ndarray, candidates: list[int], known, full: bool,
             earlier: set[int] = frozenset()):
     """(address, form, absmax) of this session's packed copy of weight `w` among `candidates`; BakeError otherwise.
@@ -228,8 +238,7 @@ def _locate(mem: _Memory, name: str, shape, w: np.ndarray, candidates: list[int]
     copy, or a freed one)."""
     u = w.reshape(-1).view(np.uint32)
     n = u.size
-    probe = np.unique(np.concatenate([np.arange(min(n, 64)), np.arange(max(0, n - 64), n),
-                                      np.random.default_rng(n).integers(0, n, 4096)]))
+    probe = sample_entries(n)
     quick = np.unique(np.concatenate([probe[:64], probe[-64:], probe[::64]]))  # picks the form among many
     if np.unique(u[probe]).size < 0.9 * probe.size:
         raise BakeError(f"weight {name}: too many equal values to tell its packed copy by value")
@@ -304,6 +313,28 @@ def reference_outputs(manifest: Manifest, patch: dict, threads, x: dict) -> dict
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, x)))
 
 
+def _verify_export(verify: str, manifest: Manifest, stored: dict, weights_path) -> None:
+    """`verify`'s checks of the export's weights, in batches whose pages leave this process after each."""
+    from ..integrity import verify_placements
+
+    batch: list[str] = []
+    for i, name in enumerate(stored):
+        batch.append(name)
+        if sum(stored[b].nbytes for b in batch) >= 256 << 20 or i == len(stored) - 1:
+            verify_placements(verify, manifest, NAME, {b: stored[b] for b in batch}, weights_path, 1, only=set(batch))
+            release_pages(*(stored[b] for b in batch))
+            batch = []
+
+
+def _release(a: np.ndarray) -> None:
+    """MADV_DONTNEED on the whole pages of a read-only file mapping that `a` covers: they stay in the page cache
+    but leave this process (layout.release_pages lets go of the whole mapping: too much, once per weight)."""
+    start = a.ctypes.data
+    lo, hi = -(-start // PAGE) * PAGE, (start + a.nbytes) // PAGE * PAGE
+    if hi > lo:
+        _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+
+
 def _workers(threads) -> int:
     return max(1, threads or os.cpu_count() or 1)
 
@@ -318,7 +349,6 @@ class LiveOrtEngine(InPlaceOrtEngine):
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast", cache_dir=None,
                  log=lambda msg: None):
-        from ..integrity import verify_placements
         from .bake import _mapped_weights
 
         from shira_format.weights import safetensors_views
@@ -352,14 +382,6 @@ class LiveOrtEngine(InPlaceOrtEngine):
                 raise BakeError(f"{manifest.root}: no model_prepacked.onnx (exported by an older shira-export?)")
             weights_path = manifest.file(files.weights)
             stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
-            batch: list[str] = []
-            for i, name in enumerate(stored):  # in batches: the export's pages read leave this process after each
-                batch.append(name)
-                if sum(stored[b].nbytes for b in batch) >= 256 << 20 or i == len(stored) - 1:
-                    verify_placements(verify, manifest, NAME, {b: stored[b] for b in batch}, weights_path, threads,
-                                      only=set(batch))
-                    release_pages(*(stored[b] for b in batch))
-                    batch = []
             self._record_file = record_path(manifest, cache_dir)
             record = self._read_record()
             patch = want = x = None
@@ -374,7 +396,11 @@ class LiveOrtEngine(InPlaceOrtEngine):
                 keys = {_key(w) for w in stored.values()}
                 with CREATING:  # no other session is created meanwhile: the copies that appear are this one's
                     before = search(self._mem, anonymous_regions(), keys, _workers(threads))
-                    self.session = create_session(manifest.file(files.prepacked), session_options(threads))
+                    # the export's checksums on a thread of their own while ORT creates the session (mostly on one)
+                    with ThreadPoolExecutor(1, thread_name_prefix="shira-verify") as pool:
+                        checked = pool.submit(_verify_export, verify, manifest, stored, weights_path)
+                        self.session = create_session(manifest.file(files.prepacked), session_options(threads))
+                        checked.result()  # a damaged export raises ManifestError here
                     hits = search(self._mem, anonymous_regions(), keys, _workers(threads))
                     found = self._find(stored, hits, before, record, threads, full=record is None or verify == "full")
                 log(f"{manifest.root}: found ORT's packed copies of {len(found)} weights in "
@@ -414,7 +440,7 @@ class LiveOrtEngine(InPlaceOrtEngine):
                                                 entry["form"] if entry else None, full=full,
                                                 earlier=set(before.get(first, ())))
             finally:
-                release_pages(w)  # the export's pages read for the comparison leave this process
+                _release(w)  # the export's pages read for the comparison leave this process
             return name, (address, form, absmax if absmax is not None else float(entry["absmax"]))
 
         with ThreadPoolExecutor(min(len(stored), _workers(threads)), thread_name_prefix="shira-find") as pool:
