@@ -103,6 +103,8 @@ def work(tmp_path_factory) -> Path:
     hf = save("resnet", w / "resnet-hf")  # a folded-BatchNorm conv net (docs/MODELS.md)
     case("resnet", resolve(str(hf)), lambda base: [_finetune_blob(base, hf, s, w / f"resnet-{n}.shira")
                                                    for s, n in ((1, "a"), (2, "b"))])
+    # the float Llama once more, opened without a bake: ORT's packed copies found in the live session's memory
+    cases.append({**cases[0], "name": "llama-f32-live", "bake": "auto"})
     (w / "plan.json").write_text(json.dumps({"cases": cases}))
     shutil.copy(HERE / "check_states.py", w / "check_states.py")
     return w
@@ -143,6 +145,16 @@ def test_every_base_is_patched_in_place(arm):
     cpu, report, _ = arm
     fell_back = {n: f"{c['mode']}: {c['mode_reason']}" for n, c in report["cases"].items() if c["mode"] != "in-place"}
     assert not fell_back, f"{cpu}: {fell_back}"
+
+
+def test_the_float_llama_is_found_in_the_live_sessions_memory(arm, host):
+    """Where MLAS packs float MatMul weights in panels (x86, cores without SVE), no bake is needed."""
+    cpu, report, _ = arm
+    assert host[0]["cases"]["llama-f32-live"]["route"] == "live", host[0]["cases"]["llama-f32-live"]
+    live = report["cases"]["llama-f32-live"]
+    assert live["mode"] == "in-place", live
+    if cpu != "max":  # qemu's max core packs with SVE kernels in a layout no form describes: it bakes
+        assert live["route"] == "live", live
 
 
 def test_outputs_match_the_host(arm, host):

@@ -68,6 +68,7 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     assert set(row["modes"]) == set(MODES)
     assert not {m: v["error"] for m, v in row["modes"].items() if "error" in v}
     assert row["modes"]["in-place"]["session_mode"] == "in-place"
+    assert row["modes"]["in-place"]["route"] == "live" and row["many_adapters"]["route"] == "live"
     assert row["modes"]["two-phase"]["to_full_speed_s"] > 0
     inplace = row["modes"]["in-place"]
     assert inplace["restore_median_ms"] > 0 and inplace["write_median_ms"] > 0
@@ -83,7 +84,7 @@ def test_real_size_bench_runs_every_mode_in_its_own_process(tmp_path):
     r.update({"command": "test", "machine": {"cpu": "x", "cores": 1, "torch": "t", "onnxruntime": "o"},
               "threads": 1, "repeats": 2, "seconds": 1.0})
     md = markdown(r)
-    assert "| llama-small | in-place |" in md and "| llama-small | onnx-adapter |" in md
+    assert "| llama-small | in-place (live) |" in md and "| llama-small | onnx-adapter |" in md
     assert "## Many adapters loaded (llama-small, in place)" in md and "| 100 |" in md and "switch / floor" in md
     bake = row["bake"]  # the first load: found by value in one ORT pass, against a plain session's creation
     assert bake["route"] == "by value" and bake["bake_s"] > 0 and bake["bake_peak_rss"] > 0
@@ -168,7 +169,9 @@ def test_ort_lora_bench_measures_every_rank_beside_shira(tmp_path):
                                                                      for n in ort_lora.BRANCHES}
         assert all(r["ratio"]["decode"] > 0 and r["ms"]["prefill128"]["lora"] > 0 for r in res["lora"])
         tokens = res["tokens"]  # time to the first tokens after a switch, every mode, KV-cache export
-        assert {"SHiRA in place", "SHiRA patchable", "ORT LoRA r=64, 3 active"} <= set(tokens)
+        assert {"SHiRA in place", "SHiRA two-phase", "SHiRA patchable", "re-created ORT session",
+                "ORT LoRA r=64, 3 active"} <= set(tokens)
+        assert ("PyTorch + PEFT LoRA r=8" in tokens) == (res is rows["fp32"])  # PEFT on the float model only
         assert all(t["total_s"] >= t["prompt_s"] + t["decode_s"] > 0 for t in tokens.values())
     base = tmp_path / "work" / "llama-small" / "base-int4"
     model, adapters = ort_lora.add_lora_branches(base, 8, 3)

@@ -4,7 +4,8 @@
 
 Runs with the device runtime alone (shira_runtime + numpy + onnxruntime; no torch, no toolchain): on the host,
 and inside the emulated arm64 root (tests/arm64/make_root.sh) under each QEMU_CPU, so that tests/test_arm64.py
-can compare the two. PLAN.json: {"cases": [{"name", "base", "blobs": [a, b], "inputs": npz}]}. Writes
+can compare the two. PLAN.json: {"cases": [{"name", "base", "blobs": [a, b], "inputs": npz, "bake"}]} ("bake": ShiraSession's, default
+"always": the forms the bake learned are reported). Writes
 OUT_DIR/<name>.npz (every state's outputs; in two-phase mode also each state on the packed engine,
 "<state>@full") and OUT_DIR/report.json (mode, reason, bake forms, bit-exact reset, times: emulated times are
 not phone times).
@@ -47,9 +48,9 @@ def drive(case: dict, out_dir: Path) -> dict:
     cache = out_dir / f"cache-{case['name']}"
     t0 = time.perf_counter()
     outs: dict[str, np.ndarray] = {}
-    with ShiraSession(case["base"], threads=2, cache_dir=cache) as s:
+    with ShiraSession(case["base"], threads=2, cache_dir=cache, bake=case.get("bake", "always")) as s:
         rep = {"mode": s.mode, "mode_reason": s.mode_reason, "open_s": round(time.perf_counter() - t0, 2),
-               "switch_ms": []}
+               "route": getattr(s.engine, "route", None), "switch_ms": []}
         a, b = (s.load(p) for p in case["blobs"])
         before = {n: s.weight(n) for n in s.manifest.tensors}
 

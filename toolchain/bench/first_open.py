@@ -82,6 +82,7 @@ def _measure(what: str, base: Path, cache: Path, threads: int) -> dict:
 
 def measure_model(base: Path, work: Path, threads: int, repeats: int, log=print) -> dict:
     samples: dict[str, list[dict]] = {"plain": [], "live-first": [], "live-later": []}
+    _measure("plain", base, work / "cache-live", threads)  # not counted: the export's pages into the page cache
     for r in range(repeats):
         cache = work / "cache-live"
         shutil.rmtree(cache, ignore_errors=True)
@@ -101,10 +102,14 @@ def measure_model(base: Path, work: Path, threads: int, repeats: int, log=print)
         good = [x for x in v if "error" not in x]
         rows[k] = ({"s": median(x["s"] for x in good), "peak_rss": median(x["peak_rss"] for x in good),
                     "route": good[0].get("route"), "samples": v} if good else {"error": v[0]["error"], "samples": v})
+    for k in ("live-first", "live-later"):  # each open against the plain session of its own round: less noise
+        pairs = [(x["s"], p["s"]) for x, p in zip(samples[k], samples["plain"]) if "s" in x and "s" in p]
+        if pairs:
+            rows[k]["per_round"] = median(a / b for a, b in pairs)
     return rows
 
 
-def run_first_open(out_dir, threads: int = 2, repeats: int = 3, models=None, work=None, log=print) -> dict:
+def run_first_open(out_dir, threads: int = 2, repeats: int = 5, models=None, work=None, log=print) -> dict:
     from .first_open_report import markdown, plot
 
     """`work`: where the models are exported (kept, and reused when there already); default a temporary

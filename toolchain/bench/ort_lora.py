@@ -143,8 +143,8 @@ def measure_base(base: Path, cache: Path, threads: int, repeats: int, ranks=RANK
                 n = max(2, (repeats if k != "prefill128" else max(3, repeats // 3)) // 2)
                 mine, theirs = [], []
                 for _ in range(4):
-                    mine.append(median_ms(lambda: shira.run(feed), n))
-                    theirs.append(median_ms(lambda: sess.run(None, feed, run_opts), n))
+                    mine.append(median_ms(lambda feed=feed: shira.run(feed), n))
+                    theirs.append(median_ms(lambda feed=feed, sess=sess, o=run_opts: sess.run(None, feed, o), n))
                 row["ms"][k] = {"shira": float(np.median(mine)), "lora": float(np.median(theirs))}
                 row["ratio"][k] = float(np.median(theirs) / np.median(mine))
             res["lora"].append(row)
@@ -176,6 +176,74 @@ def _toggle(session):
     return switch
 
 
+class _Recreated:
+    """What an app without in-place patching does at a switch: the patched weights (computed by a patchable
+    ShiraSession: float deltas added, or integers written, as the runtime writes them) copied into the base's
+    weights and a new constant-weight ORT session built from them (the old one dropped first)."""
+
+    def __init__(self, kv_base: Path, threads: int, cache: Path):
+        from shira_format.safetensors_file import read_file
+        from shira_runtime import ShiraSession
+
+        self.base, self.threads = kv_base, threads
+        self.patcher = ShiraSession(kv_base, threads=threads, mode="patchable", cache_dir=cache)
+        self.manifest = self.patcher.manifest
+        for tag in "ab":
+            self.patcher.load(kv_base.parent / f"{tag}.shira", name=tag)
+        self.st = read_file(kv_base / "weights.safetensors", writable=True)
+        self.turn, self.sess = 0, None
+
+    def switch(self) -> None:
+        from .probes import constant_session
+
+        self.turn += 1
+        self.patcher.switch("ab"[self.turn % 2])
+        for name, live in self.patcher.live_buffers().items():
+            np.frombuffer(self.st.raw(name), dtype=np.uint8)[:] = live.view(np.uint8).reshape(-1)
+        self.sess = None
+        self.sess = constant_session(self.base, self.threads, bytes(self.st.buffer))
+        self.names = [o.name for o in self.sess.get_outputs()]
+
+    def run(self, feed):
+        return dict(zip(self.names, self.sess.run(None, feed)))
+
+    def close(self) -> None:
+        self.patcher.close()
+        self.sess = None
+
+
+def _peft_tokens(hf: Path, prompt: list[int], threads: int, rounds: int) -> list[dict]:
+    """PyTorch eager with two PEFT LoRA adapters (r=8, every Linear but the head): switch = set_adapter, then the
+    same greedy prompt + decode steps with transformers' KV cache."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(hf)).eval(),
+                           LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False), adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+    ids = torch.tensor([prompt])
+    out = []
+    with torch.no_grad():
+        for i in range(rounds + 1):  # the first round warms up
+            t = time.perf_counter()
+            model.set_adapter("ab"[i % 2])
+            t_switch = time.perf_counter() - t
+            t1 = time.perf_counter()
+            res = model(input_ids=ids, use_cache=True)
+            past, tok = res.past_key_values, res.logits[:, -1:].argmax(-1)
+            t2 = time.perf_counter()
+            for _ in range(NEW_TOKENS - 1):
+                res = model(input_ids=tok, past_key_values=past, use_cache=True)
+                past, tok = res.past_key_values, res.logits[:, -1:].argmax(-1)
+            t3 = time.perf_counter()
+            if i:
+                out.append({"switch_s": t_switch, "prompt_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t})
+    return out
+
+
 def time_to_tokens(kv_base: Path, cache: Path, threads: int, rounds: int = 3, ranks=RANKS, branches=BRANCHES
                    ) -> dict:
     """One KV-cache base, in this process (a child): switch + 128-token prompt + 64 decode steps, per mode."""
@@ -186,13 +254,16 @@ def time_to_tokens(kv_base: Path, cache: Path, threads: int, rounds: int = 3, ra
     work = kv_base.parent
     prompt = [int(i % 1000 + 5) for i in range(PROMPT)]
     modes = {}
-    for label, mode in (("SHiRA in place", "in-place"), ("SHiRA patchable", "patchable")):
+    for label, mode in (("SHiRA in place", "in-place"), ("SHiRA two-phase", "two-phase"),
+                        ("SHiRA patchable", "patchable")):
         s = ShiraSession(kv_base, threads=threads, mode=mode, cache_dir=cache)
         s.load(work / "a.shira", name="a")
         s.load(work / "b.shira", name="b")
         modes[label] = (s, _toggle(s))
     opts = session_options(threads)
     manifest = modes["SHiRA in place"][0].manifest
+    recreated = _Recreated(kv_base, threads, cache)
+    modes["re-created ORT session"] = (recreated, recreated.switch)
     for rank in ranks:
         for nb in branches:
             model, files = add_lora_branches(kv_base, rank, nb)
@@ -226,6 +297,11 @@ def time_to_tokens(kv_base: Path, cache: Path, threads: int, rounds: int = 3, ra
     for label, (sess, _) in modes.items():
         if hasattr(sess, "close"):
             sess.close()
+    del modes, recreated
+    hf = kv_base.parent.parent / "hf"  # <model>/kv/base-<label> beside <model>/hf
+    quantized = any(p.quant is not None for _, p in manifest.placements("onnxruntime"))
+    if not quantized and (hf / "config.json").exists():  # PEFT's LoRA runs on the float model
+        out["PyTorch + PEFT LoRA r=8"] = _peft_tokens(hf, prompt, threads, rounds)
     # per mode the round of median total (its parts add up, unlike medians of each part)
     return {label: sorted(rows, key=lambda r: r["total_s"])[len(rows) // 2] for label, rows in out.items()}
 
@@ -341,8 +417,12 @@ def markdown(report: dict) -> str:
             for mode, r in t.items():
                 lines.append(f"| {name} | {label} | {mode} | {r['switch_s'] * 1e3:.1f} | {r['prompt_s']:.2f} | "
                              f"{r['decode_s']:.2f} | {r['total_s']:.2f} | {r['total_s'] / ref:.2f}x |")
-        lines += ["", "Each mode switches (SHiRA: to the other of two 1% adapters; ORT: a new RunOptions with its "
-                  "adapters active), then generates greedily through shira_runtime.generate; "
+        lines += ["", "Each mode switches (SHiRA: to the other of two 1% adapters, in place, in two phases (the "
+                  "patchable engine answers until the rebuilt prepacked one lands, the rebuild sharing the cores), "
+                  "or on the patchable engine; re-created: that adapter added to a copy of the weights and a new "
+                  "constant ORT session built from them; ORT: a new RunOptions with its adapters active; PyTorch + "
+                  "PEFT (float32 bases only): set_adapter between two r=8 LoRA adapters on every Linear, eager, "
+                  "transformers' KV cache), then generates greedily (shira_runtime.generate for the ORT sessions); "
                   "the round of median total of 3, the modes alternating in one process per base.", ""]
     lines += ["", "Switch (click to the new weights): SHiRA in place "
               + ", ".join(f"{name} {label} {res['shira_switch_ms']:.0f} ms" for name, rows in report["models"].items()

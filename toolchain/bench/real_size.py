@@ -115,7 +115,6 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
 
     Long on purpose: one measurement script per mode, load -> switch -> runs -> RSS, with the mode's own steps
     inline where they differ, so that every number in a row comes from the same session in the same order."""
-    from shira_runtime import ShiraSession
 
     work = base.parent
     loads = inputs_for(base)
@@ -130,8 +129,9 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
         sess = constant_session(base, threads)
         run = lambda feed: sess.run(None, feed)  # noqa: E731
     else:
-        sess = ShiraSession(base, threads=threads, mode=mode, cache_dir=cache)
+        sess = _session(base, threads, mode, cache)
         res["session_mode"] = sess.mode
+        res["route"] = getattr(sess.engine, "route", None)
         if mode == "two-phase":
             sess.wait_full_speed(600)
         run = sess.run
@@ -212,6 +212,20 @@ def run_mode(mode: str, base: Path, cache: Path, threads: int, repeats: int) -> 
     return res
 
 
+def _session(base: Path, threads: int, mode: str, cache: Path):
+    """The session as `mode` opens it on a device. In place: found in the live session's memory where it can
+    be (a first open: the proof included in load_s), else from the bake made beforehand (bake_once)."""
+    from shira_format.errors import ShiraError
+    from shira_runtime import ShiraSession
+
+    if mode == "in-place":
+        try:
+            return ShiraSession(base, threads=threads, mode=mode, cache_dir=cache, bake="never")
+        except ShiraError:
+            pass
+    return ShiraSession(base, threads=threads, mode=mode, cache_dir=cache)
+
+
 MANY = (1, 10, 100)  # adapters loaded at once (many_adapters)
 
 
@@ -220,12 +234,12 @@ def many_adapters(base: Path, cache: Path, threads: int, repeats: int) -> dict:
     anew (a.shira and b.shira in turn, under new names), so every loaded adapter holds memory of its own. Per
     count: RSS; the switch back and forth between two adapters still decoded (warm); and the switch to one
     decoded again from its blob (cold: adapters visited in a cycle longer than the session's plan cache)."""
-    from shira_runtime import ShiraSession
     from shira_runtime.session import PLAN_CACHE
 
     work = base.parent
-    sess = ShiraSession(base, threads=threads, mode="in-place", cache_dir=cache)
-    res = {"blob_bytes": (work / "a.shira").stat().st_size, "plan_cache": PLAN_CACHE, "counts": []}
+    sess = _session(base, threads, "in-place", cache)
+    res = {"blob_bytes": (work / "a.shira").stat().st_size, "plan_cache": PLAN_CACHE, "counts": [],
+           "route": sess.engine.route}
     loaded: list[str] = []
     for n in MANY:
         while len(loaded) < n:
@@ -370,11 +384,12 @@ def _side_by_side(run, base: Path, loads: dict, threads: int, repeats: int, res:
 
 
 def _touched_lines(sess) -> int:
-    """64-byte lines of the baked file a switch a -> b reads and writes (a's entries restored, b's written)."""
+    """64-byte lines a switch a -> b reads and writes (a's entries restored, b's written) in ORT's packed copies."""
     lines = 0
     byte_of = {key: c.byte_of for cs in sess.engine.copies.values() for c in cs for key in c.keys}
+    start = {key: c.offset for cs in sess.engine.copies.values() for c in cs for key in c.keys}  # file or address
     for key in sess.engine.buffers:
-        offset = int(key.rsplit("@", 1)[1].split("#")[0])
+        offset = start[key]
         idx = [sess._decoded_for(t).mapped[key][0] for t in ("a", "b") if key in sess._decoded_for(t).mapped]
         if idx:
             lines += np.unique((offset + byte_of[key](np.concatenate(idx))) // 64).size

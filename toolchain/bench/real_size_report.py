@@ -22,7 +22,8 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {name} | {mode} | failed: {r['error']} |||||||||")
                 continue
             ratios = [f"{v:.3f} ({k})" for k, v in r.get("vs_constant", {}).items()]
-            lines.append(f"| {name} | {mode} | {r['load_s']:.2f} | {r['rss_rest'] / 2**20:,.0f} | "
+            shown = f"{mode} ({r['route']})" if r.get("route") else mode
+            lines.append(f"| {name} | {shown} | {r['load_s']:.2f} | {r['rss_rest'] / 2**20:,.0f} | "
                          f"{r['rss_peak_switch'] / 2**20:,.0f} | {fmt(r.get('switch_ms'), '.1f')} | "
                          f"{fmt(r.get('switch_median_ms'), '.1f')} | {fmt(r.get('first_run_ms'), '.1f')} | "
                          f"{fmt(r.get('click_to_result_ms'), '.1f')} | {', '.join(ratios) or '-'} | "
