@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 
 import numpy as np
@@ -70,7 +71,10 @@ def test_a_patch_that_misses_the_output_is_refused_and_the_base_is_baked(llama, 
     monkeypatch.setattr(live, "reference_outputs", lambda *a: {k: v + 1.0 for k, v in real(*a).items()})
     with pytest.raises(ShiraError, match="does not reach its output"):
         ShiraSession(llama.base_dir, cache_dir=tmp_path, mode="in-place", bake="never")
-    assert not list(tmp_path.glob("*.live.json"))  # nothing kept: the next open proves again
+    monkeypatch.setattr(live, "reference_outputs", real)
+    assert "refused" in json.loads(next(tmp_path.glob("*.live.json")).read_text())  # kept: not tried again
+    with pytest.raises(ShiraError, match="an earlier open found so"):
+        ShiraSession(llama.base_dir, cache_dir=tmp_path, mode="in-place", bake="never")
     with ShiraSession(llama.base_dir, cache_dir=tmp_path) as s:
         assert s.mode == "in-place" and s.engine.route == "baked"
 
@@ -130,8 +134,8 @@ def test_locate_takes_one_packed_copy_and_never_a_plain_one(reader):
         assert live._locate(mem, "w", w.shape, w, both, None, False, earlier={other.ctypes.data})[0] == both[0]
         with pytest.raises(BakeError, match="found 2 times"):
             live._locate(mem, "w", w.shape, w, both, None, False, earlier=set(both))
-        # the only copy there is: the session's, even where a freed copy lay before (its buffer took that place)
-        assert live._locate(mem, "w", w.shape, w, both[:1], None, False, earlier={both[0]})[0] == both[0]
+        with pytest.raises(BakeError, match="0 of them new"):  # a copy only where one lay before: never taken
+            live._locate(mem, "w", w.shape, w, both[:1], None, False, earlier={both[0]})
         sampled = set(live.sample_entries(w.size).tolist())  # one entry off, outside the sample _locate draws
         off = next(i for i in range(w.size // 2, w.size) if i not in sampled)
         packed[panel_positions(np.array([off]), form)] += 1.0

@@ -83,7 +83,8 @@ def _make_inplace_engine(name: str, manifest, threads, verify, cache_dir, bake: 
         return None, ("ExecuTorch has no in-place route: XNNPACK packs its weights into private memory at "
                       "method load (docs/INPLACE.md)")
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
-        return None, "no /proc/self/maps on this system: ONNX Runtime's mappings of the baked file cannot be found"
+        return None, ("no /proc/self/maps on this system: neither ONNX Runtime's packed weights in memory nor its "
+                      "mappings of a baked file can be found")
     from .inplace.cache import cached
     from .inplace.engine import InPlaceOrtEngine
     from .inplace.layout import BakeError

@@ -44,6 +44,7 @@ from shira_format.weights import quant_scales, safetensors_views
 from .layout import (BAKED_DATA, BAKED_MODEL, EXIT_CANNOT, EXIT_DAMAGED, EXIT_NO_ROOM, FORMAT, MAP_FILE, BakeError,
                      describe, form_positions, panel_forms, read_form, release_pages)
 from .regions import read_regions
+from ..backends.onnxruntime import CREATING
 
 CODE_BASE = 1 << 23  # codes live in [2^23, 2^24): exact integers in float32, far from any real weight
 ROW_WIDTH = 4096  # flat index = row * ROW_WIDTH + col
@@ -78,7 +79,8 @@ def _bake_once(source: Path, out_dir: Path, threads) -> None:
                                   str(MIN_EXTERNAL_BYTES))
     opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
     try:
-        ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+        with CREATING:
+            ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own types
         raise BakeError(f"{source}: ONNX Runtime cannot bake it: {first_line(e)}") from None
 
@@ -170,7 +172,8 @@ def _prove_patches_reach_the_engine(manifest, out_dir: Path, source: Path, weigh
         model = _source_copy(source, weights_name, Path(tmp), patch)
         opts = _options(threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        with CREATING:
+            sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
         want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, x)))
         del sess
     for name, ref in want.items():
@@ -190,7 +193,8 @@ def _load_check(out_dir: Path, threads) -> None:
     opts = _options(threads)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ort.InferenceSession(str(out_dir / BAKED_MODEL), opts, providers=["CPUExecutionProvider"])
+        with CREATING:
+            ort.InferenceSession(str(out_dir / BAKED_MODEL), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own types
         raise BakeError(f"{out_dir / BAKED_MODEL}: ONNX Runtime cannot load its own baked model: "
                         f"{first_line(e)}") from None

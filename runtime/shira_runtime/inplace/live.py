@@ -13,9 +13,9 @@ speed at once, the base's memory, nothing on disk.
 
 What is refused (BakeError: the session bakes instead, which also learns layouts no form describes):
   - quantized weights: their integer entries repeat, so a copy cannot be told by its values;
-  - a weight not found, or found more than once where not exactly one copy is new with the session (nor only
-    one copy in all), or found only as a plain (unpacked) copy: that may be a freed buffer, and a write there
-    would corrupt memory the allocator has handed to someone else;
+  - a weight not found, or where not exactly one of its copies is new with the session, or found only as a plain
+    (unpacked) copy: that may be a freed buffer, and a write there would corrupt memory the allocator has handed
+    to someone else;
   - a base whose patch does not reach ORT's output (the proof below).
 
 The proof, on the first open for this base, CPU and ORT version: a random patch on a few pages of every weight
@@ -26,9 +26,10 @@ values are written back. What was proven (the packing of each weight, its larges
 bake cache's directory as a small `<base>-<key>.live.json`; later opens find the copies again (addresses change
 with every process) and check a sample of each, but run no reference.
 
-Memory is read through /proc/self/mem while searching (a read of memory another thread frees meanwhile fails
-instead of crashing); the copies found belong to this engine's session and are written directly. When the
-engine closes it clears the first bytes of each copy, so that a freed copy is not found again.
+While searching, memory is read by copy (process_vm_readv on this process, else pread on /proc/self/mem): a read
+of memory another thread frees meanwhile comes back short instead of crashing. The copy taken for a weight is
+memory this session's creation allocated (the only new one), so it is compared and written where it lies. When
+the engine closes it clears the first bytes of each copy, so that a freed copy is not found again.
 """
 from __future__ import annotations
 
@@ -85,7 +86,11 @@ class _Memory:
             fn.restype = ctypes.c_ssize_t
         self._readv = fn
         self._pid = os.getpid()
-        self.fd = os.open("/proc/self/mem", os.O_RDONLY)
+        self._chunks: list[np.ndarray] = []
+        try:
+            self.fd = os.open("/proc/self/mem", os.O_RDONLY)
+        except OSError as e:  # a sandbox that hides it: this route is not for this process
+            raise BakeError(f"/proc/self/mem: cannot read this process's memory ({e.strerror})") from None
 
     def _vm_readv(self, local: np.ndarray, remote: np.ndarray) -> int:
         """local/remote: [k, 2] uint64 (address, length) rows; bytes read, or -1 where the call is refused."""
@@ -135,7 +140,16 @@ class _Memory:
         return span.view(np.uint8)[offsets[:, None] + np.arange(4)].copy().view(np.uint32).reshape(-1) \
             if span.size == int(offsets[-1]) + 4 else None
 
+    def chunks(self, n: int) -> list[np.ndarray]:
+        """n reading buffers of CHUNK bytes, the same ones at every call."""
+        while len(self._chunks) < n:
+            self._chunks.append(np.empty(CHUNK, dtype=np.uint8))
+        return self._chunks[:n]
+
     def close(self) -> None:
+        for b in self._chunks:  # what they copied must not be found once they are freed
+            b[:] = 0
+        self._chunks.clear()
         os.close(self.fd)
 
 
@@ -163,8 +177,9 @@ def search(mem: _Memory, regions, keys: set[int], threads: int = 1) -> dict[int,
     (read in chunks on `threads` threads: the copies release the GIL)."""
     table = np.zeros(1 << 16, dtype=bool)
     table[_key_hash(np.array(sorted(keys), dtype=np.uint64))] = True
-    buffers = [np.empty(CHUNK, dtype=np.uint8) for _ in range(max(1, threads))]
-    # the search's own buffers hold copies of what they read: not searched
+    buffers = mem.chunks(max(1, threads))
+    # the search's own buffers hold copies of what they read: never searched (the same ones every search, so that
+    # no freed buffer full of copies is found by a later search)
     regions = _minus(regions, [(b.ctypes.data, b.ctypes.data + CHUNK) for b in buffers])
     chunks = [(a, min(CHUNK, hi - a) // ALIGN * ALIGN) for lo, hi in regions
               for a in range(-(-lo // ALIGN) * ALIGN, hi, CHUNK)]
@@ -242,7 +257,8 @@ def _locate(mem: _Memory, name: str, shape, w: np.ndarray, candidates: list[int]
     quick = np.unique(np.concatenate([probe[:64], probe[-64:], probe[::64]]))  # picks the form among many
     if np.unique(u[probe]).size < 0.9 * probe.size:
         raise BakeError(f"weight {name}: too many equal values to tell its packed copy by value")
-    forms = [known] if known is not None else list(panel_forms(shape))
+    # (a form whose last panel straddles the padded width reaches past rows * aligned_n: not one MLAS packs)
+    forms = [known] if known is not None else [f for f in panel_forms(shape) if f["aligned_n"] % f["panel"] == 0]
 
     def fits(address, form, at) -> bool:
         return np.array_equal(_sample(mem, address, None, at, form), u[at])
@@ -257,16 +273,18 @@ def _locate(mem: _Memory, name: str, shape, w: np.ndarray, candidates: list[int]
             continue
         packed.append((address, form))
     if not packed:
-        why = "only as a plain copy (not ORT's packed one)" if plain else "in no packing this runtime knows"
-        raise BakeError(f"weight {name}: found {why} in the session's memory")
-    # The session's copy is the one that appeared with it; or, where none appeared, the only one there is (its
-    # buffer took the place of a freed copy's, bytes alike). Anything else cannot be told: refused.
+        if plain:
+            raise BakeError(f"weight {name}: found only as a plain copy (not ORT's packed one) in this process's memory")
+        raise _Lasting(f"weight {name}: found in no packing this runtime knows in the session's memory")
+    # The session's copy is the one that appeared with it (sessions are created one at a time). One that was there
+    # before is another session's or a freed one, even where this session's buffer took a freed copy's place
+    # (bytes alike): that cannot be told, so it is refused, as is more than one new copy.
     new = [(a, f) for a, f in packed if a not in earlier]
-    if len(new) != 1 and len(packed) != 1:
+    if len(new) != 1:
         raise BakeError(f"weight {name}: found {len(packed)} times in this process's memory, {len(new)} of them new "
                         "with this session; which copy is this session's cannot be told")
-    address, form = new[0] if len(new) == 1 else packed[0]
-    # That copy is alive while the session is: compared where it lies
+    address, form = new[0]
+    # That copy is memory this session's creation allocated, alive while it is: compared where it lies
     if full and not _panels_equal(_view(address, _form_nbytes(form), np.uint32), u, form):
         raise BakeError(f"weight {name}: its packed copy differs from the export beyond the sampled entries")
     absmax = float(max(np.max(w), -np.min(w))) if full else None
@@ -343,6 +361,11 @@ def record_path(manifest: Manifest, cache_dir=None):
     return cache_root(cache_dir) / f"{manifest.root.name}-{bake_key(manifest)}.live.json"
 
 
+class _Lasting(BakeError):
+    """A refusal that opening again on this CPU and ORT would repeat (no known packing, a patch that does not
+    reach the output): kept in the record, so that later opens go to the bake at once."""
+
+
 class LiveOrtEngine(InPlaceOrtEngine):
     """In place on a plain ORT session's own packed buffers (engine.py's contract; see the module docstring)."""
     route = "live"
@@ -367,6 +390,8 @@ class LiveOrtEngine(InPlaceOrtEngine):
         try:
             places = [p for _, p in manifest.placements(NAME)]
             self._places = {p.name: p for p in places}
+            if not places:
+                raise BakeError(f"{manifest.root}: no patchable weights")
             quantized = [p.name for p in places if p.quant is not None]
             if quantized:
                 raise BakeError(f"weight {quantized[0]} is quantized: integer entries repeat, so ORT's copy cannot be "
@@ -384,6 +409,8 @@ class LiveOrtEngine(InPlaceOrtEngine):
             stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
             self._record_file = record_path(manifest, cache_dir)
             record = self._read_record()
+            if record is not None and "refused" in record:
+                raise BakeError(f"{record['refused']} (an earlier open found so: {self._record_file})")
             patch = want = x = None
             if record is None:  # first open here: the reference answer, before the live session holds memory
                 x = manifest.sample_inputs()
@@ -422,6 +449,10 @@ class LiveOrtEngine(InPlaceOrtEngine):
                 self._prove(patch, want, x)
                 self._write_record(found, log)
                 log(f"{manifest.root}: proven in place in {time.perf_counter() - t0:.1f}s")
+        except _Lasting as e:
+            self.close()
+            self._write_record({"refused": str(e)}, log)
+            raise BakeError(str(e)) from None
         except BaseException:
             self.close()
             raise
@@ -449,7 +480,7 @@ class LiveOrtEngine(InPlaceOrtEngine):
     def _prove(self, patch, want, x) -> None:
         at = {name: self.copies[name][0].positions(idx) for name, (idx, _) in patch.items()}
         bufs = {name: self.buffers[self.copies[name][0].keys[0]] for name in patch}
-        base = {name: bufs[name][at[name]] for name in patch}  # the export's values (compared bit for bit)
+        base = {name: bufs[name][at[name]] for name in patch}  # the export's values (each copy compared with it)
         for name, (_, delta) in patch.items():
             bufs[name][at[name]] = base[name] + delta
         try:
@@ -461,23 +492,27 @@ class LiveOrtEngine(InPlaceOrtEngine):
             scale = max(float(np.max(np.abs(ref))), 1e-12) if ref.size else 1.0
             err = float(np.max(np.abs(got[name] - ref))) / scale if ref.size else 0.0
             if not err <= SAME_ANSWER:
-                raise BakeError(f"a patch written into ORT's packed copies does not reach its output {name!r} "
+                raise _Lasting(f"a patch written into ORT's packed copies does not reach its output {name!r} "
                                 f"({err:.2g} of its scale off)")
 
     def _read_record(self) -> dict | None:
+        """The proof kept by an earlier open ({"placements": ...}) or its lasting refusal ({"refused": why})."""
         try:
             record = json.loads(self._record_file.read_text())
         except (OSError, ValueError):
             return None
+        if isinstance(record, dict) and record.get("format") == RECORD_FORMAT and isinstance(record.get("refused"), str):
+            return record
         places = record.get("placements") if isinstance(record, dict) else None
         ok = (isinstance(places, dict) and record.get("format") == RECORD_FORMAT and set(places) == set(self._places)
               and all(isinstance(e, dict) and isinstance(e.get("absmax"), (int, float))
                       and e.get("form") in list(panel_forms(self._places[n].shape)) for n, e in places.items()))
         return record if ok else None  # a damaged or foreign record: proven again (and written anew)
 
-    def _write_record(self, found, log) -> None:
-        record = {"format": RECORD_FORMAT, "placements": {
-            name: {"form": form, "absmax": absmax} for name, (_, form, absmax) in found.items()}}
+    def _write_record(self, found: dict, log) -> None:
+        """Keep what this open proved (`found`: name -> (address, form, absmax)), or {"refused": why}."""
+        record = {"format": RECORD_FORMAT, **(found if "refused" in found else {"placements": {
+            name: {"form": form, "absmax": absmax} for name, (_, form, absmax) in found.items()}})}
         try:
             self._record_file.parent.mkdir(parents=True, exist_ok=True)
             write_text(self._record_file, json.dumps(record, indent=1))
