@@ -85,12 +85,11 @@ def _make_inplace_engine(name: str, manifest, threads, verify, cache_dir, bake: 
     if not os.path.exists("/proc/self/maps"):  # Linux and Android have it; macOS and Windows do not
         return None, ("no /proc/self/maps on this system: neither ONNX Runtime's packed weights in memory nor its "
                       "mappings of a baked file can be found")
-    from .inplace.cache import cached
     from .inplace.engine import InPlaceOrtEngine
     from .inplace.layout import BakeError
     from .inplace.live import LiveOrtEngine
 
-    if bake == "never" or (bake == "auto" and cached(manifest, cache_dir) is None):
+    if bake in ("auto", "never"):
         try:
             return LiveOrtEngine(manifest, threads, verify, cache_dir, log=log.info), None
         except BakeError as e:
@@ -148,10 +147,10 @@ class ShiraSession:
         "off" skips both. A damaged base raises ManifestError naming the file. In-place mode checks the
         bytes the engine reads: every live copy in the baked file.
         `cache_dir`: where in-place mode keeps its baked files (default $SHIRA_CACHE_DIR, else ~/.cache/shira).
-        `bake`: how in-place mode finds ORT's packed weights. "auto" (default): a bake already cached for this
-        base, CPU and ORT opens fastest; without one, they are found in the live session's memory (no file,
-        inplace/live.py), and only a base where that cannot be done (quantized, a packing no form describes) is
-        baked. "always": bake (the file the Java runtime reads; later opens map it). "never": never bake.
+        `bake`: how in-place mode finds ORT's packed weights. "auto" (default): in the live session's memory (no
+        file, inplace/live.py; later opens take 1.2x a plain session's creation, a baked file's 1.5x: it checks
+        every copy it maps), and only a base where that cannot be done (quantized, a packing no form describes)
+        is baked. "always": bake (the file the Java runtime reads; later opens map it). "never": never bake.
         `plan_cache`: how many adapters stay decoded with their switch plans ready (about 20 bytes per entry
         each); every other loaded adapter costs its blob's bytes and is decoded again when switched to
         (`prepare(name)` does that ahead of time)."""

@@ -146,12 +146,6 @@ def _unbakeable(key_dir: Path) -> Path:
     return key_dir.with_name(key_dir.name + ".unbakeable")
 
 
-def cached(manifest, cache_dir=None) -> Path | None:
-    """The directory of this base's bake for this CPU and ORT, if one was made; None otherwise."""
-    key_dir = cache_root(cache_dir) / f"{manifest.root.name}-{bake_key(manifest)}"
-    return key_dir if all((key_dir / f).exists() for f in (BAKED_MODEL, BAKED_DATA, MAP_FILE)) else None
-
-
 def acquire(manifest, cache_dir=None, threads=None, log=lambda msg: None) -> Path:
     """The directory holding this base baked for this CPU and ORT; bakes it if there is none yet."""
     root = cache_root(cache_dir)
