@@ -222,12 +222,10 @@ def _panels_equal(region: np.ndarray, w: np.ndarray, form) -> bool:
     return True
 
 
-def _sample(mem: _Memory, address: int, region: np.ndarray | None, probe: np.ndarray, form) -> np.ndarray | None:
-    """The entries `probe` of a copy at `address` under `form` (uint32), from `region` (read already) or gathered
-    from memory; None where they lie beyond what can be read."""
+def _sample(mem: _Memory, address: int, probe: np.ndarray, form) -> np.ndarray | None:
+    """The entries `probe` of a copy at `address` under `form` (uint32), gathered from memory; None where they
+    lie beyond what can be read."""
     pos = form_positions(probe, form)
-    if region is not None:
-        return region[pos] if int(pos.max()) < region.size else None
     order = np.argsort(pos, kind="stable")
     got = mem.gather(address, 4 * pos[order])
     if got is None:
@@ -261,7 +259,7 @@ def _locate(mem: _Memory, name: str, shape, w: np.ndarray, candidates: list[int]
     forms = [known] if known is not None else [f for f in panel_forms(shape) if f["aligned_n"] % f["panel"] == 0]
 
     def fits(address, form, at) -> bool:
-        return np.array_equal(_sample(mem, address, None, at, form), u[at])
+        return np.array_equal(_sample(mem, address, at, form), u[at])
 
     packed, plain = [], 0
     for address in candidates:
