@@ -79,8 +79,7 @@ class _Memory:
     IOV_MAX = 1024
 
     def __init__(self):
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(self._libc, "process_vm_readv", None)
+        fn = getattr(_LIBC, "process_vm_readv", None)
         if fn is not None:
             fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
             fn.restype = ctypes.c_ssize_t
