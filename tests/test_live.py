@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import shutil
 
 import numpy as np
 import pytest
@@ -66,12 +67,46 @@ def test_two_live_sessions_of_one_base_in_one_process_keep_their_own_patches(lla
             assert not np.array_equal(s2.run(ids)["logits"], base)
 
 
+def test_the_export_ships_the_proofs_reference_and_the_first_open_computes_none(llama, tmp_path, monkeypatch):
+    from shira_format import manifest as manifest_format
+    from shira_format.weights import safetensors_views
+    from shira_runtime.inplace.bake import _mapped_weights
+
+    m = manifest_format.load(llama.base_dir)
+    shipped = live.exported_reference(m)
+    assert shipped is not None and set(shipped) == {"logits"}
+    weights = m.file(m.files_of("onnxruntime").weights)
+    stored = safetensors_views(m, _mapped_weights(weights), weights)
+    here = live.reference_outputs(m, live.proof_patch(stored), 1, m.sample_inputs())
+    np.testing.assert_allclose(shipped["logits"], here["logits"], rtol=0, atol=1e-5 * np.abs(here["logits"]).max())
+
+    def no_reference(*a, **k):
+        raise AssertionError("the first open computed the reference the export ships")
+
+    monkeypatch.setattr(live, "reference_outputs", no_reference)
+    with ShiraSession(llama.base_dir, cache_dir=tmp_path / "shipped", bake="never") as s:
+        assert s.engine.route == "live"
+    # an export without it (an older shira-export), or of another proof version: computed at the first open
+    old = tmp_path / "old-base"
+    shutil.copytree(llama.base_dir, old)
+    with np.load(old / "sample.npz") as z:
+        kept = {k: z[k] for k in z.files if not k.startswith("proof:")}
+    for sample in (kept, {**kept, "proof:version": np.array(live.PROOF_VERSION + 1), "proof:logits": shipped["logits"]}):
+        np.savez(old / "sample.npz", **sample)
+        calls = []
+        monkeypatch.setattr(live, "reference_outputs", lambda *a: calls.append(1) or here)
+        for f in (tmp_path / "old").glob("*.live.json"):
+            f.unlink()
+        with ShiraSession(old, cache_dir=tmp_path / "old", bake="never") as s:
+            assert s.engine.route == "live" and calls == [1]
+
+
 def test_a_patch_that_misses_the_output_is_refused_and_the_base_is_baked(llama, tmp_path, monkeypatch):
-    real = live.reference_outputs
-    monkeypatch.setattr(live, "reference_outputs", lambda *a: {k: v + 1.0 for k, v in real(*a).items()})
+    real = live.exported_reference
+    monkeypatch.setattr(live, "exported_reference", lambda m: {k: v + 1.0 for k, v in real(m).items()})
     with pytest.raises(ShiraError, match="does not reach its output"):
         ShiraSession(llama.base_dir, cache_dir=tmp_path, mode="in-place", bake="never")
-    monkeypatch.setattr(live, "reference_outputs", real)
+    monkeypatch.setattr(live, "exported_reference", real)
     assert "refused" in json.loads(next(tmp_path.glob("*.live.json")).read_text())  # kept: not tried again
     with pytest.raises(ShiraError, match="an earlier open found so"):
         ShiraSession(llama.base_dir, cache_dir=tmp_path, mode="in-place", bake="never")

@@ -137,16 +137,21 @@ class Manifest:
             for p in info.placements.get(runtime, ()):
                 yield info, p
 
-    def sample_inputs(self) -> dict[str, np.ndarray]:
-        """The export's sample inputs (sample.npz, `input:<name>` entries)."""
+    def sample_entries(self, prefix: str) -> dict[str, np.ndarray]:
+        """sample.npz's entries named `prefix` + name, by name (`input:`, `output:`, `proof:`)."""
         path = self.file(self.sample)
         try:
             with np.load(path, allow_pickle=False) as z:
-                out = {k.removeprefix("input:"): z[k] for k in z.files if k.startswith("input:")}
+                return {k.removeprefix(prefix): z[k] for k in z.files if k.startswith(prefix)}
         except FileNotFoundError:
             raise ManifestError(f"{path}: not found (the export's sample input)") from None
         except Exception as e:  # noqa: BLE001 - numpy/zipfile raise many types for a damaged archive
             raise ManifestError(f"{path}: cannot read the sample input: {type(e).__name__}: {e}") from None
+
+    def sample_inputs(self) -> dict[str, np.ndarray]:
+        """The export's sample inputs (sample.npz, `input:<name>` entries)."""
+        path = self.file(self.sample)
+        out = self.sample_entries("input:")
         missing = [i["name"] for i in self.inputs if i["name"] not in out]
         if missing:
             raise ManifestError(f"{path}: no sample for model input(s) {missing}")

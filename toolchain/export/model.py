@@ -443,11 +443,18 @@ def _write_export(out_dir: Path, manifest: dict, subject: ExportSubject, onnx_pa
         if tokenizer.is_file():
             shutil.copyfile(tokenizer, staging / "tokenizer.json")
             files.append("tokenizer.json")
-        np.savez(staging / "sample.npz", **{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
-                 **{f"output:{k}": v for k, v in ref_outputs.items()})
+        sample = {**{f"input:{k}": v.numpy() for k, v in subject.example_inputs.items()},
+                  **{f"output:{k}": v for k, v in ref_outputs.items()}}
+        np.savez(staging / "sample.npz", **sample)
         add_checksums(staging, manifest)
         manifest_format.write(manifest, staging / "manifest.json")
         errors = {b: verify_export(staging, b, subject, ref_outputs) for b in manifest["artifacts"]}
+        if onnx_part is not None:  # the live route's proof reference, so that no device computes it
+            from shira_runtime.inplace.live import proof_entries
+
+            proof = proof_entries(manifest_format.load(staging))
+            if proof:
+                np.savez(staging / "sample.npz", **sample, **proof)
         manifest["export_check"] = {"sample": "sample.npz", "max_abs_error": errors}
         for b, e in errors.items():
             log(f"  verified with {b}: max |{b} - torch| = {e:.3g}"

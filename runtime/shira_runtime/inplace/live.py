@@ -19,8 +19,9 @@ What is refused (BakeError: the session bakes instead, which also learns layouts
   - a base whose patch does not reach ORT's output (the proof below).
 
 The proof, on the first open for this base, CPU and ORT version: a random patch on a few pages of every weight
-is computed once by a reference session (prepacking off, weights as given: MLAS packs them per call) before the
-live session exists, so the two never hold memory at once; the same patch is then written into the found
+is computed once by a reference session (prepacking off, weights as given: MLAS packs them per call); shira-export
+ships that reference in sample.npz (a phone runs no reference session), else it runs here before the live session
+exists, so the two never hold memory at once; the same patch is then written into the found
 copies, and the live session's output on the export's sample must match within 1e-4 of its scale; the base
 values are written back. What was proven (the packing of each weight, its largest magnitude) is kept in the
 bake cache's directory as a small `<base>-<key>.live.json`; later opens find the copies again (addresses change
@@ -55,6 +56,7 @@ RECORD_FORMAT = 1
 ALIGN = 64  # MLAS's packed buffers come from ORT's CPU allocator, aligned to 64 bytes: the search's stride
 CHUNK = 8 << 20  # bytes read at a time while searching
 MIN_ENTRIES = 64  # a smaller weight is not told by value (nor baked: ORT keeps it inside the model)
+PROOF_VERSION = 1  # proof_patch's algorithm: a reference exported for another one is not used
 SAME_ANSWER = 1e-4  # the proof's tolerance, of the output's scale (float32 kernels differ by ~1e-6)
 
 
@@ -298,7 +300,8 @@ def proof_patch(stored: dict[str, np.ndarray], seed: int = 0) -> dict[str, tuple
         n = w.size
         spans = -(-n // 1024)
         chosen = rng.choice(spans, max(1, spans // 64), replace=False)
-        idx = np.unique(np.concatenate([s * 1024 + rng.integers(0, min(1024, n - s * 1024), 64) for s in chosen]))
+        lengths = np.minimum(1024, n - chosen * 1024)
+        idx = np.unique(chosen[:, None] * 1024 + rng.integers(0, lengths[:, None], (chosen.size, 64)))
         scale = float(np.max(np.abs(w.reshape(-1)[idx]))) or 1.0
         out[name] = (idx.astype(np.int64), (rng.standard_normal(idx.size) * 0.5 * scale).astype(np.float32))
     return out
@@ -326,6 +329,58 @@ def reference_outputs(manifest: Manifest, patch: dict, threads, x: dict) -> dict
         opts.add_initializer(name, values[-1])
     sess = create_session(manifest.file(files.prepacked), opts)
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, x)))
+
+
+def refusal(manifest: Manifest) -> str | None:
+    """Why this route cannot take the base, told from its manifest alone; None where it may."""
+    places = [p for _, p in manifest.placements(NAME)]
+    if not places:
+        return f"{manifest.root}: no patchable weights"
+    quantized = [p.name for p in places if p.quant is not None]
+    if quantized:
+        return f"weight {quantized[0]} is quantized: integer entries repeat, so ORT's copy cannot be found by its values"
+    flat = [p.name for p in places if len(p.shape) != 2]
+    if flat:
+        return f"weight {flat[0]} is not a matrix: no packing of it is known"
+    small = [p.name for p in places if int(np.prod(p.shape)) < MIN_ENTRIES]
+    if small:
+        return f"weight {small[0]} has fewer than {MIN_ENTRIES} entries: too few to be told by value"
+    files = manifest.files_of(NAME)
+    if not files.prepacked or not manifest.file(files.prepacked).exists():
+        return f"{manifest.root}: no model_prepacked.onnx (exported by an older shira-export?)"
+    return None
+
+
+def exported_reference(manifest: Manifest) -> dict[str, np.ndarray] | None:
+    """The proof's reference outputs as shira-export computed them (sample.npz: `proof:version`, then
+    `proof:<output>` per model output), or None: absent, for another proof_patch (PROOF_VERSION) or unreadable.
+    The same computation as reference_outputs; shipped so that a phone's first open runs no reference session."""
+    try:
+        entries = manifest.sample_entries("proof:")
+    except Exception:  # noqa: BLE001 - an unreadable sample: computed here, as for an export without it
+        return None
+    version = entries.pop("version", None)
+    outputs = {o["name"] for o in manifest.outputs}
+    if version is None or version.shape != () or int(version) != PROOF_VERSION or set(entries) != outputs:
+        return None
+    return entries
+
+
+def proof_entries(manifest: Manifest, threads=None) -> dict[str, np.ndarray]:
+    """sample.npz's `proof:` entries for a base (what exported_reference reads back); {} where this route would
+    refuse the base anyway (quantized, non-matrix weights...)."""
+    from .bake import _mapped_weights
+
+    from shira_format.weights import safetensors_views
+
+    if refusal(manifest):
+        return {}
+    weights_path = manifest.file(manifest.files_of(NAME).weights)
+    stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
+    patch = proof_patch(stored)
+    release_pages(*stored.values())
+    want = reference_outputs(manifest, patch, threads, manifest.sample_inputs())
+    return {"proof:version": np.array(PROOF_VERSION, dtype=np.int64), **{f"proof:{k}": v for k, v in want.items()}}
 
 
 def _verify_export(verify: str, manifest: Manifest, stored: dict, weights_path) -> None:
@@ -387,21 +442,10 @@ class LiveOrtEngine(InPlaceOrtEngine):
         try:
             places = [p for _, p in manifest.placements(NAME)]
             self._places = {p.name: p for p in places}
-            if not places:
-                raise BakeError(f"{manifest.root}: no patchable weights")
-            quantized = [p.name for p in places if p.quant is not None]
-            if quantized:
-                raise BakeError(f"weight {quantized[0]} is quantized: integer entries repeat, so ORT's copy cannot be "
-                                "found by its values")
-            flat = [p.name for p in places if len(p.shape) != 2]
-            if flat:
-                raise BakeError(f"weight {flat[0]} is not a matrix: no packing of it is known")
-            small = [p.name for p in places if int(np.prod(p.shape)) < MIN_ENTRIES]
-            if small:
-                raise BakeError(f"weight {small[0]} has fewer than {MIN_ENTRIES} entries: too few to be told by value")
+            why = refusal(manifest)
+            if why:
+                raise BakeError(why)
             files = manifest.files_of(NAME)
-            if not files.prepacked or not manifest.file(files.prepacked).exists():
-                raise BakeError(f"{manifest.root}: no model_prepacked.onnx (exported by an older shira-export?)")
             weights_path = manifest.file(files.weights)
             stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
             self._record_file = record_path(manifest, cache_dir)
@@ -409,12 +453,14 @@ class LiveOrtEngine(InPlaceOrtEngine):
             if record is not None and "refused" in record:
                 raise BakeError(f"{record['refused']} (an earlier open found so: {self._record_file})")
             patch = want = x = None
-            if record is None:  # first open here: the reference answer, before the live session holds memory
+            if record is None:  # first open here: the proof's reference, before the live session holds memory
                 x = manifest.sample_inputs()
                 patch = proof_patch(stored)
                 release_pages(*stored.values())
-                want = reference_outputs(manifest, patch, threads, x)
-                log(f"{manifest.root}: reference for the proof in {time.perf_counter() - t0:.1f}s")
+                want = exported_reference(manifest)
+                if want is None:  # an export without it (or of another proof version): computed here
+                    want = reference_outputs(manifest, patch, threads, x)
+                    log(f"{manifest.root}: reference for the proof in {time.perf_counter() - t0:.1f}s")
             self._mem = _Memory()
             try:
                 keys = {_key(w) for w in stored.values()}
