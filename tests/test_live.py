@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 from shira_format.errors import ShiraError
 from shira_runtime import ShiraSession
 from shira_runtime.inplace import live
@@ -33,6 +34,9 @@ def test_a_live_session_answers_as_the_baked_one_and_leaves_no_bake(llama, tmp_p
         np.testing.assert_array_equal(s.run(ids)["logits"], want_base)
     kept = list((tmp_path / "live").iterdir())
     assert [p.suffixes[-2:] for p in kept] == [[".live", ".json"]]  # the proof's record: no baked file
+    stored = load_file(str(llama.base_dir / "weights.safetensors"))  # the record's largest magnitudes: the export's
+    placements = json.loads(kept[0].read_text())["placements"]
+    assert {n: e["absmax"] for n, e in placements.items()} == {n: float(np.abs(w).max()) for n, w in stored.items()}
 
 
 def test_later_opens_use_the_kept_proof_and_a_closed_session_leaves_no_copy_behind(llama, tmp_path, monkeypatch):
@@ -158,8 +162,8 @@ def test_locate_takes_one_packed_copy_and_never_a_plain_one(reader):
         assert mem.read(packed.ctypes.data, 64).tobytes() == packed[:16].tobytes()
         assert live.search(mem, [(packed.ctypes.data, packed.ctypes.data + packed.nbytes)], {live._key(w)}) == \
             {live._key(w): [packed.ctypes.data]}
-        address, got, absmax = live._locate(mem, "w", w.shape, w, [plain.ctypes.data, packed.ctypes.data], None, True)
-        assert (address, got, absmax) == (packed.ctypes.data, form, float(np.abs(w).max()))
+        address, got = live._locate(mem, "w", w.shape, w, [plain.ctypes.data, packed.ctypes.data], None, True)
+        assert (address, got) == (packed.ctypes.data, form)
         with pytest.raises(BakeError, match="only as a plain copy"):
             live._locate(mem, "w", w.shape, w, [plain.ctypes.data], None, True)
         both = [packed.ctypes.data, other.ctypes.data]

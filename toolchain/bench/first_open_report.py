@@ -34,8 +34,8 @@ def markdown(report: dict) -> str:
                          f"| {rel[1]} |")
     lines += ["", "plain: `ort.InferenceSession(model_prepacked.onnx)`, what any app pays to load the model. The "
               "opens are `ShiraSession(base, mode=\"in-place\")` with `bake=\"auto\"` (live: ORT's packed weights "
-              "found in the session's memory; the first open also checks every entry and proves a patch against a "
-              "reference session, later ones check a sample) or `bake=\"always\"` (the first open bakes in a child "
+              "found in the session's memory; the first open also checks every entry and proves a patch against the "
+              "reference output the export ships in sample.npz, later ones check a sample) or `bake=\"always\"` (the first open bakes in a child "
               "process, later ones map the baked file). Every open checks the export's CRC-32s (verify=\"fast\"). "
               "Peak RSS: /usr/bin/time's maximum resident set of the largest process (file pages mapped count).", ""]
     return "\n".join(lines)

@@ -246,7 +246,7 @@ def sample_entries(n: int) -> np.ndarray:
 
 def _locate(mem: _Memory, name: str, shape, w: np.ndarray, candidates: list[int], known, full: bool,
             earlier: set[int] = frozenset()):
-    """(address, form, absmax) of this session's packed copy of weight `w` among `candidates`; BakeError otherwise.
+    """(address, form) of this session's packed copy of weight `w` among `candidates`; BakeError otherwise.
     `known`: the form proven on an earlier open (only it is tried); `full`: compare every entry, not a sample;
     `earlier`: addresses that held the weight's first bytes before the session was created (another session's
     copy, or a freed one)."""
@@ -286,8 +286,7 @@ def _locate(mem: _Memory, name: str, shape, w: np.ndarray, candidates: list[int]
     # That copy is memory this session's creation allocated, alive while it is: compared where it lies
     if full and not _panels_equal(_view(address, _form_nbytes(form), np.uint32), u, form):
         raise BakeError(f"weight {name}: its packed copy differs from the export beyond the sampled entries")
-    absmax = float(max(np.max(w), -np.min(w))) if full else None
-    return address, form, absmax
+    return address, form
 
 
 def proof_patch(stored: dict[str, np.ndarray], seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -383,8 +382,9 @@ def proof_entries(manifest: Manifest, threads=None) -> dict[str, np.ndarray]:
     return {"proof:version": np.array(PROOF_VERSION, dtype=np.int64), **{f"proof:{k}": v for k, v in want.items()}}
 
 
-def _verify_export(verify: str, manifest: Manifest, stored: dict, weights_path) -> None:
-    """`verify`'s checks of the export's weights, in batches whose pages leave this process after each."""
+def _read_export(verify: str, manifest: Manifest, stored: dict, weights_path, absmax: dict | None) -> None:
+    """`verify`'s checks of the export's weights and, where `absmax` is a dict, each weight's largest magnitude
+    into it (one reading of the pages for both), in batches whose pages leave this process after each."""
     from ..integrity import verify_placements
 
     batch: list[str] = []
@@ -392,6 +392,8 @@ def _verify_export(verify: str, manifest: Manifest, stored: dict, weights_path) 
         batch.append(name)
         if sum(stored[b].nbytes for b in batch) >= 256 << 20 or i == len(stored) - 1:
             verify_placements(verify, manifest, NAME, {b: stored[b] for b in batch}, weights_path, 1, only=set(batch))
+            if absmax is not None:
+                absmax.update({b: float(max(np.max(stored[b]), -np.min(stored[b]))) for b in batch})
             release_pages(*(stored[b] for b in batch))
             batch = []
 
@@ -468,11 +470,14 @@ class LiveOrtEngine(InPlaceOrtEngine):
                     before = search(self._mem, anonymous_regions(), keys, _workers(threads))
                     # the export's checksums on a thread of their own while ORT creates the session (mostly on one)
                     with ThreadPoolExecutor(1, thread_name_prefix="shira-verify") as pool:
-                        checked = pool.submit(_verify_export, verify, manifest, stored, weights_path)
+                        # (and, at the first open, each weight's largest magnitude: kept in the record)
+                        absmax = {} if record is None else None
+                        checked = pool.submit(_read_export, verify, manifest, stored, weights_path, absmax)
                         self.session = create_session(manifest.file(files.prepacked), session_options(threads))
                         checked.result()  # a damaged export raises ManifestError here
                     hits = search(self._mem, anonymous_regions(), keys, _workers(threads))
-                    found = self._find(stored, hits, before, record, threads, full=record is None or verify == "full")
+                    found = self._find(stored, hits, before, record, absmax, threads,
+                                       full=record is None or verify == "full")
                 log(f"{manifest.root}: found ORT's packed copies of {len(found)} weights in "
                     f"{time.perf_counter() - t0:.1f}s")
             finally:
@@ -500,9 +505,10 @@ class LiveOrtEngine(InPlaceOrtEngine):
             self.close()
             raise
 
-    def _find(self, stored, hits, before, record, threads, full: bool) -> dict[str, tuple]:
+    def _find(self, stored, hits, before, record, absmax, threads, full: bool) -> dict[str, tuple]:
         """name -> (address, form, absmax) of every weight's packed copy. `hits`/`before`: key -> addresses, after
-        and before the session's creation; `full`: every entry compared."""
+        and before the session's creation; `absmax`: name -> largest magnitude (None: the record's); `full`: every
+        entry compared."""
         known = (record or {}).get("placements", {})
 
         def one(name):
@@ -510,12 +516,11 @@ class LiveOrtEngine(InPlaceOrtEngine):
             first = _key(w)
             entry = known.get(name)
             try:
-                address, form, absmax = _locate(self._mem, name, self._places[name].shape, w, hits.get(first, []),
-                                                entry["form"] if entry else None, full=full,
-                                                earlier=set(before.get(first, ())))
+                address, form = _locate(self._mem, name, self._places[name].shape, w, hits.get(first, []),
+                                        entry["form"] if entry else None, full=full, earlier=set(before.get(first, ())))
             finally:
                 _release(w)  # the export's pages read for the comparison leave this process
-            return name, (address, form, absmax if absmax is not None else float(entry["absmax"]))
+            return name, (address, form, absmax[name] if absmax is not None else float(entry["absmax"]))
 
         with ThreadPoolExecutor(min(len(stored), _workers(threads)), thread_name_prefix="shira-find") as pool:
             return dict(pool.map(one, list(stored)))
