@@ -195,6 +195,13 @@ def test_ort_lora_bench_measures_every_rank_beside_shira(tmp_path):
     assert rows2["fp32"] == before["models"]["llama-small"]["fp32"] and rows2["int8"]["lora"] == rows["int8"]["lora"]
     assert rows2["int8"]["tokens_command"].endswith("--bases int8 --tokens-only") and "tokens_command" not in rows2["int4"]
     assert len(again["seconds_by_command"]) == 2 and "--tokens-only" in (tmp_path / "out" / "ort_lora.md").read_text()
+    # and one that measures another base's runs only: its time to tokens is kept, named by the command that measured it
+    third = ort_lora.run_ort_lora(tmp_path / "out", threads=1, repeats=2, work=tmp_path / "work", log=lambda *a: None,
+                                  models=spec, labels=("int4",), tokens=False)
+    rows3 = third["models"]["llama-small"]
+    assert rows3["int4"]["tokens"] == rows["int4"]["tokens"] and rows3["int4"]["command"].endswith("--runs-only")
+    assert rows3["int4"]["tokens_command"] == rows["int4"]["command"] and rows3["int8"] == rows2["int8"]
+    assert len(third["seconds_by_command"]) == 3
 
 
 @pytest.mark.long  # a small Llama exported, then ten opens, each in its own process: ~1 min

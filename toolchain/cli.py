@@ -376,12 +376,15 @@ def train_main():
 @click.option("--bases", default=None, metavar="fp32,int8,int4", help="With --ort-lora: the bases to measure.")
 @click.option("--tokens-only", is_flag=True,
               help="With --ort-lora: only the time to the first tokens after a switch (no per-run rows).")
+@click.option("--runs-only", is_flag=True,
+              help="With --ort-lora: only the per-run rows (decode, prefill, RSS); the time-to-tokens rows already "
+                   "in ort_lora.json for those bases are kept.")
 @click.option("--parts", default=",".join(("lm", "style", "real", "executorch")), show_default=True,
               help="With --quantized: the sections to measure (lm: tiny-llama, style: the style net, real: 168M on "
                    "ONNX Runtime, executorch: 168M on ExecuTorch); the others are kept from quantized.json in --out, "
                    "which says which command measured each.")
 def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, first_open, work, models, bases, tokens_only,
-              parts):
+              runs_only, parts):
     """CPU latency, side by side in one run: SHiRA in-place switch (ONNX Runtime, ExecuTorch) vs PEFT LoRA
     merge/unmerge, merge_and_unload, PEFT SHiRA merge, session re-creation and method reload; inference after
     a switch vs the prepacked base and two-phase sessions, unfused LoRA and ORT's LoRA adapters; adapter sizes;
@@ -406,8 +409,10 @@ def bench_cmd(out_dir, quick, threads, real_size, quantized, ort_lora, first_ope
         if unknown or (labels and set(labels) - {"fp32", "int8", "int4"}):
             raise click.UsageError(f"--models takes {', '.join(n for n, s in MODELS.items() if s[0] == 'llama')}; "
                                    "--bases takes fp32, int8, int4")
+        if tokens_only and runs_only:
+            raise click.UsageError("--tokens-only and --runs-only exclude each other")
         run_ort_lora(out_dir, threads, log=click.echo, models={n: MODELS[n] for n in names} if models else None,
-                     labels=labels, runs=not tokens_only)
+                     labels=labels, runs=not tokens_only, tokens=not runs_only)
         return
     if quantized:
         from .bench.quantized import PARTS, run_quantized

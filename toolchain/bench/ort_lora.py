@@ -307,9 +307,9 @@ def time_to_tokens(kv_base: Path, cache: Path, threads: int, rounds: int = 3, ra
 
 
 def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: dict | None = None,
-                   labels=None, runs: bool = True) -> dict:
+                   labels=None, runs: bool = True, tokens: bool = True) -> dict:
     """Each model's exports to `labels` (float32, int8, int4: bench.quantized's builder), baked, then one child
-    per base for the runs side by side (`runs`) and one for the time to the first tokens."""
+    per base for the runs side by side (`runs`) and one for the time to the first tokens (`tokens`)."""
     from .quantized import REAL, REAL_BASES, _build_real
     from .probes import bake_once
 
@@ -338,7 +338,8 @@ def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: di
             for r in rows[label]["lora"]:
                 log(f"  {name} {label} LoRA r={r['rank']} x{r['adapters']}: decode {r['ratio']['decode']:.2f}x, "
                     f"prefill {r['ratio']['prefill128']:.2f}x SHiRA's time")
-            _time_to_tokens_row(name, label, base, work, threads, rows, log)
+            if tokens:
+                _time_to_tokens_row(name, label, base, work, threads, rows, log)
         out[name] = rows
     return out
 
@@ -467,7 +468,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=print, models: dict | None = None,
-                 labels=None, runs: bool = True) -> dict:
+                 labels=None, runs: bool = True, tokens: bool = True) -> dict:
     """ort_lora.{json,md,png} in out_dir. The rows measured here replace those of the same model and base in an
     ort_lora.json already there (the others are kept); every row names the command that measured it."""
     import tempfile
@@ -486,8 +487,10 @@ def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=pr
         command += f" --bases {','.join(labels)}"
     if not runs:
         command += " --tokens-only"
+    if not tokens:
+        command += " --runs-only"
     with tempfile.TemporaryDirectory() as tmp:
-        measured = bench_ort_lora(Path(work or tmp), threads, repeats, log, models, labels, runs)
+        measured = bench_ort_lora(Path(work or tmp), threads, repeats, log, models, labels, runs, tokens)
     old = out_dir / "ort_lora.json"
     report = json.loads(old.read_text()) if old.exists() else {"models": {}}
     if "command" in report:  # written before rows named their command: one command measured them all
@@ -497,11 +500,14 @@ def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=pr
         report["seconds_by_command"] = {report["command"]: report.get("seconds", 0)}
     for name, rows in measured.items():
         for label, row in rows.items():
-            if not runs and "lora" in report["models"].get(name, {}).get(label, {}):  # keep the runs measured before
-                row = {**report["models"][name][label], **row}
+            before = report["models"].get(name, {}).get(label, {})
+            if not runs and "lora" in before:  # keep the runs measured before
+                row = {**before, **row}
                 row["tokens_command"] = command
             else:
                 row["command"] = command
+                if not tokens and "tokens" in before:  # keep the time to tokens measured before
+                    row.update(tokens=before["tokens"], tokens_command=before.get("tokens_command", before.get("command")))
             report["models"].setdefault(name, {})[label] = row
     report.update({"machine": machine(), "threads": threads, "repeats": repeats})
     report.setdefault("seconds_by_command", {})[command] = time.time() - t0
