@@ -42,11 +42,9 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    from .figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from shira_format.atomic import atomic_path
+    plt = pyplot()
 
     names = list(report["models"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 1.1 * len(names) * len(LABELS) / 3), squeeze=False)
@@ -65,6 +63,4 @@ def plot(report: dict, path: Path) -> None:
     axes[0][1].legend(fontsize=7, loc="lower right")
     fig.suptitle(report["command"], fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path)

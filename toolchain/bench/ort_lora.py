@@ -435,11 +435,9 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    from .figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from shira_format.atomic import atomic_path
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, k in zip(axes, ("decode", "prefill128")):
@@ -462,9 +460,7 @@ def plot(report: dict, path: Path) -> None:
     axes[0].set_ylabel("time per run, LoRA / SHiRA")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def run_ort_lora(out_dir, threads: int = 2, repeats: int = 10, work=None, log=print, models: dict | None = None,

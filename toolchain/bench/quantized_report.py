@@ -113,11 +113,9 @@ def markdown(report: dict) -> str:
 def plot(report: dict, path: Path) -> None:
     """Left: task accuracy per base (with the adapter patched in, and merged-then-quantized). Right: RSS at rest
     and switch time at 168M per base."""
-    import matplotlib
+    from .figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from shira_format.atomic import atomic_path
+    plt = pyplot()
 
     style = report.get("style") or {}
     fig, axes = plt.subplots(1, 3 if style else 2, figsize=(19 if style else 13, 4.5))
@@ -170,6 +168,4 @@ def plot(report: dict, path: Path) -> None:
         b.set_title(name)
         b.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path)

@@ -88,11 +88,9 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """Per model: memory (at rest, peak over a switch) and click-to-result time, per mode."""
-    import matplotlib
+    from .figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from shira_format.atomic import atomic_path
+    plt = pyplot()
 
     names = list(report["models"])
     fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 7), squeeze=False)
@@ -114,6 +112,4 @@ def plot(report: dict, path: Path) -> None:
         ax.set_yticks(y, labels)
         ax.set_xlabel("click-to-result ms (switch + first run), log")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path)

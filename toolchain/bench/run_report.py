@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shira_format.atomic import atomic_path
 
 PAPER = ("Paper anchors (SHiRA, NeurIPS 2024): SHiRA vs LoRA switch 4.68x faster on SDXL and 5.71x on LLaMA2-7B end "
          "to end on CPU, up to 16x in a micro-benchmark; unfused LoRA up to +30% inference latency.")
@@ -125,11 +124,11 @@ def targets_summary(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .figures import pyplot, save_png
+
+    plt = pyplot()
 
     n = len(report["models"])
     fig, axes = plt.subplots(2, max(n, 2), figsize=(6.5 * max(n, 2), 8.5), squeeze=False)
@@ -168,6 +167,4 @@ def plot(report: dict, path: Path) -> None:
     ax.set_title("Inference after a switch")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path)
