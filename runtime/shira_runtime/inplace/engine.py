@@ -173,9 +173,8 @@ class InPlaceOrtEngine(Engine):
                  log=lambda msg: None, bake_dir=None):
         """`bake_dir`: open this bake as it is (the bake's own proof), instead of the cache's."""
         self.manifest = manifest
-        self.session = None
-        self.buffers: dict[str, np.ndarray] = {}
-        self._sum_state: dict[str, dict] = {}  # quantized placements whose packer derives sums (inplace/derived_sums.py)
+        self.bake_dir = None
+        self._empty()
         if bake_dir is not None:
             self.bake_dir = bake_dir
             self._open(threads, verify)
@@ -195,16 +194,25 @@ class InPlaceOrtEngine(Engine):
                 self.close()
                 raise
 
-    def _open(self, threads, verify) -> None:
-        slot = self.bake_dir
-        spec = json.loads((slot / MAP_FILE).read_text())
-        data_path = slot / BAKED_DATA
-        file_size = data_path.stat().st_size
+    def _empty(self) -> None:
+        """What an engine of either route holds, empty: its session, its buffers (views into ORT's memory) and
+        what the patcher reads beside them."""
+        self.session = None
+        self.buffers: dict[str, np.ndarray] = {}
+        self._sum_state: dict[str, dict] = {}  # quantized placements whose packer derives sums (inplace/derived_sums.py)
         self.absmax: dict[str, float] = {}  # per buffer, for the patcher
         self._absmax: dict[str, float] = {}  # per placement
         self.buffer_quant: dict = {}  # quantized buffer -> its Quant, for the patcher
         self._places = {p.name: p for _, p in self.manifest.placements(NAME)}
         self.copies: dict[str, list[_Copy]] = {}
+        self.summed: list[str] = []  # placements whose packer derives sums from their integers
+
+    def _open(self, threads, verify) -> None:
+        slot = self.bake_dir
+        spec = json.loads((slot / MAP_FILE).read_text())
+        data_path = slot / BAKED_DATA
+        file_size = data_path.stat().st_size
+        self._empty()
         for info in self.manifest.tensors.values():
             for p in info.placements.get(NAME, ()):
                 entry = spec["placements"].get(p.name)

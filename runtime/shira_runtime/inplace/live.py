@@ -432,18 +432,9 @@ class LiveOrtEngine(InPlaceOrtEngine):
 
         t0 = time.perf_counter()
         self.manifest = manifest
-        self.session = None
         self.bake_dir = None
-        self.buffers: dict[str, np.ndarray] = {}
-        self._sum_state: dict[str, dict] = {}
-        self.absmax: dict[str, float] = {}
-        self._absmax: dict[str, float] = {}
-        self.buffer_quant: dict = {}
-        self.copies: dict[str, list[_Copy]] = {}
-        self.summed: list[str] = []
+        self._empty()
         try:
-            places = [p for _, p in manifest.placements(NAME)]
-            self._places = {p.name: p for p in places}
             why = refusal(manifest)
             if why:
                 raise BakeError(why)
