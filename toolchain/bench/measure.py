@@ -74,3 +74,17 @@ def psnr(a, b) -> float:
     """PSNR in dB of image `a` (clipped to [0, 1]) against reference `b`; numpy arrays or torch tensors."""
     a, b = (np.asarray(x.detach() if hasattr(x, "detach") else x, dtype=np.float64) for x in (a, b))
     return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2)))
+
+
+def child_error(p) -> str:
+    """Why a bench's child process failed, in one line: its last line on stderr, or the signal that killed it (a
+    SIGKILL with nothing written is most often the kernel's out-of-memory killer)."""
+    import signal
+
+    last = (p.stderr.strip().splitlines() or [""])[-1]
+    if last:
+        return last
+    if p.returncode < 0:
+        name = signal.Signals(-p.returncode).name
+        return f"killed by {name}" + (" (out of memory, most likely: see dmesg)" if name == "SIGKILL" else "")
+    return f"exit code {p.returncode}, nothing on stderr"

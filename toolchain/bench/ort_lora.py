@@ -310,6 +310,7 @@ def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: di
                    labels=None, runs: bool = True, tokens: bool = True) -> dict:
     """Each model's exports to `labels` (float32, int8, int4: bench.quantized's builder), baked, then one child
     per base for the runs side by side (`runs`) and one for the time to the first tokens (`tokens`)."""
+    from .measure import child_error
     from .quantized import REAL, REAL_BASES, _build_real
     from .probes import bake_once
 
@@ -331,7 +332,7 @@ def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: di
             p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.ort_lora", str(base), str(cache),
                                 str(threads), str(repeats)], capture_output=True, text=True, timeout=3600)
             if p.returncode != 0:
-                rows[label] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+                rows[label] = {"error": child_error(p)}
                 log(f"  {name} {label}: FAILED {rows[label]['error']}")
                 continue
             rows[label] = json.loads(p.stdout.strip().splitlines()[-1])
@@ -346,6 +347,7 @@ def bench_ort_lora(work: Path, threads: int, repeats: int, log=print, models: di
 
 def _time_to_tokens_row(name: str, label: str, base: Path, work: Path, threads: int, rows: dict, log) -> None:
     """rows[label]["tokens"]: the KV-cache export of `base`'s model, baked, timed in a child."""
+    from .measure import child_error
     from .probes import bake_once
 
     kv = _kv_base(work / name, label)
@@ -358,7 +360,7 @@ def _time_to_tokens_row(name: str, label: str, base: Path, work: Path, threads: 
                         str(base.parent / f"cache-kv-{label}"), str(threads)], capture_output=True, text=True,
                        timeout=3600)
     rows[label]["tokens"] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else
-                             {"error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+                             {"error": child_error(p)})
     log(f"  {name} {label} time to {NEW_TOKENS} tokens: " + ", ".join(
         f"{k} {v['total_s']:.2f}s" for k, v in rows[label]["tokens"].items() if isinstance(v, dict)))
 
@@ -408,12 +410,15 @@ def markdown(report: dict) -> str:
                              f" | {r['ratio']['decode']:.2f}x | {p['shira']:.0f} | {p['lora']:.0f} | "
                              f"{r['ratio']['prefill128']:.2f}x | {r['rss_added'] / 2**20:,.0f} |")
     tok = [(name, label, res["tokens"]) for name, rows in report["models"].items() for label, res in rows.items()
-           if "error" not in res and "error" not in res.get("tokens", {"error": 1})]
+           if "error" not in res and "tokens" in res]
     if tok:
         lines += ["", f"## Time to the first {NEW_TOKENS} tokens after a switch (KV cache, {PROMPT}-token prompt)", "",
                   "| model | base | mode | switch ms | prompt s | 63 decode steps s | total s | / SHiRA in place |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, label, t in tok:
+            if "error" in t:
+                lines.append(f"| {name} | {label} | failed: {t['error']} ||||||")
+                continue
             ref = t["SHiRA in place"]["total_s"]
             for mode, r in t.items():
                 lines.append(f"| {name} | {label} | {mode} | {r['switch_s'] * 1e3:.1f} | {r['prompt_s']:.2f} | "

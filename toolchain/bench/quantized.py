@@ -362,10 +362,11 @@ def run_executorch_plain(base: Path) -> dict:
 
 
 def _child(*args: str) -> dict:
+    from .measure import child_error
     p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.quantized", *args], capture_output=True,
                        text=True, timeout=1800)
     if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+        return {"error": child_error(p)}
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -400,6 +401,7 @@ def executorch_real_size(work: Path, threads: int, repeats: int, log=print, mode
 
 
 def real_size(work: Path, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
+    from .measure import child_error
     from .probes import bake_once
 
     out = {}
@@ -416,7 +418,7 @@ def real_size(work: Path, threads: int, repeats: int, log=print, models: dict | 
                                     str(cache), str(threads), str(repeats)], capture_output=True, text=True,
                                    timeout=1800)
                 if p.returncode != 0:
-                    row["modes"][mode] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+                    row["modes"][mode] = {"error": child_error(p)}
                     log(f"  {name} {label} {mode}: FAILED {row['modes'][mode]['error']}")
                     continue
                 row["modes"][mode] = json.loads(p.stdout.strip().splitlines()[-1])

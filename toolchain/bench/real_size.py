@@ -398,6 +398,7 @@ def _touched_lines(sess) -> int:
 
 def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=print, models: dict | None = None) -> dict:
     """`models`: name -> (family, config kwargs), instead of MODELS (the test uses a tiny one)."""
+    from .measure import child_error
     from .scaling import copy_bandwidth
 
     specs = models or {n: MODELS[n] for n in (QUICK_MODELS if quick else MODELS)}
@@ -413,7 +414,7 @@ def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=pri
             p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.real_size", mode, str(base), str(cache),
                                 str(threads), str(repeats)], capture_output=True, text=True, timeout=1800)
             if p.returncode != 0:
-                row["modes"][mode] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+                row["modes"][mode] = {"error": child_error(p)}
                 log(f"  {mode}: FAILED {row['modes'][mode]['error']}")
                 continue
             row["modes"][mode] = json.loads(p.stdout.strip().splitlines()[-1])
@@ -427,7 +428,7 @@ def bench_real_size(work: Path, quick: bool, threads: int, repeats: int, log=pri
             p = subprocess.run([sys.executable, "-m", "shira_toolchain.bench.real_size", "many-adapters", str(base),
                                 str(cache), str(threads), str(repeats)], capture_output=True, text=True, timeout=1800)
             row["many_adapters"] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else
-                                    {"error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+                                    {"error": child_error(p)})
             log(f"  many adapters: {row['many_adapters']}")
         out["models"][name] = row
     return out
