@@ -348,7 +348,7 @@ def train_main():
 @click.option("--real-size", is_flag=True,
               help="Instead: switching at real size (Llama 168M and 0.55B, ViT-B/16, random weights, ONNX Runtime), "
                    "each mode in its own process with its RSS: in place, two-phase, patchable, re-creating the "
-                   "session, PEFT LoRA, ORT's LoRA adapters. Writes real_size.{json,md,png}. 11 min on the 2-core "
+                   "session, PEFT LoRA, ORT's LoRA adapters. Writes real_size.{json,md,png}. 12 min on the 2-core "
                    "x86-64 dev machine (`shira-bench --real-size --out reports/real_size`); --quick: the 168M Llama "
                    "only, about 3 min.")
 @click.option("--quantized", is_flag=True,
