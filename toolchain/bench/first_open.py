@@ -110,11 +110,11 @@ def measure_model(base: Path, work: Path, threads: int, repeats: int, log=print)
 
 
 def run_first_open(out_dir, threads: int = 2, repeats: int = 5, models=None, work=None, log=print) -> dict:
-    from .first_open_report import markdown, plot
-
     """`work`: where the models are exported (kept, and reused when there already); default a temporary
     directory, removed afterwards."""
     import tempfile
+
+    from .first_open_report import markdown, plot
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

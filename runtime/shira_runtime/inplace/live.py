@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from shira_format.atomic import write_text
+from shira_format.errors import ManifestError
 from shira_format.manifest import Manifest
 
 from ..backends.onnxruntime import CREATING, NAME, create_session, session_options
@@ -356,7 +357,7 @@ def exported_reference(manifest: Manifest) -> dict[str, np.ndarray] | None:
     The same computation as reference_outputs; shipped so that a phone's first open runs no reference session."""
     try:
         entries = manifest.sample_entries("proof:")
-    except Exception:  # noqa: BLE001 - an unreadable sample: computed here, as for an export without it
+    except ManifestError:  # an unreadable sample: computed here, as for an export without it
         return None
     version = entries.pop("version", None)
     outputs = {o["name"] for o in manifest.outputs}
@@ -365,17 +366,22 @@ def exported_reference(manifest: Manifest) -> dict[str, np.ndarray] | None:
     return entries
 
 
-def proof_entries(manifest: Manifest, threads=None) -> dict[str, np.ndarray]:
-    """sample.npz's `proof:` entries for a base (what exported_reference reads back); {} where this route would
-    refuse the base anyway (quantized, non-matrix weights...)."""
+def _stored(manifest: Manifest) -> tuple:
+    """(weights.safetensors's path, name -> its stored array, read-only mapped: page cache, not this process's)."""
     from .bake import _mapped_weights
 
     from shira_format.weights import safetensors_views
 
+    weights_path = manifest.file(manifest.files_of(NAME).weights)
+    return weights_path, safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
+
+
+def proof_entries(manifest: Manifest, threads=None) -> dict[str, np.ndarray]:
+    """sample.npz's `proof:` entries for a base (what exported_reference reads back); {} where this route would
+    refuse the base anyway (quantized, non-matrix weights...)."""
     if refusal(manifest):
         return {}
-    weights_path = manifest.file(manifest.files_of(NAME).weights)
-    stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
+    _, stored = _stored(manifest)
     patch = proof_patch(stored)
     release_pages(*stored.values())
     want = reference_outputs(manifest, patch, threads, manifest.sample_inputs())
@@ -426,10 +432,6 @@ class LiveOrtEngine(InPlaceOrtEngine):
 
     def __init__(self, manifest: Manifest, threads: int | None = None, verify: str = "fast", cache_dir=None,
                  log=lambda msg: None):
-        from .bake import _mapped_weights
-
-        from shira_format.weights import safetensors_views
-
         t0 = time.perf_counter()
         self.manifest = manifest
         self.bake_dir = None
@@ -439,8 +441,7 @@ class LiveOrtEngine(InPlaceOrtEngine):
             if why:
                 raise BakeError(why)
             files = manifest.files_of(NAME)
-            weights_path = manifest.file(files.weights)
-            stored = safetensors_views(manifest, _mapped_weights(weights_path), weights_path)
+            weights_path, stored = _stored(manifest)
             self._record_file = record_path(manifest, cache_dir)
             record = self._read_record()
             if record is not None and "refused" in record:
